@@ -1,0 +1,21 @@
+"""Matrix-free linear algebra on a symmetric operator given as ``matvec(v) -> A v``.
+
+Pure torch: nothing here knows about models, losses or Lightning.
+"""
+
+from lightning_landscape.linalg.lanczos import LanczosResult, lanczos_extremes, lanczos_tridiagonal
+from lightning_landscape.linalg.random import rademacher
+from lightning_landscape.linalg.slq import SpectralDensity, spectral_density
+from lightning_landscape.linalg.trace import TraceEstimate, hutchinson_trace, hutchpp_trace
+
+__all__ = [
+    "LanczosResult",
+    "SpectralDensity",
+    "TraceEstimate",
+    "hutchinson_trace",
+    "hutchpp_trace",
+    "lanczos_extremes",
+    "lanczos_tridiagonal",
+    "rademacher",
+    "spectral_density",
+]

@@ -1,0 +1,96 @@
+"""What the optimizer implies for curvature: its edge-of-stability threshold and preconditioner.
+
+Edge of stability (Cohen et al. 2021, 2022): gradient descent with step size η is stable on a quadratic
+only while ``λmax < 2/η``; heavy-ball momentum μ moves this to ``(2 + 2μ)/η``, Nesterov momentum to
+``(2 + 2μ)/((1 + 2μ) η)``. Adam(W) is judged on the *preconditioned* sharpness ``λmax(P⁻¹H)`` with
+``P = (1 - β1^t) diag(√v̂ + ε)`` against ``(2 + 2β1)/((1 - β1) η)`` (= 38/η at β1 = 0.9).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lightning_landscape.parameters import ParameterSpace
+
+
+@dataclass(frozen=True)
+class OptimizerInfo:
+    """The hyper-parameters of the first param group that curvature rules need."""
+
+    kind: str  # "sgd", "adam", "adamw" or "other"
+    lr: float
+    momentum: float = 0.0
+    nesterov: bool = False
+    beta1: float = 0.0
+    beta2: float = 0.0
+    eps: float = 0.0
+    weight_decay: float = 0.0
+
+    @property
+    def is_adaptive(self) -> bool:
+        return self.kind in ("adam", "adamw")
+
+    def eos_threshold(self) -> float:
+        """The sharpness at which the optimizer stops being stable (preconditioned for Adam)."""
+        if self.lr <= 0:
+            return float("inf")
+        if self.is_adaptive:
+            return (2.0 + 2.0 * self.beta1) / ((1.0 - self.beta1) * self.lr)
+        if self.nesterov:
+            return (2.0 + 2.0 * self.momentum) / ((1.0 + 2.0 * self.momentum) * self.lr)
+        return (2.0 + 2.0 * self.momentum) / self.lr
+
+
+def describe_optimizer(optimizer: torch.optim.Optimizer | None) -> OptimizerInfo | None:
+    """Read the first param group of a torch optimizer.
+
+    >>> p = torch.nn.Parameter(torch.zeros(1))
+    >>> info = describe_optimizer(torch.optim.SGD([p], lr=0.1, momentum=0.9))
+    >>> info.kind, round(info.eos_threshold(), 6)
+    ('sgd', 38.0)
+    """
+    if optimizer is None or not optimizer.param_groups:
+        return None
+    group = optimizer.param_groups[0]
+    lr = float(group.get("lr", 0.0))
+    wd = float(group.get("weight_decay", 0.0) or 0.0)
+    if isinstance(optimizer, torch.optim.AdamW) or (
+        isinstance(optimizer, torch.optim.Adam) and bool(group.get("decoupled_weight_decay", False))
+    ):
+        kind = "adamw"
+    elif isinstance(optimizer, torch.optim.Adam):
+        kind = "adam"
+    elif isinstance(optimizer, torch.optim.SGD):
+        kind = "sgd"
+    else:
+        kind = "other"
+    if kind in ("adam", "adamw"):
+        b1, b2 = group.get("betas", (0.9, 0.999))
+        return OptimizerInfo(kind, lr, beta1=float(b1), beta2=float(b2), eps=float(group.get("eps", 1e-8)), weight_decay=wd)
+    return OptimizerInfo(
+        kind,
+        lr,
+        momentum=float(group.get("momentum", 0.0) or 0.0),
+        nesterov=bool(group.get("nesterov", False)),
+        weight_decay=wd,
+    )
+
+
+def adam_preconditioner(optimizer: torch.optim.Optimizer, space: ParameterSpace) -> torch.Tensor | None:
+    """The diagonal ``P = (1 - β1^t)(√(v/(1 - β2^t)) + ε)`` over ``space`` as one flat vector.
+
+    ``None`` before the first step, or when a parameter of ``space`` has no Adam state.
+    """
+    parts = []
+    for p in space.params:
+        state = optimizer.state.get(p)
+        if not state or "exp_avg_sq" not in state:
+            return None
+        group = next(g for g in optimizer.param_groups if any(q is p for q in g["params"]))
+        b1, b2 = group["betas"]
+        t = float(state["step"])
+        v_hat = state["exp_avg_sq"].detach().to(space.dtype) / (1.0 - b2**t)
+        parts.append(((1.0 - b1**t) * (v_hat.sqrt() + group["eps"])).reshape(-1))
+    return torch.cat(parts)

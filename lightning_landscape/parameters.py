@@ -1,0 +1,74 @@
+"""A fixed, ordered list of parameters viewed as one flat vector."""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+
+class ParameterSpace:
+    """Flatten / unflatten between a list of parameter tensors and one vector.
+
+    The flat dtype is at least float32 (bf16/fp16 parameters get fp32 vectors) so that curvature maths
+    keeps fp32 accuracy whatever the training precision.
+
+    >>> layer = torch.nn.Linear(3, 2)
+    >>> space = ParameterSpace.from_module(layer)
+    >>> space.dim
+    8
+    >>> torch.equal(space.unflatten(space.flatten_params())[0], layer.weight.detach())
+    True
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor], names: Sequence[str] | None = None) -> None:
+        if not params:
+            raise ValueError("no trainable parameters: nothing to measure")
+        self.params = list(params)
+        self.names = list(names) if names is not None else [f"param{i}" for i in range(len(params))]
+        self.shapes = [p.shape for p in self.params]
+        self.numels = [p.numel() for p in self.params]
+        self.dim = sum(self.numels)
+        self.device = self.params[0].device
+        self.dtype = torch.promote_types(self.params[0].dtype, torch.float32)
+
+    @classmethod
+    def from_module(cls, module: nn.Module, include: Iterable[str] | None = None) -> "ParameterSpace":
+        """All parameters of ``module`` that require grad (or only those named in ``include``)."""
+        wanted = set(include) if include is not None else None
+        named = [
+            (n, p)
+            for n, p in module.named_parameters()
+            if p.requires_grad and (wanted is None or n in wanted)
+        ]
+        if wanted is not None and len(named) != len(wanted):
+            missing = wanted - {n for n, _ in named}
+            raise ValueError(f"unknown or frozen parameters: {sorted(missing)}")
+        return cls([p for _, p in named], [n for n, _ in named])
+
+    def flatten(self, tensors: Sequence[torch.Tensor | None]) -> torch.Tensor:
+        """Concatenate per-parameter tensors (``None`` -> zeros) into one flat vector."""
+        parts = [
+            torch.zeros(n, dtype=self.dtype, device=self.device) if t is None else t.reshape(-1).to(self.dtype)
+            for t, n in zip(tensors, self.numels)
+        ]
+        return torch.cat(parts)
+
+    def unflatten(self, vector: torch.Tensor) -> list[torch.Tensor]:
+        """Split a flat vector into views shaped like the parameters (in the flat dtype)."""
+        if vector.numel() != self.dim:
+            raise ValueError(f"vector has {vector.numel()} entries, parameter space has {self.dim}")
+        return [chunk.view(shape) for chunk, shape in zip(vector.split(self.numels), self.shapes)]
+
+    def flatten_params(self) -> torch.Tensor:
+        """The current parameter values as one detached flat vector (a copy)."""
+        return self.flatten([p.detach() for p in self.params])
+
+    def slices(self) -> dict[str, slice]:
+        """Where each named parameter lives in the flat vector."""
+        out, start = {}, 0
+        for name, n in zip(self.names, self.numels):
+            out[name] = slice(start, start + n)
+            start += n
+        return out

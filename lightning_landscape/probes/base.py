@@ -1,0 +1,121 @@
+"""The probe contract: a small object that turns a :class:`ProbeContext` into named values.
+
+Probes import no Lightning: they can be run on a bare ``nn.Module`` with a loss closure. The callback
+decides *when* a probe runs (``every_n_steps``) and *where* its values go (tags
+``<prefix>/<group>/<key>``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from lightning_landscape.probes.context import ProbeContext
+
+#: Registry of probe classes by ``name`` (filled by subclassing :class:`Probe`).
+PROBES: dict[str, type["Probe"]] = {}
+
+
+@dataclass
+class Histogram:
+    """Bin edges (``len(counts) + 1`` of them) and counts, as TensorBoard draws them."""
+
+    edges: torch.Tensor
+    counts: torch.Tensor
+
+
+@dataclass
+class ProbeResult:
+    """What one probe measured at one step. Keys are relative to the probe's group."""
+
+    scalars: dict[str, float] = field(default_factory=dict)
+    histograms: dict[str, Histogram] = field(default_factory=dict)
+    images: dict[str, np.ndarray] = field(default_factory=dict)  # HWC uint8
+    texts: dict[str, str] = field(default_factory=dict)
+    events: list[Any] = field(default_factory=list)
+
+    def merge(self, other: "ProbeResult") -> None:
+        self.scalars.update(other.scalars)
+        self.histograms.update(other.histograms)
+        self.images.update(other.images)
+        self.texts.update(other.texts)
+        self.events.extend(other.events)
+
+
+def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    """Validate an integer argument, naming it in the error."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return value
+
+
+def check_positive_float(name: str, value: Any, allow_zero: bool = False) -> float:
+    """Validate a real argument (> 0, or >= 0 with ``allow_zero``), naming it in the error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok or not np.isfinite(value):
+        raise ValueError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got {value}")
+    return value
+
+
+def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
+class Probe(ABC):
+    """Base class of all probes.
+
+    Subclasses set ``name`` (registry key), ``group`` (tag group), ``needs_hessian``,
+    ``default_every_n_steps`` and ``scalar_tags`` (key -> one-line meaning, used for docs and the
+    TensorBoard layout), and implement :meth:`run`.
+    """
+
+    name: ClassVar[str] = ""
+    group: ClassVar[str] = ""
+    needs_hessian: ClassVar[bool] = False
+    default_every_n_steps: ClassVar[int] = 100
+    scalar_tags: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            PROBES[cls.name] = cls
+
+    def __init__(self, every_n_steps: int | None = None) -> None:
+        self.every_n_steps = check_positive_int(
+            f"{type(self).__name__}.every_n_steps",
+            self.default_every_n_steps if every_n_steps is None else every_n_steps,
+        )
+
+    def is_due(self, step: int) -> bool:
+        """Whether to measure after optimizer step ``step`` (1-based count of steps taken)."""
+        return step % self.every_n_steps == 0
+
+    @abstractmethod
+    def run(self, ctx: "ProbeContext") -> ProbeResult:
+        """Measure. Must not change the module (the caller guards RNG, buffers and modes)."""
+
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments that identify this probe (state keys, reports)."""
+        return {"every_n_steps": self.every_n_steps}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"

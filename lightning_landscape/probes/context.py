@@ -1,0 +1,108 @@
+"""Everything a probe may use at one measurement, built lazily and shared between probes."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from lightning_landscape.hessian import HessianOperator, Reduce
+from lightning_landscape.optim_info import OptimizerInfo
+from lightning_landscape.parameters import ParameterSpace
+
+LossClosure = Callable[[], torch.Tensor]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The probe-batch loss or gradient is NaN/Inf: curvature probes are skipped."""
+
+
+class ProbeContext:
+    """The module, its loss on the probe batch, and a Hessian operator built on first use.
+
+    All probes that run at the same step share one gradient graph. Random vectors come from
+    :meth:`generator`, seeded from ``(seed, step, name)``, so every DDP rank draws the same vectors and
+    the global RNG streams are never touched.
+
+    >>> net = torch.nn.Linear(3, 1)
+    >>> x, y = torch.randn(8, 3), torch.randn(8, 1)
+    >>> ctx = ProbeContext(net, lambda: ((net(x) - y) ** 2).mean(), step=1)
+    >>> ctx.hessian().dim
+    4
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        loss_closure: LossClosure,
+        step: int,
+        space: ParameterSpace | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        optimizer_info: OptimizerInfo | None = None,
+        reduce_mean: Reduce | None = None,
+        seed: int = 0,
+        epoch: int = 0,
+        batch: Any = None,
+        extras: dict[str, Any] | None = None,
+    ) -> None:
+        self.module = module
+        self.loss_closure = loss_closure
+        self.step = step
+        self.epoch = epoch
+        self.space = space or ParameterSpace.from_module(module)
+        self.optimizer = optimizer
+        self.optimizer_info = optimizer_info
+        self.reduce_mean = reduce_mean or (lambda t: t)
+        self.seed = seed
+        self.batch = batch
+        self.extras = extras or {}  # values one probe publishes for later ones (e.g. Ritz vectors)
+        self._operator: HessianOperator | None = None
+        self._loss: float | None = None
+
+    def generator(self, name: str) -> torch.Generator:
+        """A private generator on the parameters' device, identical on every rank."""
+        g = torch.Generator(device=self.space.device)
+        g.manual_seed((self.seed * 1_000_003 + self.step * 7919 + zlib.crc32(name.encode())) % (2**63))
+        return g
+
+    def evaluate_loss(self) -> torch.Tensor:
+        """The probe-batch loss with its graph (a fresh forward pass)."""
+        loss = self.loss_closure()
+        if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+            raise TypeError(f"the loss closure must return a scalar tensor, got {loss!r}")
+        return loss
+
+    def loss(self) -> float:
+        """The probe-batch loss as a float (reduced across ranks), computed at most once."""
+        if self._loss is None:
+            if self._operator is not None:
+                self._loss = float(self._operator.loss)
+            else:
+                with torch.no_grad():
+                    self._loss = float(self.reduce_mean(self.evaluate_loss().detach().float()))
+        return self._loss
+
+    def hessian(self) -> HessianOperator:
+        """The shared Hessian operator; raises :class:`NonFiniteLossError` on a NaN/Inf loss or gradient."""
+        if self._operator is None:
+            loss = self.evaluate_loss()
+            reduced = self.reduce_mean(loss.detach().float())
+            if not torch.isfinite(reduced):
+                raise NonFiniteLossError(f"probe-batch loss is {float(reduced)}")
+            op = HessianOperator(loss, self.space, self.reduce_mean)
+            op.loss = reduced
+            if not torch.isfinite(op.gradient).all():
+                raise NonFiniteLossError("probe-batch gradient has NaN/Inf entries")
+            self._operator = op
+            self._loss = float(reduced)
+        return self._operator
+
+    @property
+    def num_matvecs(self) -> int:
+        return 0 if self._operator is None else self._operator.num_matvecs
+
+    def release(self) -> None:
+        if self._operator is not None:
+            self._operator.release()

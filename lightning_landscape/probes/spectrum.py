@@ -1,0 +1,230 @@
+"""Hessian spectrum probes: extreme eigenvalues (+ edge of stability), trace, spectral density."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+
+from lightning_landscape.linalg import hutchinson_trace, hutchpp_trace, lanczos_extremes, spectral_density
+from lightning_landscape.linalg.random import gaussian
+from lightning_landscape.optim_info import adam_preconditioner
+from lightning_landscape.probes.base import (
+    Histogram,
+    Probe,
+    ProbeResult,
+    check_choice,
+    check_positive_float,
+    check_positive_int,
+)
+from lightning_landscape.probes.context import ProbeContext
+
+
+def _warm_start(previous: list[torch.Tensor], dim: int, noise: float, generator: torch.Generator,
+                dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Previous Ritz vectors plus a little isotropic noise (keeps the Krylov space from collapsing
+    onto the old invariant subspace, so a new extreme direction can still appear)."""
+    fresh = gaussian(dim, generator, dtype, device)
+    if not previous or any(v.numel() != dim for v in previous):
+        return fresh
+    v0 = sum(v.to(device=device, dtype=dtype) for v in previous)
+    return v0 + noise * torch.linalg.vector_norm(v0) * fresh / torch.linalg.vector_norm(fresh)
+
+
+class HessianSpectrum(Probe):
+    """λmax and λmin of the loss Hessian from one warm-started Lanczos run, plus the edge-of-stability ratio.
+
+    Args:
+        every_n_steps: measure after every this many optimizer steps.
+        max_iter: most Lanczos steps (= Hessian-vector products) per measurement.
+        tol: stop when both extreme Ritz residuals ``|Hu - θu|`` are below ``tol * max(|λmax|, |λmin|)``.
+        warm_start: start from the previous Ritz vectors (plus ``warm_noise`` relative noise).
+        warm_noise: relative size of the random component added to the warm start.
+        preconditioned_eos: for Adam/AdamW, also compute λmax(P⁻¹H) for the edge-of-stability ratio
+            (one more short Lanczos run); if False the ratio is logged as ``eos_ratio_unpreconditioned``.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+        >>> x, y = torch.randn(32, 4), torch.randn(32, 1)
+        >>> ctx = ProbeContext(net, lambda: ((net(x) - y) ** 2).mean(), step=1)
+        >>> out = HessianSpectrum(max_iter=49, tol=1e-6).run(ctx).scalars
+        >>> out["lambda_max"] >= out["lambda_min"]
+        True
+    """
+
+    name = "hessian_spectrum"
+    group = "hessian"
+    needs_hessian = True
+    default_every_n_steps = 200
+    scalar_tags = {
+        "lambda_max": "largest Hessian eigenvalue (Ritz value)",
+        "lambda_min": "smallest Hessian eigenvalue; < 0 means negative curvature (saddle direction)",
+        "residual": "relative Ritz residual max(|Hu-θu|)/max(|λ|) of the two extremes",
+        "lanczos_hvps": "Hessian-vector products the Lanczos run used",
+        "eos_ratio": "sharpness over the optimizer's stability threshold (SGD: λmax·lr/2; momentum μ: "
+        "λmax·lr/(2+2μ); Adam: λmax(P⁻¹H)·lr(1-β1)/(2+2β1)); ~1 = edge of stability",
+        "preconditioned_lambda_max": "Adam/AdamW only: λmax(P⁻¹H) with P the bias-corrected Adam preconditioner",
+        "eos_ratio_unpreconditioned": "Adam/AdamW with preconditioned_eos=False: λmax·lr/2 (not the Adam criterion)",
+    }
+
+    def __init__(
+        self,
+        every_n_steps: int | None = None,
+        max_iter: int = 20,
+        tol: float = 1e-2,
+        warm_start: bool = True,
+        warm_noise: float = 0.01,
+        preconditioned_eos: bool = True,
+    ) -> None:
+        super().__init__(every_n_steps)
+        self.max_iter = check_positive_int("HessianSpectrum.max_iter", max_iter, 2)
+        self.tol = check_positive_float("HessianSpectrum.tol", tol)
+        self.warm_start = bool(warm_start)
+        self.warm_noise = check_positive_float("HessianSpectrum.warm_noise", warm_noise, allow_zero=True)
+        self.preconditioned_eos = bool(preconditioned_eos)
+        self._vectors: list[torch.Tensor] = []
+        self._precond_vectors: list[torch.Tensor] = []
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "max_iter": self.max_iter, "tol": self.tol, "warm_start": self.warm_start}
+
+    def run(self, ctx: ProbeContext) -> ProbeResult:
+        op = ctx.hessian()
+        space = ctx.space
+        gen = ctx.generator(self.name)
+        prev = self._vectors if self.warm_start else []
+        v0 = _warm_start(prev, space.dim, self.warm_noise, gen, space.dtype, space.device)
+        res = lanczos_extremes(op.matvec, v0, max_iter=self.max_iter, tol=self.tol, min_iter=2)
+        self._vectors = [res.vector_max.detach(), res.vector_min.detach()]
+        ctx.extras["hessian_top_vector"] = res.vector_max
+        ctx.extras["hessian_bottom_vector"] = res.vector_min
+        ctx.extras["lambda_max"] = res.lambda_max
+        ctx.extras["lambda_min"] = res.lambda_min
+        out = ProbeResult(
+            scalars={
+                "lambda_max": res.lambda_max,
+                "lambda_min": res.lambda_min,
+                "residual": res.relative_residual,
+                "lanczos_hvps": float(res.num_matvecs),
+            }
+        )
+        out.scalars.update(self._edge_of_stability(ctx, res.lambda_max, gen))
+        return out
+
+    def _edge_of_stability(self, ctx: ProbeContext, lambda_max: float, gen: torch.Generator) -> dict[str, float]:
+        info = ctx.optimizer_info
+        if info is None or info.lr <= 0:
+            return {}
+        if not info.is_adaptive:
+            return {"eos_ratio": lambda_max / info.eos_threshold()}
+        if not self.preconditioned_eos or ctx.optimizer is None:
+            return {"eos_ratio_unpreconditioned": lambda_max * info.lr / 2.0}
+        p = adam_preconditioner(ctx.optimizer, ctx.space)
+        if p is None:  # no Adam state before the first step
+            return {}
+        inv_sqrt = p.rsqrt()
+        op = ctx.hessian()
+
+        def precond_matvec(v: torch.Tensor) -> torch.Tensor:  # P^{-1/2} H P^{-1/2}: symmetric, same spectrum as P⁻¹H
+            return inv_sqrt * op.matvec(inv_sqrt * v)
+
+        prev = self._precond_vectors if self.warm_start else []
+        v0 = _warm_start(prev, ctx.space.dim, self.warm_noise, gen, ctx.space.dtype, ctx.space.device)
+        res = lanczos_extremes(precond_matvec, v0, max_iter=self.max_iter, tol=self.tol, min_iter=2)
+        self._precond_vectors = [res.vector_max.detach()]
+        return {
+            "preconditioned_lambda_max": res.lambda_max,
+            "eos_ratio": res.lambda_max / info.eos_threshold(),
+        }
+
+
+class HessianTrace(Probe):
+    """Trace of the loss Hessian with its standard error (Hutch++ by default).
+
+    Args:
+        every_n_steps: measure after every this many optimizer steps.
+        num_matvecs: Hessian-vector products per measurement (Hutch++ needs at least 3).
+        method: ``"hutchpp"`` or ``"hutchinson"``.
+
+    Example:
+        >>> net = torch.nn.Linear(3, 1)
+        >>> x, y = torch.randn(16, 3), torch.randn(16, 1)
+        >>> ctx = ProbeContext(net, lambda: ((net(x) - y) ** 2).mean(), step=1)
+        >>> exact = float(2 * (1 + (x * x).sum(1).mean()))  # tr H for MSE of a linear model
+        >>> r = HessianTrace(num_matvecs=12).run(ctx).scalars  # 4 sketch vectors span all 4 dims: exact
+        >>> abs(r["trace"] - exact) < 1e-4
+        True
+    """
+
+    name = "hessian_trace"
+    group = "hessian"
+    needs_hessian = True
+    default_every_n_steps = 500
+    scalar_tags = {
+        "trace": "Hessian trace (sum of eigenvalues)",
+        "trace_stderr": "standard error of the trace estimate",
+    }
+
+    def __init__(
+        self, every_n_steps: int | None = None, num_matvecs: int = 12, method: Literal["hutchpp", "hutchinson"] = "hutchpp"
+    ) -> None:
+        super().__init__(every_n_steps)
+        self.method = check_choice("HessianTrace.method", method, ("hutchpp", "hutchinson"))
+        minimum = 3 if method == "hutchpp" else 2
+        self.num_matvecs = check_positive_int("HessianTrace.num_matvecs", num_matvecs, minimum)
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "num_matvecs": self.num_matvecs, "method": self.method}
+
+    def run(self, ctx: ProbeContext) -> ProbeResult:
+        op = ctx.hessian()
+        gen = ctx.generator(self.name)
+        estimator = hutchpp_trace if self.method == "hutchpp" else hutchinson_trace
+        est = estimator(op.matvec, ctx.space.dim, self.num_matvecs, gen, ctx.space.dtype, ctx.space.device)
+        ctx.extras["trace"] = est
+        return ProbeResult(scalars={"trace": est.value, "trace_stderr": est.stderr})
+
+
+class HessianDensity(Probe):
+    """Eigenvalue density of the loss Hessian by stochastic Lanczos quadrature, as a TensorBoard histogram.
+
+    Args:
+        every_n_steps: measure after every this many optimizer steps.
+        num_probes: random start vectors.
+        num_steps: Lanczos steps per vector (total cost ``num_probes * num_steps`` HVPs).
+        bins: histogram bins.
+
+    Example:
+        >>> net = torch.nn.Linear(3, 1)
+        >>> x, y = torch.randn(16, 3), torch.randn(16, 1)
+        >>> ctx = ProbeContext(net, lambda: ((net(x) - y) ** 2).mean(), step=1)
+        >>> r = HessianDensity(num_probes=1, num_steps=4).run(ctx)
+        >>> round(float(r.histograms["density"].counts.sum()), 6)  # counts add up to the 4 eigenvalues
+        4.0
+    """
+
+    name = "hessian_density"
+    group = "hessian"
+    needs_hessian = True
+    default_every_n_steps = 2000
+    scalar_tags = {
+        "negative_mass": "fraction of the spectral density below zero (SLQ); > 0 away from a minimum",
+    }
+
+    def __init__(self, every_n_steps: int | None = None, num_probes: int = 2, num_steps: int = 40, bins: int = 60) -> None:
+        super().__init__(every_n_steps)
+        self.num_probes = check_positive_int("HessianDensity.num_probes", num_probes)
+        self.num_steps = check_positive_int("HessianDensity.num_steps", num_steps, 2)
+        self.bins = check_positive_int("HessianDensity.bins", bins, 2)
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "num_probes": self.num_probes, "num_steps": self.num_steps}
+
+    def run(self, ctx: ProbeContext) -> ProbeResult:
+        op = ctx.hessian()
+        gen = ctx.generator(self.name)
+        dens = spectral_density(op.matvec, ctx.space.dim, self.num_probes, self.num_steps, gen, ctx.space.dtype, ctx.space.device)
+        edges, counts = dens.histogram(self.bins)
+        scale = float(dens.nodes.abs().max())
+        negative = float((dens.weights * (dens.nodes < -1e-3 * scale)).sum(-1).mean())
+        return ProbeResult(scalars={"negative_mass": negative}, histograms={"density": Histogram(edges, counts)})
