@@ -1,0 +1,1 @@
+"""Command line: ``lightning-landscape demo | scan | compare``."""
