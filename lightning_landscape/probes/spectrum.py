@@ -66,6 +66,11 @@ class HessianSpectrum(Probe):
         "preconditioned_lambda_max": "Adam/AdamW only: λmax(P⁻¹H) with P the bias-corrected Adam preconditioner",
         "eos_ratio_unpreconditioned": "Adam/AdamW with preconditioned_eos=False: λmax·lr/2 (not the Adam criterion)",
     }
+    charts = {
+        "extreme eigenvalues": ["lambda_max", "lambda_min"],
+        "edge of stability": ["eos_ratio", "eos_ratio_unpreconditioned"],
+        "Lanczos cost": ["lanczos_hvps", "residual"],
+    }
 
     def __init__(
         self,

@@ -1,0 +1,356 @@
+"""``LandscapeMonitor``: the Lightning callback that schedules probes and logs what they measure.
+
+The class derives from the ``Callback`` of every installed Lightning flavour (``lightning.pytorch`` and
+``pytorch_lightning``), so the same object is accepted by either Trainer and either LightningCLI.
+All hook logic is framework-free: it only touches duck-typed trainer attributes.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections import defaultdict
+from typing import Any, Callable, Literal, Optional, Union
+
+import torch
+from torch import nn
+
+from lightning_landscape._compat import (
+    CALLBACK_BASES,
+    DEEPSPEED_STRATEGIES,
+    FSDP_STRATEGIES,
+    MODEL_PARALLEL_STRATEGIES,
+)
+from lightning_landscape.callbacks.loss_closure import batches_loss, resolve_loss
+from lightning_landscape.callbacks.probe_batch import ProbeBatchCache
+from lightning_landscape.callbacks.writer import MetricWriter, logging_step, prefixed, tags_by_group
+from lightning_landscape.guards import probe_guard
+from lightning_landscape.optim_info import describe_optimizer
+from lightning_landscape.parameters import ParameterSpace
+from lightning_landscape.probes import PROBES, NonFiniteLossError, Probe, ProbeContext, ProbeResult, default_probes
+from lightning_landscape.probes.base import check_choice, check_positive_int
+
+
+class LandscapeMonitorWarning(UserWarning):
+    """Something went wrong in monitoring; training continues."""
+
+
+def _build_probes(probes: Optional[list[Union[Probe, str]]]) -> list[Probe]:
+    if probes is None:
+        return default_probes()
+    if not isinstance(probes, (list, tuple)):
+        raise TypeError(f"probes must be a list of Probe objects or probe names, got {type(probes).__name__}")
+    built: list[Probe] = []
+    for item in probes:
+        if isinstance(item, str):
+            if item not in PROBES:
+                raise ValueError(f"probes: unknown probe name {item!r}; known probes are {sorted(PROBES)}")
+            built.append(PROBES[item]())
+        elif isinstance(item, Probe):
+            built.append(item)
+        else:
+            raise TypeError(f"probes: each item must be a Probe or a probe name, got {type(item).__name__} {item!r}")
+    names = [p.name for p in built]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(
+            f"probes: {duplicates} appear more than once; their tags would collide "
+            "(use a second LandscapeMonitor with another log_prefix to run two configurations)"
+        )
+    return built
+
+
+class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
+    """Measure the loss landscape during training and log it to every attached logger.
+
+    Args:
+        probes: what to measure: ``Probe`` objects, or registry names with default settings
+            (``"hessian_spectrum"``, ``"hessian_trace"``, ``"hessian_density"``, ...). Default: spectrum,
+            trace and density at intervals that keep the overhead low.
+        probe_batch: ``"fixed"`` — the first training batch, kept for the run (comparable measurements);
+            ``"cached"`` — the first ``num_probe_batches`` batches, loss averaged; ``"current"`` — the batch of
+            the measured step.
+        num_probe_batches: batches kept with ``probe_batch="cached"``.
+        max_probe_samples: truncate the probe batch to this many samples (bounds the measurement's memory).
+        loss_fn: ``loss_fn(pl_module, batch) -> scalar tensor``; default: the module's ``landscape_loss(batch)``
+            if defined, else its ``training_step`` (with its ``self.log`` calls and metric updates muted).
+        precision: ``"fp32"`` — probes run outside autocast (default); ``"trainer"`` — inside the trainer's
+            precision context (Hessian of the mixed-precision loss).
+        on_error: ``"warn"`` — a failing probe warns and is disabled after ``max_failures`` failures;
+            ``"raise"`` — exceptions propagate (debugging).
+        max_failures: failures after which a probe is disabled.
+        measure_first_step: also measure after the first optimizer step (a baseline).
+        seed: seed of the probes' private random generators (the global RNG is never used).
+        log_prefix: first part of every tag (``<log_prefix>/<group>/<name>``).
+
+    Example:
+        >>> import lightning.pytorch as L
+        >>> from lightning_landscape import HessianSpectrum
+        >>> from lightning_landscape.tasks import MLPTask, make_teacher_student
+        >>> x, y = make_teacher_student(num_samples=64, input_dim=4)
+        >>> loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+        >>> monitor = LandscapeMonitor(probes=[HessianSpectrum(every_n_steps=2)])
+        >>> trainer = L.Trainer(max_steps=4, callbacks=[monitor], logger=False, enable_progress_bar=False,
+        ...                     enable_model_summary=False, enable_checkpointing=False)
+        >>> trainer.fit(MLPTask(input_dim=4, hidden=(8,)), loader)
+        >>> sorted(monitor.last_values)[:2]
+        ['landscape/hessian/eos_ratio', 'landscape/hessian/hvps']
+    """
+
+    def __init__(
+        self,
+        probes: Optional[list[Union[Probe, str]]] = None,
+        probe_batch: Literal["fixed", "current", "cached"] = "fixed",
+        num_probe_batches: int = 1,
+        max_probe_samples: Optional[int] = None,
+        loss_fn: Optional[Callable[[Any, Any], torch.Tensor]] = None,
+        precision: Literal["fp32", "trainer"] = "fp32",
+        on_error: Literal["warn", "raise"] = "warn",
+        max_failures: int = 3,
+        measure_first_step: bool = True,
+        seed: int = 0,
+        log_prefix: str = "landscape",
+    ) -> None:
+        super().__init__()
+        self.probes = _build_probes(probes)
+        self.probe_batch = check_choice("probe_batch", probe_batch, ("fixed", "current", "cached"))
+        self.num_probe_batches = check_positive_int("num_probe_batches", num_probe_batches)
+        if max_probe_samples is not None:
+            check_positive_int("max_probe_samples", max_probe_samples)
+        self.max_probe_samples = max_probe_samples
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable as loss_fn(pl_module, batch), got {loss_fn!r}")
+        self.loss_fn = loss_fn
+        self.precision = check_choice("precision", precision, ("fp32", "trainer"))
+        self.on_error = check_choice("on_error", on_error, ("warn", "raise"))
+        self.max_failures = check_positive_int("max_failures", max_failures)
+        self.measure_first_step = bool(measure_first_step)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
+        self.seed = seed
+        if not isinstance(log_prefix, str) or not log_prefix or log_prefix.startswith("/") or log_prefix.endswith("/"):
+            raise ValueError(f"log_prefix must be a non-empty tag prefix without leading/trailing '/', got {log_prefix!r}")
+        self.log_prefix = log_prefix
+
+        self._cache = ProbeBatchCache(self.probe_batch, self.num_probe_batches, self.max_probe_samples)
+        self._enabled = True
+        self._disabled_probes: set[str] = set()
+        self._failures: dict[str, int] = defaultdict(int)
+        self._last_step = -1
+        self._space: ParameterSpace | None = None
+        self._loss_of_batch: Callable[[Any], torch.Tensor] | None = None
+        self.loss_source = ""
+        self.last_values: dict[str, float] = {}
+        self.total_hvps = 0
+        self.num_measurements = 0
+        self.probe_seconds = 0.0
+        self.fit_seconds = 0.0
+        self._fit_start: float | None = None
+
+    # ------------------------------------------------------------------ identity / checkpoint state
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(prefix=self.log_prefix, probes=[repr(p) for p in self.probes])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "probes": {p.name: p.state_dict() for p in self.probes},
+            "disabled_probes": sorted(self._disabled_probes),
+            "failures": dict(self._failures),
+            "total_hvps": self.total_hvps,
+            "num_measurements": self.num_measurements,
+            "probe_seconds": self.probe_seconds,
+            "last_values": dict(self.last_values),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for probe in self.probes:
+            if probe.name in state_dict.get("probes", {}):
+                probe.load_state_dict(state_dict["probes"][probe.name])
+        self._disabled_probes = set(state_dict.get("disabled_probes", []))
+        self._failures = defaultdict(int, state_dict.get("failures", {}))
+        self.total_hvps = int(state_dict.get("total_hvps", 0))
+        self.num_measurements = int(state_dict.get("num_measurements", 0))
+        self.probe_seconds = float(state_dict.get("probe_seconds", 0.0))
+        self.last_values = dict(state_dict.get("last_values", {}))
+
+    # ------------------------------------------------------------------ setup
+    def _warn(self, message: str) -> None:
+        warnings.warn(f"LandscapeMonitor: {message}", LandscapeMonitorWarning, stacklevel=3)
+
+    def _disable(self, message: str) -> None:
+        if self.on_error == "raise":
+            raise RuntimeError(f"LandscapeMonitor: {message}")
+        self._warn(f"{message}. Monitoring is disabled for this run; training continues.")
+        self._enabled = False
+
+    def setup(self, trainer: Any, pl_module: nn.Module, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._enabled = True
+        strategy = getattr(trainer, "strategy", None)
+        unsupported = FSDP_STRATEGIES + DEEPSPEED_STRATEGIES + MODEL_PARALLEL_STRATEGIES
+        if unsupported and isinstance(strategy, unsupported):
+            self._disable(
+                f"strategy {type(strategy).__name__} shards parameters, which the Hessian probes do not support "
+                "yet; use a DDP strategy (ddp, ddp_spawn) or single-device training"
+            )
+            return
+        try:
+            self._loss_of_batch, self.loss_source = resolve_loss(pl_module, self.loss_fn)
+        except ValueError as err:
+            self._disable(str(err))
+
+    def on_fit_start(self, trainer: Any, pl_module: nn.Module) -> None:
+        self._fit_start = time.perf_counter()
+
+    def on_train_start(self, trainer: Any, pl_module: nn.Module) -> None:
+        self._last_step = int(trainer.global_step)
+        self._cache.reset()
+        self._space = None
+        if self._enabled:
+            MetricWriter(trainer).write_layout(self._layout())
+
+    def on_fit_end(self, trainer: Any, pl_module: nn.Module) -> None:
+        if self._fit_start is not None:
+            self.fit_seconds = time.perf_counter() - self._fit_start
+        MetricWriter(trainer).flush()
+
+    def _layout(self) -> dict[str, list[str]]:
+        charts = tags_by_group(self.log_prefix, self.probes)
+        if any(p.needs_hessian for p in self.probes):
+            charts["monitor: cost"] = [
+                f"{self.log_prefix}/hessian/hvps",
+                f"{self.log_prefix}/monitor/seconds",
+                f"{self.log_prefix}/monitor/overhead",
+            ]
+        return charts
+
+    # ------------------------------------------------------------------ training hooks
+    def on_train_batch_start(self, trainer: Any, pl_module: nn.Module, batch: Any, batch_idx: int) -> None:
+        if self._enabled:
+            self._cache.observe(batch)
+
+    def on_train_batch_end(self, trainer: Any, pl_module: nn.Module, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = int(trainer.global_step)
+        if not self._enabled or step == self._last_step or step < 1:
+            return  # no optimizer step since the last call (gradient accumulation), or nothing to do
+        self._last_step = step
+        first = self.measure_first_step and step == 1
+        due = [p for p in self.probes if p.name not in self._disabled_probes and (first or p.is_due(step))]
+        if due:
+            self.measure(trainer, pl_module, due, step, batch)
+
+    # ------------------------------------------------------------------ measuring
+    def _reduce_mean(self, trainer: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        if int(getattr(trainer, "world_size", 1)) <= 1:
+            return None
+        strategy = trainer.strategy
+        return lambda t: strategy.reduce(t, reduce_op="mean")
+
+    def _closure(self, trainer: Any, batches: list[Any]) -> Callable[[], torch.Tensor]:
+        assert self._loss_of_batch is not None
+        closure = batches_loss(self._loss_of_batch, batches)
+        if self.precision == "fp32":
+            return closure
+        plugin = getattr(trainer.strategy, "precision_plugin", None)
+
+        def in_trainer_precision() -> torch.Tensor:
+            with plugin.forward_context():
+                return closure()
+
+        return in_trainer_precision if plugin is not None else closure
+
+    def measure(self, trainer: Any, pl_module: nn.Module, probes: list[Probe], step: int, batch: Any = None) -> ProbeResult:
+        """Run ``probes`` now and log their values; returns what was logged (keys are full tags)."""
+        started = time.perf_counter()
+        batches = self._cache.batches(current=batch)
+        logged = ProbeResult()
+        if not batches or self._loss_of_batch is None:
+            return logged
+        optimizer = trainer.optimizers[0] if getattr(trainer, "optimizers", None) else None
+        with probe_guard(pl_module, autocast_off=self.precision == "fp32"):
+            if self._space is None:
+                self._space = ParameterSpace.from_module(pl_module)
+            ctx = ProbeContext(
+                pl_module,
+                self._closure(trainer, batches),
+                step,
+                space=self._space,
+                optimizer=optimizer,
+                optimizer_info=describe_optimizer(optimizer),
+                reduce_mean=self._reduce_mean(trainer),
+                seed=self.seed,
+                epoch=int(getattr(trainer, "current_epoch", 0)),
+                batch=batches[0],
+            )
+            nonfinite = False
+            for probe in probes:
+                if nonfinite and probe.needs_hessian:
+                    continue
+                try:
+                    result = probe.run(ctx)
+                except (NonFiniteLossError, FloatingPointError) as err:
+                    nonfinite = True
+                    self._warn(f"step {step}: non-finite values, {probe.name} skipped ({err})")
+                    continue
+                except Exception as err:  # a probe must never take training down
+                    self._probe_failed(probe, err, step)
+                    continue
+                self._merge(logged, probe.group, result)
+            hvps = ctx.num_matvecs
+            ctx.release()
+        if nonfinite:
+            logged.scalars[f"{self.log_prefix}/monitor/nonfinite"] = 1.0
+        if hvps:
+            logged.scalars[f"{self.log_prefix}/hessian/hvps"] = float(hvps)
+        elapsed = time.perf_counter() - started
+        self.total_hvps += hvps
+        self.num_measurements += 1
+        self.probe_seconds += elapsed
+        logged.scalars[f"{self.log_prefix}/monitor/seconds"] = elapsed
+        if self._fit_start is not None:
+            train_time = max(time.perf_counter() - self._fit_start - self.probe_seconds, 1e-9)
+            logged.scalars[f"{self.log_prefix}/monitor/overhead"] = self.probe_seconds / train_time
+        self._write(trainer, logged)
+        return logged
+
+    def _merge(self, logged: ProbeResult, group: str, result: ProbeResult) -> None:
+        logged.scalars.update(prefixed(self.log_prefix, group, result.scalars))
+        logged.histograms.update(prefixed(self.log_prefix, group, result.histograms))
+        logged.images.update(prefixed(self.log_prefix, group, result.images))
+        logged.texts.update(prefixed(self.log_prefix, group, result.texts))
+        logged.events.extend(result.events)
+
+    def _probe_failed(self, probe: Probe, err: Exception, step: int) -> None:
+        if self.on_error == "raise":
+            raise err
+        self._failures[probe.name] += 1
+        count = self._failures[probe.name]
+        message = f"probe {probe.name!r} failed at step {step} ({type(err).__name__}: {err})"
+        if count >= self.max_failures:
+            self._disabled_probes.add(probe.name)
+            message += f"; disabled after {count} failures"
+        self._warn(message)
+
+    def _write(self, trainer: Any, logged: ProbeResult) -> None:
+        writer = MetricWriter(trainer)
+        step = logging_step(trainer)
+        writer.scalars(logged.scalars, step)
+        writer.histograms(logged.histograms, step)
+        writer.images(logged.images, step)
+        writer.texts(logged.texts, step)
+        self.last_values.update(logged.scalars)
+
+    # ------------------------------------------------------------------ reporting
+    def summary(self) -> dict[str, Any]:
+        """Totals of this run: measurements, HVPs, seconds spent and the overhead fraction."""
+        train = max(self.fit_seconds - self.probe_seconds, 1e-9) if self.fit_seconds else float("nan")
+        return {
+            "measurements": self.num_measurements,
+            "hvps": self.total_hvps,
+            "probe_seconds": self.probe_seconds,
+            "fit_seconds": self.fit_seconds,
+            "overhead": self.probe_seconds / train if self.fit_seconds else float("nan"),
+            "last_values": dict(self.last_values),
+        }

@@ -1,0 +1,88 @@
+"""The probe batch: which data the curvature is measured on.
+
+``fixed`` (default) keeps the first training batch for the whole run, so measurements at different steps
+differ only because the weights moved. ``cached`` keeps the first ``k`` batches and averages the loss
+over them. ``current`` uses the batch of the step being measured (noisier, no extra memory).
+Batches are captured from the training loop itself (``on_train_batch_start``) rather than drawn from the
+dataloader, so the sampler's RNG and the data order are never touched.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+
+ProbeBatchMode = Literal["fixed", "current", "cached"]
+
+
+def _batch_size(batch: Any) -> int | None:
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0] if batch.ndim > 0 else None
+    if isinstance(batch, dict):
+        values = list(batch.values())
+    elif isinstance(batch, (list, tuple)):
+        values = list(batch)
+    else:
+        return None
+    for v in values:
+        size = _batch_size(v)
+        if size is not None:
+            return size
+    return None
+
+
+def detach_batch(batch: Any, max_samples: int | None = None, size: int | None = None) -> Any:
+    """A detached copy of ``batch`` (tensors cloned), optionally truncated to ``max_samples`` rows.
+
+    Truncation applies to every tensor whose first dimension equals the batch size.
+
+    >>> b = detach_batch({"x": torch.ones(8, 2), "y": [torch.zeros(8)]}, max_samples=3)
+    >>> tuple(b["x"].shape), tuple(b["y"][0].shape)
+    ((3, 2), (3,))
+    """
+    if size is None:
+        size = _batch_size(batch)
+    if isinstance(batch, torch.Tensor):
+        out = batch.detach()
+        if max_samples is not None and size is not None and out.ndim > 0 and out.shape[0] == size:
+            out = out[:max_samples]
+        return out.clone()
+    if isinstance(batch, dict):
+        return type(batch)((k, detach_batch(v, max_samples, size)) for k, v in batch.items())
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
+        return type(batch)(*(detach_batch(v, max_samples, size) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(detach_batch(v, max_samples, size) for v in batch)
+    return batch
+
+
+class ProbeBatchCache:
+    """Keeps the probe batches according to ``mode``.
+
+    >>> cache = ProbeBatchCache("cached", num_batches=2)
+    >>> for i in range(3):
+    ...     cache.observe(torch.full((4,), float(i)))
+    >>> [float(b[0]) for b in cache.batches(current=None)]
+    [0.0, 1.0]
+    """
+
+    def __init__(self, mode: ProbeBatchMode = "fixed", num_batches: int = 1, max_samples: int | None = None) -> None:
+        self.mode = mode
+        self.num_batches = 1 if mode == "fixed" else num_batches
+        self.max_samples = max_samples
+        self._batches: list[Any] = []
+
+    def observe(self, batch: Any) -> None:
+        """Called with every training batch; keeps copies while the cache is not full."""
+        if self.mode != "current" and len(self._batches) < self.num_batches:
+            self._batches.append(detach_batch(batch, self.max_samples))
+
+    def batches(self, current: Any) -> list[Any]:
+        """The batches to measure on now."""
+        if self.mode == "current":
+            return [] if current is None else [detach_batch(current, self.max_samples)]
+        return list(self._batches)
+
+    def reset(self) -> None:
+        self._batches = []

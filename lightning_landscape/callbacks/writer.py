@@ -1,0 +1,116 @@
+"""Where measurements go: scalars to every Lightning logger, extras to TensorBoard.
+
+Scalars are written with ``logger.log_metrics(..., step=_batches_that_stepped)`` — the step Lightning
+uses for the user's own ``self.log`` calls in the same batch — so the curves line up. Measurements are
+rare and expensive, so they are written whenever they are made, independent of ``log_every_n_steps``.
+Histograms, images, text and the custom-scalars layout go only to TensorBoard loggers, on rank zero.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from lightning_landscape._compat import TENSORBOARD_LOGGERS
+from lightning_landscape.probes.base import Histogram
+
+
+def logging_step(trainer: Any) -> int:
+    """The step Lightning's own ``self.log`` uses during fit (falls back to ``global_step``)."""
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    step = getattr(loop, "_batches_that_stepped", None)
+    return int(step) if step is not None else int(trainer.global_step)
+
+
+class MetricWriter:
+    """Writes tagged values for one trainer.
+
+    >>> MetricWriter.layout({"hessian": ["landscape/hessian/lambda_max", "landscape/hessian/lambda_min"]})
+    {'landscape': {'hessian': ['Multiline', ['landscape/hessian/lambda_max', 'landscape/hessian/lambda_min']]}}
+    """
+
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+
+    @property
+    def is_global_zero(self) -> bool:
+        return bool(getattr(self.trainer, "is_global_zero", True))
+
+    def _tensorboards(self) -> list[Any]:
+        if not self.is_global_zero:
+            return []
+        return [lg for lg in getattr(self.trainer, "loggers", []) if isinstance(lg, TENSORBOARD_LOGGERS)]
+
+    @staticmethod
+    def layout(groups: dict[str, list[str]], title: str = "landscape") -> dict[str, Any]:
+        """A TensorBoard custom-scalars layout: one multi-line chart per group."""
+        return {title: {name: ["Multiline", list(tags)] for name, tags in groups.items()}}
+
+    def write_layout(self, groups: dict[str, list[str]], title: str = "landscape") -> None:
+        for tb in self._tensorboards():
+            tb.experiment.add_custom_scalars(self.layout(groups, title))
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        """To every logger (rank zero) and to ``trainer.callback_metrics`` (every rank)."""
+        if not values:
+            return
+        metrics = self.trainer.callback_metrics
+        for tag, value in values.items():
+            metrics[tag] = torch.tensor(float(value))
+        if not self.is_global_zero:
+            return
+        finite = {k: float(v) for k, v in values.items()}
+        for logger in getattr(self.trainer, "loggers", []):
+            logger.log_metrics(finite, step=step)
+
+    def histograms(self, values: dict[str, Histogram], step: int) -> None:
+        for tb in self._tensorboards():
+            for tag, hist in values.items():
+                counts = hist.counts.double().cpu()
+                edges = hist.edges.double().cpu()
+                centers = 0.5 * (edges[1:] + edges[:-1])
+                total = float(counts.sum())
+                if total <= 0:
+                    continue
+                tb.experiment.add_histogram_raw(
+                    tag,
+                    min=float(edges[0]),
+                    max=float(edges[-1]),
+                    num=total,
+                    sum=float((counts * centers).sum()),
+                    sum_squares=float((counts * centers**2).sum()),
+                    bucket_limits=edges[1:].tolist(),
+                    bucket_counts=counts.tolist(),
+                    global_step=step,
+                )
+
+    def images(self, values: dict[str, np.ndarray], step: int) -> None:
+        for tb in self._tensorboards():
+            for tag, image in values.items():
+                tb.experiment.add_image(tag, image, global_step=step, dataformats="HWC")
+
+    def texts(self, values: dict[str, str], step: int) -> None:
+        for tb in self._tensorboards():
+            for tag, text in values.items():
+                tb.experiment.add_text(tag, text, global_step=step)
+
+    def flush(self) -> None:
+        for tb in self._tensorboards():
+            tb.experiment.flush()
+
+
+def prefixed(prefix: str, group: str, values: dict[str, Any]) -> dict[str, Any]:
+    """``{key: v}`` -> ``{"<prefix>/<group>/<key>": v}``."""
+    return {f"{prefix}/{group}/{key}": v for key, v in values.items()}
+
+
+def tags_by_group(prefix: str, probes: Iterable[Any]) -> dict[str, list[str]]:
+    """Charts for the custom-scalars layout: a probe's ``charts`` (title -> keys) or one chart of all its tags."""
+    charts: dict[str, list[str]] = {}
+    for probe in probes:
+        own = getattr(probe, "charts", None) or {probe.name: list(probe.scalar_tags)}
+        for title, keys in own.items():
+            charts.setdefault(f"{probe.group}: {title}", []).extend(f"{prefix}/{probe.group}/{k}" for k in keys)
+    return charts
