@@ -1,0 +1,57 @@
+"""Alerts: streaming rules on the monitor's metric streams, the events they fire, and where they go.
+
+>>> from lightning_landscape.alerts import AlertManager, EdgeOfStability
+>>> manager = AlertManager(rules=[EdgeOfStability(k=1)], sinks=[])
+>>> [e.rule for e in manager.observe(10, 0, {"landscape/hessian/eos_ratio": 1.2})]
+['edge_of_stability']
+"""
+
+from lightning_landscape.alerts.events import SEVERITIES, Event, as_event
+from lightning_landscape.alerts.manager import AlertManager
+from lightning_landscape.alerts.rules import (
+    RULES,
+    ChangePoint,
+    ChannelEntry,
+    CusumDetector,
+    EdgeOfStability,
+    EventRule,
+    HysteresisDetector,
+    L2Threshold,
+    NonFinite,
+    Rule,
+    Saddle,
+    SaddleBranch,
+    SharpnessSpike,
+    Threshold,
+    default_rules,
+)
+from lightning_landscape.alerts.sinks import CallableSink, LoggingSink, Sink, TensorBoardPayload, TensorBoardSink
+from lightning_landscape.alerts.webhook import WebhookSink
+
+__all__ = [
+    "RULES",
+    "SEVERITIES",
+    "AlertManager",
+    "CallableSink",
+    "ChangePoint",
+    "ChannelEntry",
+    "CusumDetector",
+    "EdgeOfStability",
+    "Event",
+    "EventRule",
+    "HysteresisDetector",
+    "L2Threshold",
+    "LoggingSink",
+    "NonFinite",
+    "Rule",
+    "Saddle",
+    "SaddleBranch",
+    "SharpnessSpike",
+    "Sink",
+    "TensorBoardPayload",
+    "TensorBoardSink",
+    "Threshold",
+    "WebhookSink",
+    "as_event",
+    "default_rules",
+]

@@ -1,0 +1,833 @@
+"""Streaming detectors on metric streams, and the ready-made rules of the mission.
+
+A rule sees, at every observation, the scalars measured at that step (keyed by full tag, e.g.
+``"landscape/l2/margin"``) and the events probes emitted, and returns the :class:`Event` objects it
+fires. Rules are deliberately quiet: thresholds latch (fire once, re-arm only after the stream comes
+back past ``off``), need ``k`` consecutive measurements, ignore everything before ``warmup_steps`` and
+never fire twice within ``cooldown_steps``; pass-through rules de-duplicate by ``(rule, key)``.
+
+Building blocks: :class:`Threshold` (hysteresis, k-consecutive), :class:`ChangePoint` (two-sided
+CUSUM on a standardised stream with an adaptive baseline) and :class:`EventRule` (pass-through).
+Ready-made: :class:`L2Threshold`, :class:`ChannelEntry`, :class:`Saddle`, :class:`SaddleBranch`,
+:class:`EdgeOfStability`, :class:`SharpnessSpike`, :class:`NonFinite` (registry :data:`RULES`).
+
+Every constructor argument has a simple type hint, so LightningCLI/jsonargparse builds rules from YAML
+(``class_path: lightning_landscape.alerts.EdgeOfStability`` + ``init_args``).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Mapping, Sequence
+
+from lightning_landscape.alerts.events import Event, as_event, check_severity
+
+# ----------------------------------------------------------------------------- validation helpers
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return value
+
+
+def _check_float(name: str, value: Any, low: float | None = None, strict: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if low is not None and (value <= low if strict else value < low):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {low}, got {value}")
+    return value
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
+def _check_name(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value or "/" in value or value != value.strip():
+        raise ValueError(f"{name} must be a non-empty string without '/' or surrounding spaces, got {value!r}")
+    return value
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+# ----------------------------------------------------------------------------- pure detectors
+
+
+class HysteresisDetector:
+    """Latching threshold on one stream: fires after ``k`` consecutive values past ``on``, then stays
+    silent until a value comes back past ``off`` (re-arm). Pure state machine, no notion of steps.
+
+    ``direction="above"``: condition ``x >= on``, re-arm on ``x < off`` (``off <= on``).
+    ``direction="below"``: condition ``x <= on``, re-arm on ``x > off`` (``off >= on``).
+    NaN values are ignored (the :class:`NonFinite` rule reports them).
+
+    >>> d = HysteresisDetector(on=1.0, off=0.8, direction="above", k=2)
+    >>> [d.update(x) for x in [0.5, 1.1, 1.2, 1.3, 0.9, 1.2, 0.7, 1.1, 1.1]]
+    [False, False, True, False, False, False, False, False, True]
+    """
+
+    def __init__(self, on: float, off: float, direction: str, k: int) -> None:
+        self.on, self.off, self.direction, self.k = on, off, direction, k
+        self.armed = True
+        self.count = 0
+
+    def condition(self, x: float) -> bool:
+        return x >= self.on if self.direction == "above" else x <= self.on
+
+    def rearms(self, x: float) -> bool:
+        return x < self.off if self.direction == "above" else x > self.off
+
+    def update(self, x: float, can_fire: bool = True) -> bool:
+        """Feed one value; True when the detector fires. With ``can_fire=False`` (cooldown) it keeps
+        counting but holds the alarm back: it fires at the first value after the cooldown."""
+        if math.isnan(x):
+            return False
+        if not self.armed:
+            if self.rearms(x):
+                self.armed, self.count = True, 0
+            return False
+        self.count = self.count + 1 if self.condition(x) else 0
+        if self.count >= self.k and can_fire:
+            self.armed, self.count = False, 0
+            return True
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"armed": self.armed, "count": self.count}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.armed, self.count = bool(state["armed"]), int(state["count"])
+
+
+class CusumDetector:
+    """Two-sided CUSUM (Page 1954) on a standardised stream with an adaptive baseline.
+
+    The first ``warmup`` values estimate the baseline mean and standard deviation (Welford). Each
+    later value gives ``z = (y - mean) / sigma`` with ``sigma`` floored at ``min_scale`` and at
+    ``min_relative_scale`` times ``|mean|`` (times 1 on the log scale, where differences already are
+    relative), and updates ``S+ = max(0, S+ + z - drift)``, ``S- = max(0, S- - z - drift)``. An alarm is
+    ``S > threshold`` in a watched direction, and (optionally) a raw relative change of at least
+    ``min_relative_change`` against the baseline. While no change is suspected (watched statistic
+    ``<= threshold / 2``) the baseline follows the stream by an exponential moving average
+    (``smoothing``) of values winsorised at ±3σ, so slow drifts are absorbed; after an alarm the
+    baseline is re-learnt at the new level.
+
+    With ``drift=1, threshold=8`` the in-control run length of one side is ~10^7 Gaussian samples;
+    a 3σ shift is detected after ~5 samples.
+
+    >>> d = CusumDetector(direction="up", warmup=5)
+    >>> import random; rng = random.Random(0)
+    >>> [d.update(10 + rng.gauss(0, 0.1)) for _ in range(50)].count("up")
+    0
+    >>> [d.update(10.3 + rng.gauss(0, 0.1)) for _ in range(5)]  # a +3 sigma shift
+    [None, None, 'up', None, None]
+    """
+
+    def __init__(
+        self,
+        direction: str = "up",
+        drift: float = 1.0,
+        threshold: float = 8.0,
+        warmup: int = 10,
+        smoothing: float = 0.1,
+        log_scale: bool = False,
+        min_relative_change: float = 0.0,
+        min_scale: float = 0.0,
+        min_relative_scale: float = 0.01,
+    ) -> None:
+        self.direction, self.drift, self.threshold, self.warmup = direction, drift, threshold, warmup
+        self.smoothing, self.log_scale = smoothing, log_scale
+        self.min_relative_change, self.min_scale, self.min_relative_scale = (
+            min_relative_change,
+            min_scale,
+            min_relative_scale,
+        )
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the baseline (re-learn it from the next ``warmup`` values)."""
+        self.n, self.mean, self.m2, self.var = 0, 0.0, 0.0, 0.0
+        self.s_pos = self.s_neg = 0.0
+
+    def _transform(self, x: float) -> float | None:
+        if not math.isfinite(x):
+            return None
+        if self.log_scale:
+            return math.log(x) if x > 0 else None
+        return x
+
+    def _raw_baseline(self) -> float:
+        return math.exp(self.mean) if self.log_scale else self.mean
+
+    def sigma(self) -> float:
+        ref = 1.0 if self.log_scale else abs(self.mean)
+        return max(math.sqrt(max(self.var, 0.0)), self.min_scale, self.min_relative_scale * ref, 1e-300)
+
+    def update(self, x: float, can_fire: bool = True) -> str | None:
+        """Feed one value; returns ``"up"``/``"down"`` on an alarm, else None. Non-finite values (and
+        non-positive ones on the log scale) are skipped."""
+        y = self._transform(x)
+        if y is None:
+            return None
+        if self.n < self.warmup:
+            self.n += 1
+            delta = y - self.mean
+            self.mean += delta / self.n
+            self.m2 += delta * (y - self.mean)
+            self.var = self.m2 / (self.n - 1) if self.n > 1 else 0.0
+            return None
+        z = (y - self.mean) / self.sigma()
+        self.s_pos = max(0.0, self.s_pos + z - self.drift)
+        self.s_neg = max(0.0, self.s_neg - z - self.drift)
+        base = self._raw_baseline()
+        rel = (x - base) / abs(base) if base != 0 else math.inf * (1 if x > base else -1)
+        fired = None
+        if self.direction in ("up", "both") and self.s_pos > self.threshold and rel >= self.min_relative_change:
+            fired = "up"
+        elif self.direction in ("down", "both") and self.s_neg > self.threshold and -rel >= self.min_relative_change:
+            fired = "down"
+        if fired is not None and can_fire:
+            self.reset()
+            self.n, self.mean = 1, y  # the alarm value starts the new baseline
+            return fired
+        watched = max(self.s_pos if self.direction != "down" else 0.0, self.s_neg if self.direction != "up" else 0.0)
+        if watched <= self.threshold * getattr(self, "gate", 0.5):
+            # No change suspected: let the baseline follow slow drifts. The value is winsorised at
+            # +-3 sigma (symmetric, so the mean stays unbiased; gating on S == 0 would censor the
+            # high side and bias the baseline low, which in turn makes S+ creep up on pure noise).
+            a, sig = self.smoothing, self.sigma()
+            d = min(max(y - self.mean, -3 * sig), 3 * sig)
+            self.mean += a * d
+            self.var = (1 - a) * (self.var + a * d * d)
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("n", "mean", "m2", "var", "s_pos", "s_neg")}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for k in ("n", "mean", "m2", "var", "s_pos", "s_neg"):
+            setattr(self, k, type(getattr(self, k))(state[k]))
+
+
+# ----------------------------------------------------------------------------- rule base
+
+
+class Rule(ABC):
+    """Base class of all rules.
+
+    Args:
+        name: the rule's name: ``Event.rule`` of what it fires, the tag ``landscape/alerts/<name>``, the
+            key for ``AlertManager(stop_on=...)``. Unique within a manager.
+        severity: severity of the events it fires.
+        warmup_steps: observations with ``step < warmup_steps`` are ignored.
+        cooldown_steps: no two events (with the same key) less than ``cooldown_steps`` steps apart.
+    """
+
+    default_name: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        name: str | None = None,
+        severity: str = "warning",
+        warmup_steps: int = 0,
+        cooldown_steps: int = 0,
+    ) -> None:
+        cls = type(self).__name__
+        self.name = _check_name(f"{cls}.name", name if name is not None else self.default_name)
+        self.severity = check_severity(f"{cls}.severity", severity)
+        self.warmup_steps = _check_int(f"{cls}.warmup_steps", warmup_steps, 0)
+        self.cooldown_steps = _check_int(f"{cls}.cooldown_steps", cooldown_steps, 0)
+        self._last_fire: dict[str, int] = {}  # key -> step of the last event fired
+        self._step = -1  # step of the latest observation (for `active`)
+
+    # -- helpers for subclasses
+    def _can_fire(self, step: int, key: str = "") -> bool:
+        last = self._last_fire.get(key)
+        return last is None or step - last >= self.cooldown_steps
+
+    def _event(self, step: int, epoch: int, values: dict[str, float], message: str, key: str = "",
+               severity: str | None = None) -> Event:
+        self._last_fire[key] = step
+        return Event(self.name, step, epoch, values, severity or self.severity, message, key)
+
+    # -- the interface
+    def observe(self, step: int, epoch: int, scalars: Mapping[str, float], events: Sequence[Event]) -> list[Event]:
+        """Feed one observation; returns the events fired (usually none)."""
+        self._step = step
+        if step < self.warmup_steps:
+            return []
+        return self._observe(step, epoch, scalars, events)
+
+    @abstractmethod
+    def _observe(self, step: int, epoch: int, scalars: Mapping[str, float], events: Sequence[Event]) -> list[Event]:
+        ...
+
+    @property
+    @abstractmethod
+    def active(self) -> bool:
+        """Whether the rule is in alarm now (the 0/1 scalar ``landscape/alerts/<name>``)."""
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "severity": self.severity, "warmup_steps": self.warmup_steps,
+                "cooldown_steps": self.cooldown_steps}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_fire": dict(self._last_fire), "step": self._step}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._last_fire = {str(k): int(v) for k, v in dict(state.get("last_fire", {})).items()}
+        self._step = int(state.get("step", -1))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config().items())})"
+
+
+# ----------------------------------------------------------------------------- generic rules
+
+
+class Threshold(Rule):
+    """Fire when ``tag`` crosses ``on`` for ``k`` consecutive measurements; re-arm after it crosses
+    back past ``off`` (hysteresis; default ``off = on``).
+
+    >>> r = Threshold("landscape/hessian/eos_ratio", on=1.0, off=0.9, k=2, name="eos")
+    >>> fired = [r.observe(s, 0, {"landscape/hessian/eos_ratio": x}, []) for s, x in
+    ...          enumerate([0.5, 1.1, 1.2, 1.3, 0.95, 1.2, 1.1, 0.8, 1.2, 1.2])]
+    >>> [s for s, f in enumerate(fired) if f]
+    [2, 9]
+    """
+
+    def __init__(
+        self,
+        tag: str,
+        on: float,
+        off: float | None = None,
+        direction: str = "above",
+        k: int = 1,
+        warmup_steps: int = 0,
+        cooldown_steps: int = 0,
+        severity: str = "warning",
+        name: str | None = None,
+        message: str | None = None,
+    ) -> None:
+        cls = type(self).__name__
+        if not isinstance(tag, str) or not tag:
+            raise ValueError(f"{cls}.tag must be a non-empty tag string, got {tag!r}")
+        self.tag = tag
+        self.direction = _check_choice(f"{cls}.direction", direction, ("above", "below"))
+        self.on = _check_float(f"{cls}.on", on)
+        self.off = self.on if off is None else _check_float(f"{cls}.off", off)
+        if direction == "above" and self.off > self.on:
+            raise ValueError(f"{cls}.off must be <= on ({self.on}) for direction='above', got {self.off}")
+        if direction == "below" and self.off < self.on:
+            raise ValueError(f"{cls}.off must be >= on ({self.on}) for direction='below', got {self.off}")
+        self.k = _check_int(f"{cls}.k", k, 1)
+        self.message = message
+        default = f"{tag.rstrip('/').rsplit('/', 1)[-1]}_{direction}"
+        super().__init__(name if name is not None else (self.default_name or default), severity,
+                         warmup_steps, cooldown_steps)
+        self.detector = HysteresisDetector(self.on, self.off, self.direction, self.k)
+
+    def _observe(self, step, epoch, scalars, events):
+        if self.tag not in scalars:
+            return []
+        x = float(scalars[self.tag])
+        if not self.detector.update(x, self._can_fire(step)):
+            return []
+        op = ">=" if self.direction == "above" else "<="
+        msg = self.message or (
+            f"{self.tag} = {_fmt(x)} {op} {_fmt(self.on)}"
+            + (f" for {self.k} consecutive measurements" if self.k > 1 else "")
+            + (f"; re-arms once it is {'below' if self.direction == 'above' else 'above'} {_fmt(self.off)}")
+        )
+        return [self._event(step, epoch, {self.tag: x, "threshold": self.on}, msg)]
+
+    @property
+    def active(self) -> bool:
+        return not self.detector.armed
+
+    def config(self):
+        return {"tag": self.tag, "on": self.on, "off": self.off, "direction": self.direction, "k": self.k,
+                **super().config()}
+
+    def state_dict(self):
+        return {**super().state_dict(), "detector": self.detector.state_dict()}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.detector.load_state_dict(state["detector"])
+
+
+class ChangePoint(Rule):
+    """Fire on a change point of ``tag`` (two-sided CUSUM, see :class:`CusumDetector`).
+
+    >>> r = ChangePoint("landscape/hessian/lambda_max", warmup=5, name="cp")
+    >>> stream = [10.0, 10.1, 9.9, 10.05, 9.95] * 4 + [14.0] * 3
+    >>> [s for s, x in enumerate(stream) if r.observe(s, 0, {"landscape/hessian/lambda_max": x}, [])]
+    [20]
+    """
+
+    def __init__(
+        self,
+        tag: str,
+        direction: str = "up",
+        drift: float = 1.0,
+        threshold: float = 8.0,
+        warmup: int = 10,
+        smoothing: float = 0.1,
+        log_scale: bool = False,
+        min_relative_change: float = 0.0,
+        min_scale: float = 0.0,
+        min_relative_scale: float = 0.01,
+        warmup_steps: int = 0,
+        cooldown_steps: int = 0,
+        severity: str = "warning",
+        name: str | None = None,
+    ) -> None:
+        cls = type(self).__name__
+        if not isinstance(tag, str) or not tag:
+            raise ValueError(f"{cls}.tag must be a non-empty tag string, got {tag!r}")
+        self.tag = tag
+        self.detector = CusumDetector(
+            direction=_check_choice(f"{cls}.direction", direction, ("up", "down", "both")),
+            drift=_check_float(f"{cls}.drift", drift, 0.0),
+            threshold=_check_float(f"{cls}.threshold", threshold, 0.0, strict=True),
+            warmup=_check_int(f"{cls}.warmup", warmup, 2),
+            smoothing=_check_float(f"{cls}.smoothing", smoothing, 0.0),
+            log_scale=bool(log_scale),
+            min_relative_change=_check_float(f"{cls}.min_relative_change", min_relative_change, 0.0),
+            min_scale=_check_float(f"{cls}.min_scale", min_scale, 0.0),
+            min_relative_scale=_check_float(f"{cls}.min_relative_scale", min_relative_scale, 0.0),
+        )
+        if self.detector.smoothing > 1:
+            raise ValueError(f"{cls}.smoothing must be in [0, 1], got {smoothing}")
+        default = f"{tag.rstrip('/').rsplit('/', 1)[-1]}_change"
+        super().__init__(name if name is not None else (self.default_name or default), severity,
+                         warmup_steps, cooldown_steps)
+        self._active_until = -1
+
+    def _observe(self, step, epoch, scalars, events):
+        if self.tag not in scalars:
+            return []
+        x = float(scalars[self.tag])
+        base = self.detector._raw_baseline()
+        fired = self.detector.update(x, self._can_fire(step))
+        if fired is None:
+            return []
+        self._active_until = step + max(self.cooldown_steps, 1)
+        rel = (x - base) / abs(base) if base else math.inf
+        msg = (f"change point ({fired}) in {self.tag}: {_fmt(x)} against a baseline of {_fmt(base)} "
+               f"({rel:+.1%})")
+        return [self._event(step, epoch, {self.tag: x, "baseline": base, "relative_change": rel}, msg)]
+
+    @property
+    def active(self) -> bool:
+        # In alarm during the cooldown that follows a change point (one observation if cooldown is 0).
+        return self._step < self._active_until
+
+    def config(self):
+        d = self.detector
+        return {"tag": self.tag, "direction": d.direction, "drift": d.drift, "threshold": d.threshold,
+                "warmup": d.warmup, "smoothing": d.smoothing, "log_scale": d.log_scale,
+                "min_relative_change": d.min_relative_change, "min_scale": d.min_scale,
+                "min_relative_scale": d.min_relative_scale, **super().config()}
+
+    def state_dict(self):
+        return {**super().state_dict(), "detector": self.detector.state_dict(), "active_until": self._active_until}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.detector.load_state_dict(state["detector"])
+        self._active_until = int(state.get("active_until", -1))
+
+
+class EventRule(Rule):
+    """Pass through the events probes emit with ``Event.rule == event``, de-duplicated: an event
+    whose ``(rule, key)`` was already *seen* less than ``cooldown_steps`` steps ago is suppressed, so a
+    condition a probe reports at every measurement fires once (and again only after it has been absent
+    for ``cooldown_steps``). ``severity=None`` keeps the probe's severity.
+
+    >>> r = EventRule("channel_entry", cooldown_steps=100)
+    >>> ev = lambda s: [Event("channel_entry", s, 0, {"eps": 0.01}, "warning", "pair 3-7", key="fc1:3-7")]
+    >>> [s for s in range(0, 400, 50) if r.observe(s, 0, {}, ev(s) if s < 200 or s >= 350 else [])]
+    [0, 350]
+    """
+
+    def __init__(
+        self,
+        event: str,
+        cooldown_steps: int = 1000,
+        warmup_steps: int = 0,
+        severity: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        cls = type(self).__name__
+        self.event = _check_name(f"{cls}.event", event)
+        self.keep_severity = severity is None
+        super().__init__(name if name is not None else (self.default_name or event),
+                         "warning" if severity is None else severity, warmup_steps, cooldown_steps)
+        self._last_seen: dict[str, int] = {}  # key -> step it was last reported
+
+    def _observe(self, step, epoch, scalars, events):
+        out: dict[str, Event] = {}
+        for raw in events:
+            ev = as_event(raw, step, epoch)
+            if ev.rule != self.event:
+                continue
+            last = self._last_seen.get(ev.key)
+            self._last_seen[ev.key] = step
+            if ev.key in out or (last is not None and step - last < self.cooldown_steps):
+                continue  # same key in this batch, or reported recently: a duplicate
+            self._last_fire[ev.key] = step
+            out[ev.key] = Event(self.name, ev.step, ev.epoch, ev.values,
+                                ev.severity if self.keep_severity else self.severity, ev.message, ev.key)
+        # forget keys that can no longer suppress anything (bounded state)
+        horizon = step - self.cooldown_steps
+        self._last_seen = {k: s for k, s in self._last_seen.items() if s > horizon or s == step}
+        self._last_fire = {k: s for k, s in self._last_fire.items() if k in self._last_seen}
+        return list(out.values())
+
+    @property
+    def active(self) -> bool:
+        """In alarm while some key was reported within the last ``cooldown_steps`` steps."""
+        return any(self._step - s < max(self.cooldown_steps, 1) for s in self._last_seen.values())
+
+    def config(self):
+        cfg = {"event": self.event, **super().config()}
+        if self.keep_severity:
+            cfg["severity"] = None
+        return cfg
+
+    def state_dict(self):
+        return {**super().state_dict(), "last_seen": dict(self._last_seen)}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self._last_seen = {str(k): int(v) for k, v in dict(state.get("last_seen", {})).items()}
+
+
+# ----------------------------------------------------------------------------- ready-made rules
+
+
+class L2Threshold(Rule):
+    """The L2 phase-transition alarm, from two independent signals (each latching with hysteresis):
+
+    * **margin** — ``landscape/l2/margin`` (critical β over current β) at or below ``margin_below`` for
+      ``k`` consecutive measurements: training is close to the weight decay at which the network
+      collapses. Re-arms above ``margin_rearm`` (default ``1.2 * margin_below``). Severity ``severity``.
+    * **collapse** — ``landscape/l2/collapse_ratio`` ``(L_trivial − L)/L_trivial`` fell to
+      ``collapse_fraction`` of its best value so far (best ≥ ``min_best_collapse_ratio``, else the
+      model never learnt anything worth losing): the collapse is happening. Re-arms when the ratio is
+      back above ``collapse_rearm`` × best (default halfway between ``collapse_fraction`` and 1).
+      Severity ``collapse_severity``.
+
+    Pass ``None`` to disable either signal. Events carry ``key`` ``"margin"`` or ``"collapse"``.
+
+    >>> r = L2Threshold(margin_below=1.5, k=2)
+    >>> [s for s, m in enumerate([4, 3, 2, 1.4, 1.3, 1.2, 1.6, 2.0, 1.4, 1.4])
+    ...  if r.observe(s, 0, {"landscape/l2/margin": m}, [])]
+    [4, 9]
+    """
+
+    default_name = "l2_threshold"
+
+    def __init__(
+        self,
+        margin_below: float | None = 1.5,
+        margin_rearm: float | None = None,
+        collapse_fraction: float | None = 0.5,
+        collapse_rearm: float | None = None,
+        min_best_collapse_ratio: float = 0.1,
+        k: int = 2,
+        margin_tag: str = "landscape/l2/margin",
+        collapse_tag: str = "landscape/l2/collapse_ratio",
+        warmup_steps: int = 0,
+        cooldown_steps: int = 0,
+        severity: str = "warning",
+        collapse_severity: str = "critical",
+        name: str | None = None,
+    ) -> None:
+        cls = type(self).__name__
+        super().__init__(name, severity, warmup_steps, cooldown_steps)
+        if margin_below is None and collapse_fraction is None:
+            raise ValueError(f"{cls}: margin_below and collapse_fraction cannot both be None")
+        self.k = _check_int(f"{cls}.k", k, 1)
+        self.margin_tag, self.collapse_tag = margin_tag, collapse_tag
+        self.collapse_severity = check_severity(f"{cls}.collapse_severity", collapse_severity)
+        self.min_best_collapse_ratio = _check_float(f"{cls}.min_best_collapse_ratio", min_best_collapse_ratio, 0.0)
+        self.margin: HysteresisDetector | None = None
+        if margin_below is not None:
+            on = _check_float(f"{cls}.margin_below", margin_below, 0.0, strict=True)
+            off = 1.2 * on if margin_rearm is None else _check_float(f"{cls}.margin_rearm", margin_rearm)
+            if off < on:
+                raise ValueError(f"{cls}.margin_rearm must be >= margin_below ({on}), got {off}")
+            self.margin = HysteresisDetector(on, off, "below", self.k)
+        self.collapse: HysteresisDetector | None = None
+        if collapse_fraction is not None:
+            on = _check_float(f"{cls}.collapse_fraction", collapse_fraction, 0.0, strict=True)
+            if on >= 1:
+                raise ValueError(f"{cls}.collapse_fraction must be in (0, 1), got {on}")
+            off = (1 + on) / 2 if collapse_rearm is None else _check_float(f"{cls}.collapse_rearm", collapse_rearm)
+            if not on <= off <= 1:
+                raise ValueError(f"{cls}.collapse_rearm must be in [collapse_fraction ({on}), 1], got {off}")
+            self.collapse = HysteresisDetector(on, off, "below", self.k)  # on ratio / best
+        self.best_collapse_ratio = -math.inf
+
+    def _observe(self, step, epoch, scalars, events):
+        out = []
+        if self.margin is not None and self.margin_tag in scalars:
+            m = float(scalars[self.margin_tag])
+            if self.margin.update(m, self._can_fire(step, "margin")):
+                out.append(self._event(
+                    step, epoch, {self.margin_tag: m, "margin_below": self.margin.on},
+                    f"L2 margin {_fmt(m)} <= {_fmt(self.margin.on)}: weight decay is within a factor "
+                    f"{_fmt(m)} of the collapse threshold", key="margin"))
+        if self.collapse is not None and self.collapse_tag in scalars:
+            c = float(scalars[self.collapse_tag])
+            if math.isfinite(c):
+                self.best_collapse_ratio = max(self.best_collapse_ratio, c)
+                best = self.best_collapse_ratio
+                if best >= self.min_best_collapse_ratio and self.collapse.update(c / best, self._can_fire(step, "collapse")):
+                    out.append(self._event(
+                        step, epoch, {self.collapse_tag: c, "best_collapse_ratio": best},
+                        f"collapse: {self.collapse_tag} fell to {_fmt(c)} from a best of {_fmt(best)} "
+                        f"(<= {_fmt(self.collapse.on)} x best)", key="collapse",
+                        severity=self.collapse_severity))
+        return out
+
+    @property
+    def active(self) -> bool:
+        return any(d is not None and not d.armed for d in (self.margin, self.collapse))
+
+    def config(self):
+        return {"margin_below": self.margin.on if self.margin else None,
+                "margin_rearm": self.margin.off if self.margin else None,
+                "collapse_fraction": self.collapse.on if self.collapse else None,
+                "collapse_rearm": self.collapse.off if self.collapse else None,
+                "min_best_collapse_ratio": self.min_best_collapse_ratio, "k": self.k,
+                "margin_tag": self.margin_tag, "collapse_tag": self.collapse_tag,
+                "collapse_severity": self.collapse_severity, **super().config()}
+
+    def state_dict(self):
+        return {**super().state_dict(), "best_collapse_ratio": self.best_collapse_ratio,
+                "margin": self.margin.state_dict() if self.margin else None,
+                "collapse": self.collapse.state_dict() if self.collapse else None}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.best_collapse_ratio = float(state.get("best_collapse_ratio", -math.inf))
+        for attr in ("margin", "collapse"):
+            det, saved = getattr(self, attr), state.get(attr)
+            if det is not None and saved is not None:
+                det.load_state_dict(saved)
+
+
+class EdgeOfStability(Threshold):
+    """``landscape/hessian/eos_ratio`` ≥ ``level`` for ``k`` consecutive measurements (re-arms below
+    ``rearm``, default ``0.9 * level``). A ratio near 1 is normal in large-learning-rate training
+    (progressive sharpening then self-stabilisation); raise ``k`` or ``level`` to hear only about
+    persistent excursions.
+
+    >>> r = EdgeOfStability(k=3)
+    >>> [s for s, x in enumerate([0.5, 1.01, 1.02, 0.99, 1.01, 1.02, 1.03, 1.1])
+    ...  if r.observe(s, 0, {"landscape/hessian/eos_ratio": x}, [])]
+    [6]
+    """
+
+    default_name = "edge_of_stability"
+
+    def __init__(
+        self,
+        level: float = 1.0,
+        k: int = 3,
+        rearm: float | None = None,
+        tag: str = "landscape/hessian/eos_ratio",
+        warmup_steps: int = 0,
+        cooldown_steps: int = 0,
+        severity: str = "warning",
+        name: str | None = None,
+    ) -> None:
+        level = _check_float("EdgeOfStability.level", level, 0.0, strict=True)
+        super().__init__(tag, level, 0.9 * level if rearm is None else rearm, "above", k, warmup_steps,
+                         cooldown_steps, severity, name)
+
+    def config(self):
+        cfg = super().config()
+        return {"level": cfg.pop("on"), "k": cfg.pop("k"), "rearm": cfg.pop("off"), "tag": cfg.pop("tag"),
+                **{k: v for k, v in cfg.items() if k != "direction"}}
+
+
+class SharpnessSpike(ChangePoint):
+    """Upward change point of ``landscape/hessian/lambda_max`` on the log scale (CUSUM), with at
+    least ``min_relative_change`` (default +25 %) against the baseline. Slow progressive sharpening is
+    absorbed by the adaptive baseline; a jump (e.g. a channel meeting the edge of stability, a
+    learning-rate warm-up overshoot) fires.
+
+    >>> r = SharpnessSpike(warmup=5)
+    >>> stream = [20 * 1.002 ** s for s in range(40)] + [40.0, 42.0]
+    >>> [s for s, x in enumerate(stream) if r.observe(s, 0, {"landscape/hessian/lambda_max": x}, [])]
+    [40]
+    """
+
+    default_name = "sharpness_spike"
+
+    def __init__(
+        self,
+        tag: str = "landscape/hessian/lambda_max",
+        drift: float = 1.0,
+        threshold: float = 8.0,
+        warmup: int = 8,
+        smoothing: float = 0.1,
+        log_scale: bool = True,
+        min_relative_change: float = 0.25,
+        min_relative_scale: float = 0.02,
+        warmup_steps: int = 0,
+        cooldown_steps: int = 0,
+        severity: str = "warning",
+        name: str | None = None,
+    ) -> None:
+        super().__init__(tag, "up", drift, threshold, warmup, smoothing, log_scale, min_relative_change,
+                         0.0, min_relative_scale, warmup_steps, cooldown_steps, severity, name)
+
+    def config(self):
+        cfg = super().config()
+        for k in ("direction", "min_scale"):
+            cfg.pop(k)
+        return cfg
+
+
+class ChannelEntry(EventRule):
+    """Pass-through of the neuron probe's ``channel_entry`` events (a pair of neurons whose input
+    weights merge while their output weights diverge), de-duplicated per ``key`` (layer and pair)."""
+
+    default_name = "channel_entry"
+
+    def __init__(self, cooldown_steps: int = 1000, warmup_steps: int = 0, severity: str | None = None,
+                 name: str | None = None) -> None:
+        super().__init__("channel_entry", cooldown_steps, warmup_steps, severity, name)
+
+    def config(self):
+        cfg = super().config()
+        cfg.pop("event")
+        return cfg
+
+
+class Saddle(ChannelEntry):
+    """Pass-through of ``saddle`` events (λmin < 0 with a small gradient), de-duplicated per key."""
+
+    default_name = "saddle"
+
+    def __init__(self, cooldown_steps: int = 1000, warmup_steps: int = 0, severity: str | None = None,
+                 name: str | None = None) -> None:
+        EventRule.__init__(self, "saddle", cooldown_steps, warmup_steps, severity, name)
+
+
+class SaddleBranch(ChannelEntry):
+    """Pass-through of ``saddle_branch`` events (the function is representable by a narrower network
+    and the gradient is small), de-duplicated per key."""
+
+    default_name = "saddle_branch"
+
+    def __init__(self, cooldown_steps: int = 1000, warmup_steps: int = 0, severity: str | None = None,
+                 name: str | None = None) -> None:
+        EventRule.__init__(self, "saddle_branch", cooldown_steps, warmup_steps, severity, name)
+
+
+class NonFinite(Rule):
+    """NaN/Inf in any watched scalar (``tags``; default every scalar observed), latched per tag: a tag
+    fires when it turns non-finite and again only after it has been seen finite. Also passes through
+    ``nonfinite`` events emitted by the monitor/probes (de-duplicated per key within
+    ``cooldown_steps``). ``allow_inf`` lists tags for which ``+inf`` is legitimate (the L2 margin is
+    ``+inf`` without weight decay).
+
+    >>> r = NonFinite(cooldown_steps=0)
+    >>> stream = [1.0, float("nan"), float("nan"), 2.0, float("inf")]
+    >>> [s for s, x in enumerate(stream) if r.observe(s, 0, {"landscape/hessian/trace": x}, [])]
+    [1, 4]
+    """
+
+    default_name = "nonfinite"
+
+    def __init__(
+        self,
+        tags: list[str] | None = None,
+        allow_inf: list[str] | None = None,
+        cooldown_steps: int = 100,
+        warmup_steps: int = 0,
+        severity: str = "critical",
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name, severity, warmup_steps, cooldown_steps)
+        self.tags = None if tags is None else [str(t) for t in tags]
+        self.allow_inf = ["landscape/l2/margin", "landscape/l2/critical_beta"] if allow_inf is None else [
+            str(t) for t in allow_inf]
+        self._latched: set[str] = set()
+        self._passthrough = EventRule("nonfinite", cooldown_steps, 0, self.severity, name=self.name)
+        self._fired_now = False
+
+    def _bad(self, tag: str, x: float) -> bool:
+        return math.isnan(x) or (math.isinf(x) and not (x > 0 and tag in self.allow_inf))
+
+    def _observe(self, step, epoch, scalars, events):
+        watched = scalars.keys() if self.tags is None else [t for t in self.tags if t in scalars]
+        new: dict[str, float] = {}
+        for tag in watched:
+            x = float(scalars[tag])
+            if not self._bad(tag, x):
+                self._latched.discard(tag)
+            elif tag not in self._latched and self._can_fire(step, tag):
+                self._latched.add(tag)
+                new[tag] = x
+        out = []
+        if new:
+            for tag in new:
+                self._last_fire[tag] = step
+            names = ", ".join(sorted(new))
+            out.append(Event(self.name, step, epoch, new, self.severity,
+                             f"non-finite values in {len(new)} tag(s): {names}", key=""))
+        out.extend(self._passthrough.observe(step, epoch, {}, events))
+        self._fired_now = bool(out)
+        return out
+
+    @property
+    def active(self) -> bool:
+        return bool(self._latched) or self._fired_now
+
+    def config(self):
+        return {"tags": self.tags, "allow_inf": self.allow_inf, **super().config()}
+
+    def state_dict(self):
+        return {**super().state_dict(), "latched": sorted(self._latched),
+                "passthrough": self._passthrough.state_dict()}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self._latched = set(state.get("latched", []))
+        if "passthrough" in state:
+            self._passthrough.load_state_dict(state["passthrough"])
+
+
+#: Ready-made rules by name.
+RULES: dict[str, type[Rule]] = {
+    cls.default_name: cls
+    for cls in (L2Threshold, ChannelEntry, Saddle, SaddleBranch, EdgeOfStability, SharpnessSpike, NonFinite)
+}
+
+
+def default_rules() -> list[Rule]:
+    """One of each ready-made rule, with its defaults.
+
+    >>> [r.name for r in default_rules()]
+    ['l2_threshold', 'channel_entry', 'saddle', 'saddle_branch', 'edge_of_stability', 'sharpness_spike', 'nonfinite']
+    """
+    return [cls() for cls in RULES.values()]

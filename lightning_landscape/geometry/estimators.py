@@ -1,0 +1,324 @@
+"""Matrix-free estimates of the curvature of the graph of L from Hessian-vector products and the gradient.
+
+The curvatures of :mod:`lightning_landscape.geometry.exact` reduce to a handful of spectral moments
+(``q = 1 + |g|²``; derivation: ``G⁻¹ = I − g gᵀ/q``, ``S = q^{-1/2} G⁻¹ H``, expand the traces — the
+``(gᵀHg)²`` terms of ``(tr S)²`` and ``tr S²`` cancel):
+
+    tr S      = (tr H − gᵀHg / q) / √q
+    tr S²     = [tr H² − 2 gᵀH²g / q + (gᵀHg)² / q²] / q
+    R         = (tr S)² − tr S² = [(tr H)² − tr H²] / q − 2 [tr H · gᵀHg − gᵀH²g] / q²
+
+``gᵀHg`` and ``gᵀH²g = |Hg|²`` cost one HVP. The traces are estimated with Rademacher probes z:
+``tr H = E[zᵀHz]``, ``tr H² = E|Hz|²``, and ``(tr H)²`` without bias as the mean of ``tᵢ tⱼ`` over pairs
+``i ≠ j`` of independent trace samples (the square of one mean would be biased up by its variance).
+R is a small difference of large terms, so the probes are *deflated* (Hutch++-style) against a Krylov
+space Q from one Lanczos run: ``tr H = tr T + E[zᵀ P H P z]`` and ``tr H² = ‖H Qᵀ‖²_F + E|H P z|²`` with
+``P = I − QᵀQ``. Both Krylov parts are free from the tridiagonal T (plus one HVP for the last column);
+the stochastic remainder then misses the outlying eigenvalues that dominate the variance. The same
+Lanczos run is one SLQ sample of the spectral density (inertia estimate) and gives the Ritz pairs for
+the top-k Gauss–Kronecker curvature. The standard error of R is the jackknife over the probe vectors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from lightning_landscape.linalg import hutchinson_trace, lanczos_tridiagonal
+from lightning_landscape.linalg.random import rademacher
+
+Matvec = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.dot(a.reshape(-1).double(), b.reshape(-1).double()))
+
+
+# --------------------------------------------------------------------------------------------------
+# closed forms (shared by the estimators and the exact checks)
+
+
+def trace_shape_operator(trace_h: float, g_h_g: float, q: float) -> float:
+    """``tr S = (tr H − gᵀHg/q)/√q``.
+
+    >>> trace_shape_operator(4.0, 0.0, 1.0)
+    4.0
+    """
+    return (trace_h - g_h_g / q) / math.sqrt(q)
+
+
+def scalar_curvature_from_moments(
+    trace_h_sq: float, trace_h2: float, trace_h: float, g_h_g: float, g_h2_g: float, q: float
+) -> float:
+    """``R = [(tr H)² − tr H²]/q − 2[tr H·gᵀHg − gᵀH²g]/q²`` (``trace_h_sq`` is ``(tr H)²``).
+
+    >>> scalar_curvature_from_moments(4.0, 2.0, 2.0, 0.0, 0.0, 1.0)   # H = I₂ at a critical point: R = 2
+    2.0
+    """
+    return (trace_h_sq - trace_h2) / q - 2.0 * (trace_h * g_h_g - g_h2_g) / q**2
+
+
+def ricci_from_hvp(gradient: torch.Tensor, direction: torch.Tensor, h_direction: torch.Tensor, trace_shape: float) -> float:
+    """``Ric(u, u)`` from ``u``, ``Hu``, ``g`` and ``tr S`` (one HVP), with u normalised to G-unit length.
+
+    In the induced metric ``⟨Su, u⟩_G = uᵀHu/√q`` and ``⟨Su, Su⟩_G = (|Hu|² − (gᵀHu)²/q)/q`` (from
+    ``Su = q^{-1/2}(Hu − g gᵀHu/q)``); ``|u|²_G = |u|² + (gᵀu)²``.
+
+    >>> u = torch.tensor([1.0, 0.0]); H = torch.eye(2) * 2.0
+    >>> ricci_from_hvp(torch.zeros(2), u, H @ u, 4.0)   # κ = 2, 2: Ric = tr S·κ − κ² = 4
+    4.0
+    """
+    g2 = _dot(gradient, gradient)
+    q = 1.0 + g2
+    u_hu = _dot(direction, h_direction)
+    hu2 = _dot(h_direction, h_direction)
+    g_hu = _dot(gradient, h_direction)
+    norm_g = _dot(direction, direction) + _dot(gradient, direction) ** 2
+    if norm_g == 0.0:
+        raise ValueError("direction must be non-zero")
+    second_form = u_hu / math.sqrt(q)
+    shape_sq = (hu2 - g_hu**2 / q) / q
+    return (trace_shape * second_form - shape_sq) / norm_g
+
+
+def ricci_second_form(gradient: torch.Tensor, direction: torch.Tensor, h_direction: torch.Tensor) -> float:
+    """``⟨Su, u⟩_G / |u|²_G``: the factor multiplying ``tr S`` in Ric (propagates its standard error)."""
+    q = 1.0 + _dot(gradient, gradient)
+    norm_g = _dot(direction, direction) + _dot(gradient, direction) ** 2
+    return _dot(direction, h_direction) / math.sqrt(q) / norm_g
+
+
+# --------------------------------------------------------------------------------------------------
+# Krylov sketch: one Lanczos run from a Rademacher vector
+
+
+@dataclass
+class KrylovSketch:
+    """One Lanczos run: the orthonormal basis Q (rows), its tridiagonal T and derived quantities.
+
+    ``trace = tr(Q H Qᵀ) = tr T``; ``frobenius_sq = ‖H Qᵀ‖²_F``. Because the start vector is Rademacher,
+    ``(ritz_values, weights)`` is one stochastic-Lanczos-quadrature sample of the spectral density.
+    """
+
+    basis: torch.Tensor
+    tridiagonal: torch.Tensor
+    ritz_values: torch.Tensor
+    ritz_coefficients: torch.Tensor
+    trace: float
+    frobenius_sq: float
+    dim: int
+    num_matvecs: int
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """Gauss quadrature weights (sum to 1)."""
+        return self.ritz_coefficients[0] ** 2
+
+    def ritz_vectors(self, index: torch.Tensor) -> torch.Tensor:
+        """Ritz vectors (columns, unit norm) for the given positions in ``ritz_values``."""
+        coeffs = self.ritz_coefficients[:, index].to(self.basis.dtype).to(self.basis.device)
+        vecs = self.basis.T @ coeffs
+        return vecs / torch.linalg.vector_norm(vecs, dim=0, keepdim=True)
+
+    def topk(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k Ritz pairs of largest |θ|: ``(values, vectors as columns)``."""
+        k = min(k, self.ritz_values.numel())
+        idx = torch.argsort(self.ritz_values.abs(), descending=True)[:k]
+        return self.ritz_values[idx], self.ritz_vectors(idx)
+
+    def top_vector(self) -> torch.Tensor:
+        """The Ritz vector of the largest (algebraic) Ritz value."""
+        return self.ritz_vectors(torch.tensor([self.ritz_values.numel() - 1]))[:, 0]
+
+    def inertia(self, zero_tol: float) -> tuple[float, float, float]:
+        """Expected counts of (negative, near-zero, positive) eigenvalues from the SLQ sample.
+
+        Near zero means ``|θ| <= zero_tol · max|θ|``. One Lanczos run resolves the bulk coarsely: treat
+        the counts as a rough estimate (they are exact once the run spans the whole space).
+        """
+        theta, w = self.ritz_values, self.weights
+        band = zero_tol * float(theta.abs().max())
+        neg = float(w[theta < -band].sum()) * self.dim
+        zero = float(w[theta.abs() <= band].sum()) * self.dim
+        return neg, zero, self.dim - neg - zero
+
+
+def krylov_sketch(
+    matvec: Matvec,
+    dim: int,
+    num_steps: int,
+    generator: torch.Generator,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> KrylovSketch:
+    """Lanczos from a Rademacher vector for ``min(num_steps, dim)`` steps, plus one HVP for ``‖HQᵀ‖_F``.
+
+    With full re-orthogonalisation ``H qⱼ = βⱼ₋₁ qⱼ₋₁ + αⱼ qⱼ + βⱼ qⱼ₊₁``, so ``|H qⱼ|²`` is the squared
+    norm of row j of T for every column but the last, whose HVP is taken explicitly.
+
+    >>> A = torch.diag(torch.tensor([3.0, -1.0, 0.5, 2.0], dtype=torch.float64))
+    >>> sk = krylov_sketch(lambda v: A @ v, 4, 4, torch.Generator().manual_seed(0), torch.float64)
+    >>> round(sk.trace, 9), round(sk.frobenius_sq, 9)   # spans the space: tr A = 4.5, ‖A‖²_F = 14.25
+    (4.5, 14.25)
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    v0 = rademacher(dim, generator, dtype, device)
+    t, basis, used = lanczos_tridiagonal(matvec, v0, min(num_steps, dim))
+    m = t.shape[0]
+    basis = basis[:m]
+    h_last = matvec(basis[m - 1])
+    used += 1
+    frob = float((t * t).sum()) - float((t[m - 1] * t[m - 1]).sum()) + _dot(h_last, h_last)
+    evals, evecs = torch.linalg.eigh(t)
+    return KrylovSketch(
+        basis=basis,
+        tridiagonal=t,
+        ritz_values=evals,
+        ritz_coefficients=evecs,
+        trace=float(torch.trace(t)),
+        frobenius_sq=frob,
+        dim=dim,
+        num_matvecs=used,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# moments and curvatures
+
+
+@dataclass
+class GeometryEstimate:
+    """Stochastic estimates of the curvature of the graph of L (see the module docstring).
+
+    ``trace_samples``/``trace_h2_samples`` are the per-probe unbiased samples of tr H and tr H² (Krylov
+    part included); ``scalar_curvature_stderr`` is the jackknife standard error over the probes.
+    """
+
+    q: float
+    g_h_g: float
+    g_h2_g: float
+    trace: float
+    trace_stderr: float
+    trace_sq: float
+    trace_h2: float
+    trace_h2_stderr: float
+    trace_shape: float
+    trace_shape_stderr: float
+    mean_curvature: float
+    mean_curvature_stderr: float
+    scalar_curvature: float
+    scalar_curvature_stderr: float
+    trace_samples: torch.Tensor
+    trace_h2_samples: torch.Tensor
+    num_matvecs: int
+
+
+def _scalar_curvature_samples(t: torch.Tensor, f: torch.Tensor, a: float, b: float, q: float) -> float:
+    """R from trace samples t and tr H² samples f, with the unbiased pair product for (tr H)²."""
+    n = t.numel()
+    s1 = float(t.sum())
+    trace_sq = (s1 * s1 - float((t * t).sum())) / (n * (n - 1))
+    return scalar_curvature_from_moments(trace_sq, float(f.mean()), s1 / n, a, b, q)
+
+
+def _jackknife_stderr(t: torch.Tensor, f: torch.Tensor, a: float, b: float, q: float) -> float:
+    n = t.numel()
+    if n < 3:
+        return float("nan")
+    keep = ~torch.eye(n, dtype=torch.bool)
+    loo = torch.tensor([_scalar_curvature_samples(t[keep[i]], f[keep[i]], a, b, q) for i in range(n)],
+                       dtype=torch.float64)
+    return float(math.sqrt((n - 1) / n * float(((loo - loo.mean()) ** 2).sum())))
+
+
+def estimate_geometry(
+    matvec: Matvec,
+    gradient: torch.Tensor,
+    num_samples: int,
+    generator: torch.Generator,
+    sketch: KrylovSketch | None = None,
+    h_gradient: torch.Tensor | None = None,
+) -> GeometryEstimate:
+    """Estimate tr S, the mean and the scalar curvature with standard errors from ``num_samples`` probes.
+
+    Costs ``num_samples`` HVPs, plus one for ``Hg`` unless ``h_gradient`` is given. With a ``sketch``
+    (:func:`krylov_sketch`, drawn independently of ``generator``'s later draws) the probes are deflated
+    against its Krylov space, which is exact for the part of the spectrum the Krylov space captures.
+
+    >>> torch.manual_seed(0) and None
+    >>> U = torch.linalg.qr(torch.randn(40, 40, dtype=torch.float64))[0]
+    >>> H = U @ torch.diag(torch.linspace(-1.0, 5.0, 40, dtype=torch.float64)) @ U.T
+    >>> g = 0.1 * torch.randn(40, dtype=torch.float64)
+    >>> est = estimate_geometry(lambda v: H @ v, g, 64, torch.Generator().manual_seed(1))
+    >>> from lightning_landscape.geometry.exact import exact_geometry
+    >>> abs(est.scalar_curvature - exact_geometry(H, g).scalar_curvature) < 4 * est.scalar_curvature_stderr
+    True
+    """
+    if num_samples < 3:
+        raise ValueError(f"num_samples must be >= 3 (pairs for (tr H)², jackknife), got {num_samples}")
+    g = gradient.detach().reshape(-1)
+    dim = g.numel()
+    used = 0
+    if h_gradient is None:
+        h_gradient = matvec(g)
+        used += 1
+    q = 1.0 + _dot(g, g)
+    a = _dot(g, h_gradient)
+    b = _dot(h_gradient, h_gradient)
+
+    if sketch is not None:
+        basis = sketch.basis.to(dtype=g.dtype, device=g.device)
+        exact_trace, exact_frob = sketch.trace, sketch.frobenius_sq
+    else:
+        basis, exact_trace, exact_frob = None, 0.0, 0.0
+
+    def project(v: torch.Tensor) -> torch.Tensor:
+        if basis is None:
+            return v
+        return v - basis.T @ (basis @ v)
+
+    h2_parts: list[float] = []
+
+    def deflated(v: torch.Tensor) -> torch.Tensor:
+        # P H P v: the trace sample is vᵀPHPv; the same HVP gives the tr H² sample |H P v|².
+        hv = matvec(project(v))
+        h2_parts.append(_dot(hv, hv))
+        return project(hv)
+
+    tr = hutchinson_trace(deflated, dim, num_samples, generator, g.dtype, g.device)
+    used += tr.num_matvecs
+    t = tr.samples.double() + exact_trace
+    f = torch.tensor(h2_parts, dtype=torch.float64) + exact_frob
+
+    n = num_samples
+    trace = float(t.mean())
+    trace_se = float(t.std(unbiased=True)) / math.sqrt(n)
+    s1 = float(t.sum())
+    trace_sq = (s1 * s1 - float((t * t).sum())) / (n * (n - 1))
+    trace_h2 = float(f.mean())
+    tr_s = trace_shape_operator(trace, a, q)
+    tr_s_se = trace_se / math.sqrt(q)
+    scalar = scalar_curvature_from_moments(trace_sq, trace_h2, trace, a, b, q)
+    return GeometryEstimate(
+        q=q,
+        g_h_g=a,
+        g_h2_g=b,
+        trace=trace,
+        trace_stderr=trace_se,
+        trace_sq=trace_sq,
+        trace_h2=trace_h2,
+        trace_h2_stderr=float(f.std(unbiased=True)) / math.sqrt(n),
+        trace_shape=tr_s,
+        trace_shape_stderr=tr_s_se,
+        mean_curvature=tr_s / dim,
+        mean_curvature_stderr=tr_s_se / dim,
+        scalar_curvature=scalar,
+        scalar_curvature_stderr=_jackknife_stderr(t, f, a, b, q),
+        trace_samples=t,
+        trace_h2_samples=f,
+        num_matvecs=used + (sketch.num_matvecs if sketch is not None else 0),
+    )

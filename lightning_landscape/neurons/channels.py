@@ -1,0 +1,238 @@
+"""Channels to infinity (Martinelli et al., 2025): detect a neuron pair sliding into one.
+
+Two neurons i, j of a layer are in a channel when their input weights merge,
+``ε = ‖wᵢ − s·wⱼ‖/2 → 0`` (``s = −1`` allowed for odd σ, with ``aⱼ`` negated), while their output weights
+diverge with opposite signs, ``‖aᵢ‖ + ‖aⱼ‖ ~ c/ε``, and the pair converges to a gated linear unit: the
+*GLU coefficient* ``ε·(aᵢ − s·aⱼ)`` and ``aᵢ + s·aⱼ`` stay nearly constant, the loss decreases but very
+slowly, and λmax grows like ``1/ε²`` until it meets the edge of stability.
+
+A pair's *score* over a window of measurements is the fraction of six criteria that hold:
+
+1. ε shrinks (by at least ``min_shrink`` relative, with a negative trend);
+2. ``‖aᵢ‖ + ‖aⱼ‖`` grows;
+3. the output weights are opposed (``−cos(aᵢ, s·aⱼ) ≥ min_opposition`` throughout);
+4. the least-squares slope of ``log(‖aᵢ‖+‖aⱼ‖)`` against ``log ε`` is within ``slope_tol`` of −1;
+5. the GLU coefficient ``‖ε(aᵢ − s·aⱼ)‖`` is stable (relative range ≤ ``glu_tol``);
+6. the loss decreases, by at most ``max_loss_drop`` (relative) over the window.
+
+Score 1 is a channel entry. Cosine similarity alone is not used: two aligned neurons whose ε grows,
+or whose output weights agree in sign, are not in a channel.
+
+Example (synthetic series of a pair entering a channel):
+    >>> tracker = ChannelTracker(window=6, min_points=4)
+    >>> for t in range(6):
+    ...     eps = 0.4 * 0.9 ** t
+    ...     w = torch.tensor([[1.0 + eps], [1.0 - eps], [-3.0]])  # neurons 0 and 1 merge
+    ...     a = torch.tensor([[0.5 + 0.2 / eps], [0.5 - 0.2 / eps], [1.0]])
+    ...     report = tracker.update("fc1", step=100 * t, loss=0.1 - 1e-4 * t, w=w, a=a, symmetry="odd")
+    >>> report.best.score, report.best.pair, round(report.best.slope, 2)
+    (1.0, (0, 1, 1), -0.98)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+_SERIES = ("step", "eps", "out_norm", "opposition", "glu", "loss")
+
+
+@dataclass
+class PairMeasure:
+    """One candidate pair at one measurement (``sign`` = s: +1, or −1 for an odd σ's mirrored pair)."""
+
+    i: int
+    j: int
+    sign: int
+    eps: float
+    out_norm: float  # ‖aᵢ‖ + ‖aⱼ‖
+    opposition: float  # −cos(aᵢ, s·aⱼ): 1 = exactly opposite
+    glu: float  # ‖ε (aᵢ − s·aⱼ)‖
+    merged_out: float  # ‖aᵢ + s·aⱼ‖
+
+    @property
+    def key(self) -> str:
+        return f"{self.i}-{self.j}{'+' if self.sign > 0 else '-'}"
+
+
+def pair_measure(w: torch.Tensor, a: torch.Tensor, i: int, j: int, sign: int) -> PairMeasure:
+    """Measure pair (i, j, s) from input weights ``w [m, d]`` and output weights ``a [m, k]``."""
+    w, a = w.double(), a.double()
+    eps = float(torch.linalg.vector_norm(w[i] - sign * w[j])) / 2.0
+    ai, aj = a[i], sign * a[j]
+    ni, nj = float(torch.linalg.vector_norm(ai)), float(torch.linalg.vector_norm(aj))
+    cos = float(ai @ aj) / (ni * nj) if ni > 0 and nj > 0 else 0.0
+    return PairMeasure(i, j, sign, eps, ni + nj, -cos, eps * float(torch.linalg.vector_norm(ai - aj)),
+                       float(torch.linalg.vector_norm(ai + aj)))
+
+
+def candidate_pairs(w: torch.Tensor, a: torch.Tensor, symmetry: str, k: int = 3, chunk: int = 1024) -> list[PairMeasure]:
+    """The ``k`` pairs with the smallest sign-aware ``ε = ‖wᵢ − s·wⱼ‖/2`` (``s = ±1`` for ``"odd"``).
+
+    >>> w = torch.tensor([[1.0, 0.0], [-1.01, 0.0], [0.0, 1.0]])
+    >>> p = candidate_pairs(w, torch.ones(3, 1), "odd", k=1)[0]
+    >>> (p.i, p.j, p.sign), round(p.eps, 3)
+    ((0, 1, -1), 0.005)
+    """
+    w = w.detach().double()
+    m = w.shape[0]
+    if m < 2:
+        return []
+    signs = (1, -1) if symmetry == "odd" else (1,)
+    best: list[tuple[float, int, int, int]] = []
+    for sign in signs:
+        for start in range(0, m, chunk):
+            block = w[start:start + chunk]
+            dist = torch.cdist(block, sign * w)  # [b, m]
+            rows = torch.arange(block.shape[0])
+            dist[rows, rows + start] = math.inf  # not a neuron with itself
+            if sign > 0:  # (i, j) and (j, i) are the same pair
+                cols = torch.arange(m)
+                dist[(cols[None, :] <= (rows + start)[:, None])] = math.inf
+            flat = dist.reshape(-1)
+            take = min(k, int(torch.isfinite(flat).sum()))
+            if take == 0:
+                continue
+            vals, idx = torch.topk(flat, take, largest=False)
+            for v, ix in zip(vals.tolist(), idx.tolist()):
+                i, j = start + ix // m, ix % m
+                best.append((v / 2.0, min(i, j), max(i, j), sign))
+    best = sorted(set(best))[:k]
+    return [pair_measure(w, a, i, j, s) for _, i, j, s in best]
+
+
+def _slope(x: list[float], y: list[float]) -> float:
+    x_arr, y_arr = np.asarray(x, float), np.asarray(y, float)
+    if len(x_arr) < 2 or np.ptp(x_arr) == 0:
+        return float("nan")
+    return float(np.polyfit(x_arr, y_arr, 1)[0])
+
+
+@dataclass
+class PairVerdict:
+    """A pair's window summary: ``score`` in [0, 1], the criteria, and the fitted numbers."""
+
+    layer: str
+    pair: tuple[int, int, int]
+    score: float
+    criteria: dict[str, bool]
+    eps: float
+    out_norm: float
+    slope: float
+    glu: float
+    loss_drop: float
+    points: int
+
+
+@dataclass
+class LayerReport:
+    """The layer's best pair (highest score, then smallest ε) and the smallest current ε."""
+
+    layer: str
+    best: PairVerdict | None
+    min_eps: float
+    verdicts: list[PairVerdict] = field(default_factory=list)
+    lambda_growth: float = float("nan")  # λmax(last)/λmax(first) over the window
+    lambda_slope: float = float("nan")  # d log λmax / d log ε of the best pair (≈ −2 in a channel)
+
+
+class ChannelTracker:
+    """Windows of candidate-pair measurements per layer, scored for channel entry.
+
+    State is plain Python (lists of floats) so it fits in a checkpoint: :meth:`state_dict` /
+    :meth:`load_state_dict`.
+
+    Args:
+        window: measurements kept per pair.
+        min_points: measurements needed before a pair can be scored.
+        num_candidates: pairs with the smallest ε considered at each measurement.
+        min_shrink: relative decrease of ε over the window required (criterion 1).
+        min_opposition: required ``−cos(aᵢ, s·aⱼ)`` (criterion 3).
+        slope_tol: allowed ``|slope + 1|`` of log‖a‖ against log ε (criterion 4).
+        glu_tol: allowed relative range of the GLU coefficient (criterion 5).
+        max_loss_drop: largest relative loss decrease over the window that still counts as "slow" (6).
+    """
+
+    def __init__(self, window: int = 8, min_points: int = 4, num_candidates: int = 3, min_shrink: float = 0.02,
+                 min_opposition: float = 0.5, slope_tol: float = 0.5, glu_tol: float = 0.25,
+                 max_loss_drop: float = 0.1) -> None:
+        if min_points < 3 or window < min_points:
+            raise ValueError(f"need window >= min_points >= 3, got window={window}, min_points={min_points}")
+        self.window, self.min_points, self.num_candidates = window, min_points, num_candidates
+        self.min_shrink, self.min_opposition, self.slope_tol = min_shrink, min_opposition, slope_tol
+        self.glu_tol, self.max_loss_drop = glu_tol, max_loss_drop
+        self.layers: dict[str, dict[str, Any]] = {}
+
+    def update(self, layer: str, step: int, loss: float, w: torch.Tensor, a: torch.Tensor, symmetry: str,
+               lambda_max: float | None = None) -> LayerReport:
+        """Add one measurement of ``layer`` (input weights ``w [m, d]``, output weights ``a [m, k]``)."""
+        st = self.layers.setdefault(layer, {"steps": [], "lambda_max": [], "pairs": {}, "missing": {}})
+        st["steps"] = (st["steps"] + [int(step)])[-self.window:]
+        st["lambda_max"] = (st["lambda_max"] + [float("nan") if lambda_max is None else float(lambda_max)])[-self.window:]
+        current = {p.key: p for p in candidate_pairs(w, a, symmetry, self.num_candidates)}
+        for key in list(st["pairs"]):
+            if key not in current:  # still tracked: measure it even though it left the top-k
+                i, rest = key.split("-")
+                current[key] = pair_measure(w, a, int(i), int(rest[:-1]), 1 if rest[-1] == "+" else -1)
+                st["missing"][key] = st["missing"].get(key, 0) + 1
+                if st["missing"][key] >= self.window:
+                    del st["pairs"][key], st["missing"][key]
+                    current.pop(key)
+            else:
+                st["missing"][key] = 0
+        for key, p in current.items():
+            series = st["pairs"].setdefault(key, {name: [] for name in _SERIES})
+            for name, value in zip(_SERIES, (step, p.eps, p.out_norm, p.opposition, p.glu, loss)):
+                series[name] = (series[name] + [float(value)])[-self.window:]
+        verdicts = [self._verdict(layer, key, s) for key, s in st["pairs"].items()]
+        verdicts = [v for v in verdicts if v is not None]
+        best = max(verdicts, key=lambda v: (v.score, -v.eps), default=None)
+        report = LayerReport(layer, best, min((p.eps for p in current.values()), default=float("nan")), verdicts)
+        lam = [x for x in st["lambda_max"] if math.isfinite(x)]
+        if len(lam) >= 2 and lam[0] > 0:
+            report.lambda_growth = lam[-1] / lam[0]
+        if best is not None:
+            series = st["pairs"][f"{best.pair[0]}-{best.pair[1]}{'+' if best.pair[2] > 0 else '-'}"]
+            pts = [(e, l) for s, e in zip(series["step"], series["eps"]) for t, l in zip(st["steps"], st["lambda_max"])
+                   if s == t and math.isfinite(l) and l > 0 and e > 0]
+            if len(pts) >= 3:
+                report.lambda_slope = _slope([math.log(e) for e, _ in pts], [math.log(l) for _, l in pts])
+        return report
+
+    def _verdict(self, layer: str, key: str, s: dict[str, list[float]]) -> PairVerdict | None:
+        n = len(s["eps"])
+        if n < self.min_points:
+            return None
+        eps, out, loss = s["eps"], s["out_norm"], s["loss"]
+        ok_eps = all(e > 0 for e in eps)
+        slope = _slope([math.log(e) for e in eps], [math.log(max(o, 1e-300)) for o in out]) if ok_eps else float("nan")
+        trend = _slope(s["step"], [math.log(e) for e in eps]) if ok_eps else float("nan")
+        glu = s["glu"]
+        glu_mean = float(np.mean(np.abs(glu)))
+        loss_drop = (loss[0] - loss[-1]) / abs(loss[0]) if loss[0] != 0 else 0.0
+        criteria = {
+            "eps_shrinking": ok_eps and eps[-1] <= eps[0] * (1 - self.min_shrink) and trend < 0,
+            "out_norm_growing": out[-1] > out[0],
+            "opposite_signs": min(s["opposition"]) >= self.min_opposition,
+            "loglog_slope": math.isfinite(slope) and abs(slope + 1.0) <= self.slope_tol,
+            "glu_stable": glu_mean > 0 and (max(glu) - min(glu)) / glu_mean <= self.glu_tol,
+            "slow_loss_decrease": 0.0 <= loss_drop <= self.max_loss_drop,
+        }
+        i, rest = key.split("-")
+        pair = (int(i), int(rest[:-1]), 1 if rest[-1] == "+" else -1)
+        return PairVerdict(layer, pair, sum(criteria.values()) / len(criteria), criteria, eps[-1], out[-1], slope,
+                           glu[-1], loss_drop, n)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"layers": {k: {"steps": list(v["steps"]), "lambda_max": list(v["lambda_max"]),
+                               "pairs": {p: {n: list(x) for n, x in s.items()} for p, s in v["pairs"].items()},
+                               "missing": dict(v["missing"])} for k, v in self.layers.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.layers = {k: {"steps": list(v["steps"]), "lambda_max": list(v["lambda_max"]),
+                           "pairs": {p: {n: list(x) for n, x in s.items()} for p, s in v["pairs"].items()},
+                           "missing": dict(v["missing"])} for k, v in state.get("layers", {}).items()}

@@ -1,0 +1,448 @@
+"""Find the hidden neuron layers of an arbitrary module: ``Linear → σ → Linear``, ``Conv → σ → Conv``.
+
+A *neuron layer* is an input layer (rows of its weight, plus bias, are the neurons' input weights
+``wᵢ``), an element-wise activation σ, and an output layer (columns — input channels for convolutions —
+of its weight are the output weights ``aᵢ``). What can be said about neurons depends on σ's symmetry:
+
+* ``"odd"`` (tanh, erf, sin, symmetric hardtanh): ``a σ(-w·x) = (-a) σ(w·x)``, so neurons merge
+  *modulo sign*;
+* ``"homogeneous"`` (ReLU, LeakyReLU, PReLU): ``σ(c z) = c σ(z)`` for ``c > 0``, so neurons merge
+  *modulo positive scaling*;
+* ``"none"`` (softplus, GELU, SiLU, ELU, sigmoid, ...): only equal input weights merge.
+
+Discovery, in order of preference:
+
+1. explicit ``layers=[("fc1", "fc2", "tanh"), ...]`` (activation optional; when it cannot be
+   determined it is taken as ``"none"`` — the strictest — and a warning says so);
+2. a **trace** of one forward pass (``forward`` callable, e.g. the loss closure): every torch function
+   call is recorded with a ``TorchFunctionMode``, so activations called functionally (``F.relu``) and
+   modules outside any ``nn.Sequential`` are found by following the actual data flow. A hidden tensor
+   that also feeds anything else (a residual add, a BatchNorm, a reshape) breaks the pattern: the layer
+   is skipped, with the reason;
+3. without a ``forward``: the order of children inside each ``nn.Sequential`` (exact there).
+
+When nothing is found a :class:`NeuronDiscoveryWarning` says why — the library never guesses silently.
+
+Example:
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2))
+    >>> [(l.name, l.activation, l.symmetry, l.width) for l in discover_layers(net).layers]
+    [('0', 'tanh', 'odd', 5)]
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Literal, Sequence
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+Symmetry = Literal["odd", "homogeneous", "none"]
+SYMMETRIES: tuple[str, ...] = ("odd", "homogeneous", "none")
+
+
+class NeuronDiscoveryWarning(UserWarning):
+    """Hidden layers could not be (fully) identified; the message says which and why."""
+
+
+class Erf(nn.Module):
+    """The activation ``σ(z) = erf(scale · z)`` (default ``scale = 1/√2``: ``σ(z) = 2Φ(z) − 1``). Odd.
+
+    >>> Erf()(torch.tensor([0.0, 1.0])).tolist() == [0.0, math.erf(1 / math.sqrt(2))]
+    True
+    """
+
+    def __init__(self, scale: float = 1.0 / math.sqrt(2.0)) -> None:
+        super().__init__()
+        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale) or scale == 0:
+            raise ValueError(f"Erf.scale must be a finite non-zero number, got {scale!r}")
+        self.scale = float(scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.erf(x * self.scale)
+
+
+# torch function name -> symmetry (the name the TorchFunctionMode sees; module activations call these)
+ACTIVATION_SYMMETRY: dict[str, str] = {
+    "tanh": "odd", "tanh_": "odd", "erf": "odd", "erf_": "odd", "sin": "odd", "sin_": "odd",
+    "softsign": "odd", "tanhshrink": "odd", "softshrink": "odd", "hardshrink": "odd", "atan": "odd",
+    "relu": "homogeneous", "relu_": "homogeneous", "leaky_relu": "homogeneous", "leaky_relu_": "homogeneous",
+    "prelu": "homogeneous", "rrelu": "homogeneous", "rrelu_": "homogeneous",
+    "gelu": "none", "silu": "none", "softplus": "none", "elu": "none", "elu_": "none", "selu": "none",
+    "celu": "none", "mish": "none", "sigmoid": "none", "sigmoid_": "none", "relu6": "none",
+    "hardswish": "none", "hardsigmoid": "none", "logsigmoid": "none", "hardtanh": "odd", "hardtanh_": "odd",
+}
+
+# activation module classes -> (name, symmetry), for the nn.Sequential scan
+_ACTIVATION_MODULES: list[tuple[type[nn.Module], str, str]] = [
+    (nn.Tanh, "tanh", "odd"), (Erf, "erf", "odd"), (nn.Softsign, "softsign", "odd"),
+    (nn.Tanhshrink, "tanhshrink", "odd"), (nn.Softshrink, "softshrink", "odd"), (nn.Hardshrink, "hardshrink", "odd"),
+    (nn.ReLU, "relu", "homogeneous"), (nn.LeakyReLU, "leaky_relu", "homogeneous"), (nn.PReLU, "prelu", "homogeneous"),
+    (nn.ReLU6, "relu6", "none"),  # ReLU6 subclasses Hardtanh: must come before it
+    (nn.Hardtanh, "hardtanh", "odd"),
+    (nn.GELU, "gelu", "none"), (nn.SiLU, "silu", "none"), (nn.Softplus, "softplus", "none"), (nn.ELU, "elu", "none"),
+    (nn.SELU, "selu", "none"), (nn.CELU, "celu", "none"), (nn.Mish, "mish", "none"), (nn.Sigmoid, "sigmoid", "none"),
+    (nn.Hardswish, "hardswish", "none"), (nn.Hardsigmoid, "hardsigmoid", "none"), (nn.LogSigmoid, "logsigmoid", "none"),
+]
+
+# ops that keep each neuron's (channel's) identity and are the same for every neuron
+_PASSTHROUGH_FUNCS = {
+    "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout", "contiguous", "clone",
+    "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
+    "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",
+    "max_pool1d_with_indices", "max_pool2d_with_indices", "max_pool3d_with_indices", "lp_pool1d", "lp_pool2d",
+}
+_SCALAR_FUNCS = {"mul", "mul_", "__mul__", "__rmul__", "__imul__", "div", "div_", "__truediv__", "__itruediv__",
+                 "true_divide"}
+_PASSTHROUGH_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+                        nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+                        nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+_LAYER_FUNCS = {"linear": nn.Linear, "conv1d": nn.Conv1d, "conv2d": nn.Conv2d, "conv3d": nn.Conv3d}
+_LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# calls that only read metadata: they do not "use" a hidden tensor
+_METADATA_FUNCS = {"size", "dim", "numel", "is_contiguous", "__get__", "__len__", "is_floating_point", "stride",
+                   "data_ptr", "element_size", "__format__", "__repr__", "item", "tolist", "detach", "requires_grad_"}
+
+
+@dataclass(eq=False)
+class NeuronLayer:
+    """One hidden layer of neurons: ``input_module`` → σ → ``output_module``.
+
+    ``name`` (the input module's qualified name) is the tag key: ``neurons/<name>/effective_width``.
+
+    >>> fc1, fc2 = torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)
+    >>> layer = NeuronLayer("fc1", "fc1", "fc2", fc1, fc2, "relu", "homogeneous")
+    >>> tuple(layer.input_weights().shape), tuple(layer.output_weights().shape)
+    ((4, 4), (4, 2))
+    """
+
+    name: str
+    input_name: str
+    output_name: str
+    input_module: nn.Module
+    output_module: nn.Module
+    activation: str
+    symmetry: str
+
+    @property
+    def width(self) -> int:
+        """Number of neurons (output features / channels of the input module)."""
+        return int(self.input_module.weight.shape[0])
+
+    def input_weights(self) -> torch.Tensor:
+        """``[width, fan_in (+1 with bias)]``: row i is neuron i's input weights (bias last), detached."""
+        w = self.input_module.weight.detach()
+        rows = w.reshape(w.shape[0], -1)
+        bias = getattr(self.input_module, "bias", None)
+        if bias is not None:
+            rows = torch.cat([rows, bias.detach().reshape(-1, 1).to(rows.dtype)], dim=1)
+        return rows
+
+    def output_weights(self) -> torch.Tensor:
+        """``[width, fan_out]``: row i is neuron i's output weights (a column / input channel of the next layer)."""
+        w = self.output_module.weight.detach()
+        return w.transpose(0, 1).reshape(w.shape[1], -1)
+
+    def describe(self) -> str:
+        return f"{self.input_name} → {self.activation} ({self.symmetry}) → {self.output_name}, width {self.width}"
+
+
+@dataclass
+class Discovery:
+    """What :func:`discover_layers` found: ``layers``, ``skipped`` (name, reason) and the ``method`` used."""
+
+    layers: list[NeuronLayer] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    method: str = ""
+
+
+def activation_symmetry(activation: str | nn.Module) -> str:
+    """The symmetry of an activation given by name (``"tanh"``) or module (``nn.ReLU()``).
+
+    >>> activation_symmetry("erf"), activation_symmetry(torch.nn.LeakyReLU()), activation_symmetry("gelu")
+    ('odd', 'homogeneous', 'none')
+    """
+    if isinstance(activation, nn.Module):
+        found = _module_activation(activation)
+        if found is None:
+            raise ValueError(f"unknown activation module {type(activation).__name__}")
+        return found[1]
+    key = str(activation).lower()
+    if key not in ACTIVATION_SYMMETRY:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATION_SYMMETRY)}, got {activation!r}")
+    return ACTIVATION_SYMMETRY[key]
+
+
+def _module_activation(m: nn.Module) -> tuple[str, str] | None:
+    for cls, name, sym in _ACTIVATION_MODULES:
+        if isinstance(m, cls):
+            if cls is nn.Hardtanh and not math.isclose(m.min_val, -m.max_val):
+                return name, "none"
+            return name, sym
+    return None
+
+
+def _compatible(first: nn.Module, second: nn.Module) -> str | None:
+    """Why ``first → σ → second`` is not a neuron layer, or None if it is."""
+    if isinstance(first, nn.Linear) and isinstance(second, nn.Linear):
+        if first.out_features != second.in_features:
+            return f"shape mismatch {first.out_features} vs {second.in_features}"
+        return None
+    for conv in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
+        if isinstance(first, conv) and isinstance(second, conv):
+            if first.groups != 1 or second.groups != 1:
+                return "grouped convolution"
+            if first.out_channels != second.in_channels:
+                return f"channel mismatch {first.out_channels} vs {second.in_channels}"
+            return None
+    return f"{type(first).__name__} → {type(second).__name__} is not Linear → Linear or Conv → Conv"
+
+
+# ---------------------------------------------------------------- nn.Sequential scan
+def _scan_sequential(module: nn.Module) -> Discovery:
+    found = Discovery(method="sequential")
+    names = {id(m): n for n, m in module.named_modules()}
+    for container in module.modules():
+        if not isinstance(container, nn.Sequential):
+            continue
+        children = list(container.children())
+        for i, first in enumerate(children):
+            if not isinstance(first, _LAYER_TYPES):
+                continue
+            act: tuple[str, str] | None = None
+            for nxt in children[i + 1:]:
+                if isinstance(nxt, _PASSTHROUGH_MODULES):
+                    continue
+                if act is None and _module_activation(nxt) is not None:
+                    act = _module_activation(nxt)
+                    continue
+                if act is not None and isinstance(nxt, _LAYER_TYPES):
+                    why = _compatible(first, nxt)
+                    if why is None:
+                        found.layers.append(NeuronLayer(names[id(first)], names[id(first)], names[id(nxt)], first, nxt, *act))
+                    else:
+                        found.skipped.append((names[id(first)], why))
+                elif act is not None or not isinstance(nxt, _LAYER_TYPES):
+                    found.skipped.append((names[id(first)], f"followed by {type(nxt).__name__} (not an activation "
+                                                            "between two layers)"))
+                break
+    return found
+
+
+# ---------------------------------------------------------------- forward trace
+@dataclass
+class _Op:
+    name: str
+    inputs: list[tuple[int, int]]
+    outputs: list[tuple[int, int]]
+    layer: str | None = None  # qualified module name for linear/conv calls with a module's weight
+    scalar: bool = False  # elementwise multiply/divide by a python number
+    symmetric_hardtanh: bool = True
+
+
+def _tensors(obj: Any) -> Iterable[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            if isinstance(o, torch.Tensor):
+                yield o
+
+
+class _Recorder(TorchFunctionMode):
+    """Record every torch call's tensor inputs/outputs as (id, version) keys (refs kept: ids stay unique)."""
+
+    def __init__(self, weight_owner: dict[int, str]) -> None:
+        super().__init__()
+        self.weight_owner = weight_owner
+        self.ops: list[_Op] = []
+        self.keep: list[Any] = []
+
+    def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", str(func))
+        flat_in = [t for a in list(args) + list(kwargs.values()) for t in _tensors(a)]
+        in_keys = [(id(t), t._version) for t in flat_in]
+        out = func(*args, **kwargs)
+        if name in _METADATA_FUNCS:
+            return out
+        outs = list(_tensors(out))
+        if not outs:
+            return out
+        op = _Op(name, in_keys, [(id(t), t._version) for t in outs])
+        if name in _LAYER_FUNCS and len(args) >= 2 and isinstance(args[1], torch.Tensor):
+            op.layer = self.weight_owner.get(id(args[1]))
+        if name in _SCALAR_FUNCS and len(flat_in) == 1 and len(args) >= 2:
+            other = args[1] if isinstance(args[0], torch.Tensor) else args[0]
+            op.scalar = isinstance(other, (int, float)) and not isinstance(other, bool) and other != 0
+        if name.startswith("hardtanh"):
+            lo = kwargs.get("min_val", args[1] if len(args) > 1 else -1.0)
+            hi = kwargs.get("max_val", args[2] if len(args) > 2 else 1.0)
+            op.symmetric_hardtanh = math.isclose(float(lo), -float(hi))
+        self.keep.append((flat_in, outs))
+        self.ops.append(op)
+        return out
+
+
+def _trace(module: nn.Module, forward: Callable[[], Any]) -> Discovery:
+    found = Discovery(method="trace")
+    owner: dict[int, str] = {}
+    modules: dict[str, nn.Module] = {}
+    for name, m in module.named_modules():
+        if isinstance(m, _LAYER_TYPES):
+            owner[id(m.weight)] = name
+            modules[name] = m
+    recorder = _Recorder(owner)
+    with torch.no_grad(), recorder:
+        forward()
+    ops = recorder.ops
+    consumers: dict[tuple[int, int], list[int]] = {}
+    for k, op in enumerate(ops):
+        for key in set(op.inputs):
+            consumers.setdefault(key, []).append(k)
+    seen: dict[str, tuple[str, str, str] | str] = {}
+    for k, op in enumerate(ops):
+        if op.layer is None:
+            continue
+        result = _follow(ops, consumers, k)
+        previous = seen.get(op.layer)
+        if previous is not None and previous != result:
+            seen[op.layer] = "used in more than one way in the forward pass"
+        else:
+            seen[op.layer] = result
+    for name, result in seen.items():
+        if isinstance(result, str):
+            if result != "":
+                found.skipped.append((name, result))
+            continue
+        nxt, act, sym = result
+        why = _compatible(modules[name], modules[nxt])
+        if why is not None:
+            found.skipped.append((name, why))
+            continue
+        found.layers.append(NeuronLayer(name, name, nxt, modules[name], modules[nxt], act, sym))
+    return found
+
+
+def _follow(ops: list[_Op], consumers: dict[tuple[int, int], list[int]], start: int) -> tuple[str, str, str] | str:
+    """From layer op ``start``: (next layer, activation, symmetry), ``""`` (no activation follows: not a
+    hidden layer), or the reason the pattern breaks."""
+    key = ops[start].outputs[0]
+    act: tuple[str, str] | None = None
+    chain = [ops[start].layer]
+    while True:
+        users = consumers.get(key, [])
+        if not users:
+            return "" if act is None else "activation output is not used by a layer"
+        if len(users) > 1:
+            if act is None and all(ops[u].layer is not None for u in users):
+                return ""  # e.g. one input feeding several heads: no activation, not a hidden layer
+            return f"hidden values of {chain[0]} also feed {', '.join(sorted({ops[u].name for u in users}))}"
+        op = ops[users[0]]
+        if op.layer is not None:
+            if act is None:
+                return ""
+            if op.inputs[0] != key:
+                return f"hidden values enter {op.layer} as a weight, not an input"
+            return op.layer, act[0], act[1]
+        if op.name in ACTIVATION_SYMMETRY and act is None:
+            sym = ACTIVATION_SYMMETRY[op.name]
+            if op.name.startswith("hardtanh") and not op.symmetric_hardtanh:
+                sym = "none"
+            act = (op.name.rstrip("_"), sym)
+        elif op.name in _PASSTHROUGH_FUNCS or op.scalar:
+            pass
+        else:
+            if act is None and op.name in {"add", "__add__", "add_", "__iadd__", "batch_norm", "layer_norm",
+                                           "group_norm", "instance_norm", "flatten", "view", "reshape", "matmul"}:
+                return f"output of {chain[0]} goes through {op.name} before any activation (not supported)"
+            return f"output of {chain[0]} goes through {op.name!r} (not an element-wise activation between layers)"
+        key = op.outputs[0]
+
+
+# ---------------------------------------------------------------- public entry point
+LayerSpec = tuple[str, str] | tuple[str, str, str]
+
+
+def discover_layers(
+    module: nn.Module,
+    forward: Callable[[], Any] | None = None,
+    layers: Sequence[Sequence[str]] | None = None,
+    warn: bool = True,
+) -> Discovery:
+    """Find the hidden neuron layers of ``module``.
+
+    Args:
+        module: the model (any ``nn.Module``).
+        forward: a callable that runs one forward pass through ``module`` (e.g. the probe's loss
+            closure); enables the data-flow trace. Without it only ``nn.Sequential`` containers are scanned.
+        layers: explicit ``(input_module, output_module[, activation])`` name tuples; overrides discovery.
+        warn: emit a :class:`NeuronDiscoveryWarning` when nothing (or not everything) was found.
+
+    Example (activation called functionally, outside any Sequential):
+        >>> class Net(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.fc1, self.fc2 = torch.nn.Linear(2, 6), torch.nn.Linear(6, 1)
+        ...     def forward(self, x):
+        ...         return self.fc2(torch.nn.functional.silu(self.fc1(x)))
+        >>> net, x = Net(), torch.randn(4, 2)
+        >>> d = discover_layers(net, forward=lambda: net(x))
+        >>> d.method, [layer.describe() for layer in d.layers]
+        ('trace', ['fc1 → silu (none) → fc2, width 6'])
+    """
+    if layers is not None:
+        found = _explicit(module, layers, forward)
+    elif forward is not None:
+        found = _trace(module, forward)
+    else:
+        found = _scan_sequential(module)
+    if warn:
+        reasons = "; ".join(f"{n}: {r}" for n, r in found.skipped)
+        if not found.layers:
+            warnings.warn(
+                f"no hidden neuron layers (Linear → activation → Linear, Conv → activation → Conv) found in "
+                f"{type(module).__name__} by {found.method}" + (f" ({reasons})" if reasons else "")
+                + "; name them explicitly, e.g. layers=[('fc1', 'fc2', 'tanh')]",
+                NeuronDiscoveryWarning, stacklevel=2,
+            )
+        elif found.skipped:
+            warnings.warn(f"some layers of {type(module).__name__} were not analysed ({reasons})",
+                          NeuronDiscoveryWarning, stacklevel=2)
+    return found
+
+
+def _explicit(module: nn.Module, layers: Sequence[Sequence[str]], forward: Callable[[], Any] | None) -> Discovery:
+    named = dict(module.named_modules())
+    found = Discovery(method="explicit")
+    auto: Discovery | None = None
+    for spec in layers:
+        if len(spec) not in (2, 3):
+            raise ValueError(f"layers entries must be (input, output[, activation]) module names, got {spec!r}")
+        first, second = spec[0], spec[1]
+        for n in (first, second):
+            if n not in named:
+                raise ValueError(f"layers: no submodule named {n!r} (known: {sorted(k for k in named if k)[:20]})")
+            if not isinstance(named[n], _LAYER_TYPES):
+                raise ValueError(f"layers: {n!r} is a {type(named[n]).__name__}, expected Linear or Conv1d/2d/3d")
+        why = _compatible(named[first], named[second])
+        if why is not None:
+            raise ValueError(f"layers: {first!r} → {second!r}: {why}")
+        if len(spec) == 3:
+            act, sym = str(spec[2]).lower(), activation_symmetry(str(spec[2]))
+        else:
+            if auto is None:
+                auto = _trace(module, forward) if forward is not None else _scan_sequential(module)
+            match = [l for l in auto.layers if l.input_name == first and l.output_name == second]
+            if match:
+                act, sym = match[0].activation, match[0].symmetry
+            else:
+                act, sym = "unknown", "none"
+                warnings.warn(f"layers: activation between {first!r} and {second!r} could not be determined; "
+                              "treating it as having no symmetry (pass it as a third element, e.g. 'tanh')",
+                              NeuronDiscoveryWarning, stacklevel=3)
+        found.layers.append(NeuronLayer(first, first, second, named[first], named[second], act, sym))
+    return found

@@ -1,0 +1,1 @@
+"""Figures rendered off-screen (matplotlib Agg) into HWC uint8 arrays for TensorBoard images."""

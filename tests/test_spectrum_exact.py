@@ -1,0 +1,107 @@
+"""Spectrum probes against the exact Hessian (torch.autograd.functional.hessian) of small models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from exact import exact_hessian
+from lightning_landscape import HessianDensity, HessianSpectrum, HessianTrace, ProbeContext
+from lightning_landscape.guards import probe_guard
+from models import MODEL_CASES, loss_value, perturb_to_saddle_region
+
+
+def _setup(case: str, saddle: bool):
+    build, data, kind = MODEL_CASES[case]
+    model = build()
+    model.train()
+    if saddle:
+        perturb_to_saddle_region(model)
+    x, y = data()
+
+    def loss_of_output(forward):
+        torch.manual_seed(1234)  # same dropout mask for the probe and the exact Hessian
+        return loss_value(forward(x), y, kind)
+
+    def closure():
+        return loss_of_output(model)
+
+    H, g = exact_hessian(model, loss_of_output)
+    return model, closure, H, g
+
+
+@pytest.mark.parametrize("case", sorted(MODEL_CASES))
+@pytest.mark.parametrize("saddle", [False, True], ids=["init", "perturbed"])
+def test_operator_matches_exact_hessian(case: str, saddle: bool) -> None:
+    model, closure, H, g = _setup(case, saddle)
+    with probe_guard(model):
+        ctx = ProbeContext(model, closure, step=1)
+        op = ctx.hessian()
+        v = torch.randn(op.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(op.matvec(v), H @ v, rtol=1e-9, atol=1e-10)
+        torch.testing.assert_close(op.gradient, g, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", sorted(MODEL_CASES))
+@pytest.mark.parametrize("saddle", [False, True], ids=["init", "perturbed"])
+def test_extreme_eigenvalues_within_1e_3_relative(case: str, saddle: bool) -> None:
+    model, closure, H, _ = _setup(case, saddle)
+    evals = torch.linalg.eigvalsh(H)
+    with probe_guard(model):
+        ctx = ProbeContext(model, closure, step=1)
+        out = HessianSpectrum(max_iter=H.shape[0], tol=1e-8).run(ctx).scalars
+    scale = evals.abs().max()
+    assert abs(out["lambda_max"] - evals[-1]) <= 1e-3 * abs(evals[-1])
+    assert abs(out["lambda_min"] - evals[0]) <= 1e-3 * max(abs(evals[0]), 1e-6 * scale)
+    if saddle and case.startswith("tanh"):
+        assert evals[0] < 0 and out["lambda_min"] < 0  # a point with negative curvature is covered
+
+
+def test_lambda_max_is_not_largest_magnitude_at_a_saddle() -> None:
+    model, closure, H, _ = _setup("tanh_mse", saddle=True)
+    evals = torch.linalg.eigvalsh(H)
+    assert abs(evals[0]) > 0  # sanity
+    with probe_guard(model):
+        out = HessianSpectrum(max_iter=H.shape[0], tol=1e-8).run(ProbeContext(model, closure, step=1)).scalars
+    assert out["lambda_max"] == pytest.approx(float(evals[-1]), rel=1e-3)
+    assert out["lambda_max"] > out["lambda_min"]
+
+
+@pytest.mark.parametrize("case", sorted(MODEL_CASES))
+@pytest.mark.parametrize("method", ["hutchpp", "hutchinson"])
+def test_trace_within_three_standard_errors(case: str, method: str) -> None:
+    model, closure, H, _ = _setup(case, saddle=True)
+    exact = float(torch.trace(H))
+    with probe_guard(model):
+        out = HessianTrace(num_matvecs=30, method=method).run(ProbeContext(model, closure, step=7)).scalars
+    assert out["trace_stderr"] >= 0
+    assert abs(out["trace"] - exact) <= 3 * out["trace_stderr"] + 1e-8 * abs(exact)
+
+
+def test_trace_standard_error_is_calibrated() -> None:
+    """Over many seeds, |error| <= 2 stderr about 95% of the time (a 3-stderr test could pass with a huge stderr)."""
+    model, closure, H, _ = _setup("tanh_mse", saddle=True)
+    exact = float(torch.trace(H))
+    with probe_guard(model):
+        inside, spreads = 0, []
+        for step in range(60):
+            out = HessianTrace(num_matvecs=12, method="hutchinson").run(ProbeContext(model, closure, step=step)).scalars
+            inside += abs(out["trace"] - exact) <= 2 * out["trace_stderr"]
+            spreads.append(out["trace"])
+    assert 0.80 <= inside / 60 <= 1.0
+    # The stderr is of the right size: the spread of the estimates matches the typical reported stderr.
+    assert torch.tensor(spreads).std() < 3 * abs(exact)
+
+
+def test_density_matches_exact_eigenvalues() -> None:
+    model, closure, H, _ = _setup("tanh_mse", saddle=True)
+    evals = torch.linalg.eigvalsh(H)
+    n = H.shape[0]
+    with probe_guard(model):
+        out = HessianDensity(num_probes=4, num_steps=n, bins=30).run(ProbeContext(model, closure, step=3))
+    hist = out.histograms["density"]
+    assert float(hist.counts.sum()) == pytest.approx(n, rel=1e-9)
+    assert float(hist.edges[0]) == pytest.approx(float(evals[0]), rel=1e-6, abs=1e-8)
+    assert float(hist.edges[-1]) == pytest.approx(float(evals[-1]), rel=1e-6)
+    exact_negative = float((evals < -1e-3 * evals.abs().max()).double().mean())
+    assert out.scalars["negative_mass"] == pytest.approx(exact_negative, abs=0.15)
