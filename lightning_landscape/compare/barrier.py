@@ -9,7 +9,7 @@ ends compute the same function, and aligning the units first (:mod:`.align`) rem
 BatchNorm: interpolating running statistics linearly gives wrong statistics for the interpolated weights
 (the interpolated network's activations shrink), which inflates barriers. With ``reset_batchnorm=True``
 (default) the running statistics of every evaluated network, both ends included, are recomputed on the
-data (population statistics, ``momentum=None``) before its loss is measured.
+data (see :func:`reset_batchnorm_stats`) before its loss is measured.
 """
 
 from __future__ import annotations
@@ -72,7 +72,11 @@ def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 def reset_batchnorm_stats(
     model: nn.Module, data: Data, input_fn: InputFn | None = None, batch_size: int | None = None
 ) -> bool:
-    """Recompute BatchNorm running statistics as population averages over ``data`` (in place).
+    """Recompute BatchNorm running statistics on ``data`` (in place).
+
+    The statistics are the average of the per-batch statistics (PyTorch's ``momentum=None``), which is
+    the exact population mean and (unbiased) variance when ``data`` is a single batch (``batch_size=None``
+    with tensor data) and the exact mean for equal-sized batches.
 
     Only the BatchNorm layers run in train mode (dropout stays off); modes and momenta are restored.
     Returns whether the model had any BatchNorm to reset.

@@ -136,8 +136,10 @@ class KrylovSketch:
     def inertia(self, zero_tol: float) -> tuple[float, float, float]:
         """Expected counts of (negative, near-zero, positive) eigenvalues from the SLQ sample.
 
-        Near zero means ``|θ| <= zero_tol · max|θ|``. One Lanczos run resolves the bulk coarsely: treat
-        the counts as a rough estimate (they are exact once the run spans the whole space).
+        Near zero means ``|θ| <= zero_tol · max|θ|``. The count in a band is ``n · zᵀPz/|z|²`` with P the
+        spectral projector of the band (exactly so once the Ritz values are converged), which is unbiased
+        with a standard deviation of at most ``√(2·count)`` for one Rademacher start vector: a rough
+        estimate, good for the order of magnitude and for trends.
         """
         theta, w = self.ritz_values, self.weights
         band = zero_tol * float(theta.abs().max())

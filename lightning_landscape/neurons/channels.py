@@ -21,12 +21,12 @@ or whose output weights agree in sign, are not in a channel.
 Example (synthetic series of a pair entering a channel):
     >>> tracker = ChannelTracker(window=6, min_points=4)
     >>> for t in range(6):
-    ...     eps = 0.4 * 0.9 ** t
+    ...     eps = 0.3 * 0.9 ** t
     ...     w = torch.tensor([[1.0 + eps], [1.0 - eps], [-3.0]])  # neurons 0 and 1 merge
     ...     a = torch.tensor([[0.5 + 0.2 / eps], [0.5 - 0.2 / eps], [1.0]])
     ...     report = tracker.update("fc1", step=100 * t, loss=0.1 - 1e-4 * t, w=w, a=a, symmetry="odd")
     >>> report.best.score, report.best.pair, round(report.best.slope, 2)
-    (1.0, (0, 1, 1), -0.98)
+    (1.0, (0, 1, 1), -1.0)
 """
 
 from __future__ import annotations
@@ -56,7 +56,16 @@ class PairMeasure:
 
     @property
     def key(self) -> str:
-        return f"{self.i}-{self.j}{'+' if self.sign > 0 else '-'}"
+        return _key(self.i, self.j, self.sign)
+
+
+def _key(i: int, j: int, sign: int) -> str:
+    return f"{i}:{j}:{'+' if sign > 0 else '-'}"
+
+
+def _parse(key: str) -> tuple[int, int, int]:
+    i, j, s = key.split(":")
+    return int(i), int(j), 1 if s == "+" else -1
 
 
 def pair_measure(w: torch.Tensor, a: torch.Tensor, i: int, j: int, sign: int) -> PairMeasure:
@@ -94,7 +103,7 @@ def candidate_pairs(w: torch.Tensor, a: torch.Tensor, symmetry: str, k: int = 3,
                 cols = torch.arange(m)
                 dist[(cols[None, :] <= (rows + start)[:, None])] = math.inf
             flat = dist.reshape(-1)
-            take = min(k, int(torch.isfinite(flat).sum()))
+            take = min(2 * k, int(torch.isfinite(flat).sum()))  # (i, j) and (j, i) both appear for s = -1
             if take == 0:
                 continue
             vals, idx = torch.topk(flat, take, largest=False)
@@ -176,8 +185,7 @@ class ChannelTracker:
         current = {p.key: p for p in candidate_pairs(w, a, symmetry, self.num_candidates)}
         for key in list(st["pairs"]):
             if key not in current:  # still tracked: measure it even though it left the top-k
-                i, rest = key.split("-")
-                current[key] = pair_measure(w, a, int(i), int(rest[:-1]), 1 if rest[-1] == "+" else -1)
+                current[key] = pair_measure(w, a, *_parse(key))
                 st["missing"][key] = st["missing"].get(key, 0) + 1
                 if st["missing"][key] >= self.window:
                     del st["pairs"][key], st["missing"][key]
@@ -196,7 +204,7 @@ class ChannelTracker:
         if len(lam) >= 2 and lam[0] > 0:
             report.lambda_growth = lam[-1] / lam[0]
         if best is not None:
-            series = st["pairs"][f"{best.pair[0]}-{best.pair[1]}{'+' if best.pair[2] > 0 else '-'}"]
+            series = st["pairs"][_key(*best.pair)]
             pts = [(e, l) for s, e in zip(series["step"], series["eps"]) for t, l in zip(st["steps"], st["lambda_max"])
                    if s == t and math.isfinite(l) and l > 0 and e > 0]
             if len(pts) >= 3:
@@ -222,9 +230,7 @@ class ChannelTracker:
             "glu_stable": glu_mean > 0 and (max(glu) - min(glu)) / glu_mean <= self.glu_tol,
             "slow_loss_decrease": 0.0 <= loss_drop <= self.max_loss_drop,
         }
-        i, rest = key.split("-")
-        pair = (int(i), int(rest[:-1]), 1 if rest[-1] == "+" else -1)
-        return PairVerdict(layer, pair, sum(criteria.values()) / len(criteria), criteria, eps[-1], out[-1], slope,
+        return PairVerdict(layer, _parse(key), sum(criteria.values()) / len(criteria), criteria, eps[-1], out[-1], slope,
                            glu[-1], loss_drop, n)
 
     def state_dict(self) -> dict[str, Any]:

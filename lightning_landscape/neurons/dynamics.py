@@ -5,7 +5,7 @@ Example:
     >>> net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1))
     >>> ref = snapshot(net)
     >>> with torch.no_grad():
-    ...     net[0].weight.add_(1.0)
+    ...     _ = net[0].weight.add_(1.0)
     >>> round(distances(net, ref)["0"], 4)  # six weights moved by 1
     2.4495
 """

@@ -1,0 +1,189 @@
+"""Effective width of a neuron layer, and the saddle-branch / saddle indicators (Zhang, Zhang & Luo).
+
+Neuron i contributes ``aᵢ hᵢ(x)`` to the next layer (``hᵢ`` its activation, ``aᵢ`` its output
+weights); its size is ``cᵢ = ‖aᵢ‖ · rms(hᵢ)`` on the probe batch, compared with the size ``S`` of the
+whole layer's contribution (rms of the next layer's output minus its bias). The effective width is
+the number of neurons left after
+
+1. removing units with ``cᵢ ≤ contribution_tol · S`` (dead ReLUs, zero output weights);
+2. merging units whose input weights coincide modulo the activation's symmetry (sign for odd σ,
+   positive scale for ReLU-like σ): i and j merge when the function error of the merge,
+   ``≈ dᵢⱼ · max(cᵢ, cⱼ)`` with ``dᵢⱼ`` the relative input-weight distance, is ``≤ merge_tol · S``
+   (so a pair deep in a channel to infinity — tiny ``dᵢⱼ`` but huge ``cᵢ`` — is *not* merged: it is a
+   gated linear unit, not one neuron);
+3. removing merged groups whose combined output ``‖Σ sₖ λₖ aₖ‖ rms(h)`` is negligible.
+
+``effective width < width`` means the current function is that of a narrower network, so the critical
+set through a nearby critical point contains saddle branches.
+
+Example (neuron 2 duplicates neuron 0; neuron 3 has zero output weights):
+    >>> w = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    >>> a = torch.tensor([[1.0], [2.0], [-3.0], [0.0]])
+    >>> effective_width(w, a, torch.ones(4), out_scale=1.0, symmetry="none").effective_width
+    2
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from lightning_landscape.neurons.discovery import NeuronLayer
+
+
+@dataclass
+class WidthReport:
+    """``width``, ``effective_width``, negligible units, and merged groups (each ``[(unit, factor)]``)."""
+
+    width: int
+    effective_width: int
+    negligible: list[int] = field(default_factory=list)
+    groups: list[list[tuple[int, float]]] = field(default_factory=list)  # only groups of 2+ units
+
+
+def _find(parent: list[int], i: int) -> int:
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i
+
+
+def effective_width(
+    w: torch.Tensor,
+    a: torch.Tensor,
+    h_rms: torch.Tensor,
+    out_scale: float,
+    symmetry: str,
+    contribution_tol: float = 1e-3,
+    merge_tol: float = 1e-3,
+    chunk: int = 1024,
+) -> WidthReport:
+    """Effective width from input weights ``w [m, d]``, output weights ``a [m, k]``, per-neuron activation
+    rms ``h_rms [m]`` and the layer output size ``out_scale`` (see the module docstring)."""
+    w, a, h = w.detach().double(), a.detach().double(), h_rms.detach().double().reshape(-1)
+    m = w.shape[0]
+    if out_scale <= 0 or not math.isfinite(out_scale):
+        return WidthReport(m, 0, list(range(m)))
+    c = torch.linalg.vector_norm(a, dim=1) * h
+    alive = (c > contribution_tol * out_scale).nonzero().flatten().tolist()
+    negligible = sorted(set(range(m)) - set(alive))
+    wn = torch.linalg.vector_norm(w, dim=1)
+    if symmetry == "homogeneous":
+        ref = w / wn.clamp_min(1e-300)[:, None]  # directions: ReLU units merge modulo positive scale
+    else:
+        ref = w
+    parent = list(range(m))
+    idx = torch.tensor(alive, dtype=torch.long)
+    if len(alive) > 1:
+        sub, sub_c, sub_n = ref[idx], c[idx], wn[idx]
+        signs = (1, -1) if symmetry == "odd" else (1,)
+        for sign in signs:
+            for start in range(0, len(alive), chunk):
+                block = sub[start:start + chunk]
+                dist = torch.cdist(block, sign * sub)
+                if symmetry != "homogeneous":
+                    dist = dist / torch.maximum(sub_n[start:start + chunk, None], sub_n[None, :]).clamp_min(1e-300)
+                err = dist * torch.maximum(sub_c[start:start + chunk, None], sub_c[None, :])
+                hits = (err <= merge_tol * out_scale).nonzero().tolist()
+                for bi, j in hits:
+                    i = start + bi
+                    if i != j:
+                        ri, rj = _find(parent, alive[i]), _find(parent, alive[j])
+                        if ri != rj:
+                            parent[ri] = rj
+    members: dict[int, list[int]] = {}
+    for i in alive:
+        members.setdefault(_find(parent, i), []).append(i)
+    groups, count = [], 0
+    for units in members.values():
+        rep = max(units, key=lambda u: float(c[u]))
+        factors = []
+        for u in units:
+            if symmetry == "homogeneous":
+                f = float(wn[u] / wn[rep]) if wn[rep] > 0 else 1.0
+            elif symmetry == "odd":
+                f = 1.0 if float(torch.linalg.vector_norm(w[u] - w[rep])) <= float(torch.linalg.vector_norm(w[u] + w[rep])) else -1.0
+            else:
+                f = 1.0
+            factors.append((u, f))
+        merged = sum(f * a[u] for u, f in factors)
+        if float(torch.linalg.vector_norm(merged)) * float(h[rep]) > contribution_tol * out_scale:
+            count += 1
+        else:
+            negligible.extend(units)
+        if len(units) > 1:
+            groups.append(factors)
+    return WidthReport(m, count, sorted(negligible), groups)
+
+
+def hidden_statistics(layers: Sequence[NeuronLayer], forward: Callable[[], Any]) -> dict[str, tuple[torch.Tensor, float]]:
+    """Run ``forward`` once (no graph) and return, per layer, the per-neuron rms of the hidden values entering
+    the output module and the rms of that module's output minus its bias.
+
+    >>> fc1, fc2 = torch.nn.Linear(2, 3), torch.nn.Linear(3, 1)
+    >>> layer = NeuronLayer("fc1", "fc1", "fc2", fc1, fc2, "tanh", "odd")
+    >>> x = torch.randn(8, 2)
+    >>> h_rms, scale = hidden_statistics([layer], lambda: fc2(torch.tanh(fc1(x))))["fc1"]
+    >>> tuple(h_rms.shape), scale > 0
+    ((3,), True)
+    """
+    stats: dict[str, tuple[torch.Tensor, float]] = {}
+    handles = []
+
+    def make_hook(layer: NeuronLayer) -> Callable:
+        def hook(mod: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            if layer.name in stats:
+                return  # first call only (a closure may run the model more than once)
+            h = inputs[0].detach().double()
+            linear = isinstance(mod, torch.nn.Linear)
+            h = h if linear else h.movedim(1 if h.ndim > 1 else 0, -1)  # conv: channels last
+            h_rms = h.reshape(-1, h.shape[-1]).pow(2).mean(0).sqrt()
+            out = output.detach().double()
+            bias = getattr(mod, "bias", None)
+            if bias is not None:
+                shape = [-1] if linear or out.ndim < 2 else [1, -1] + [1] * (out.ndim - 2)
+                out = out - bias.detach().double().reshape(shape)
+            stats[layer.name] = (h_rms.cpu(), float(out.pow(2).mean().sqrt()))
+        return hook
+
+    try:
+        for layer in layers:
+            handles.append(layer.output_module.register_forward_hook(make_hook(layer)))
+        with torch.no_grad():
+            forward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return stats
+
+
+def layer_effective_width(layer: NeuronLayer, h_rms: torch.Tensor, out_scale: float, contribution_tol: float = 1e-3,
+                          merge_tol: float = 1e-3) -> WidthReport:
+    """:func:`effective_width` of a discovered layer."""
+    return effective_width(layer.input_weights(), layer.output_weights(), h_rms, out_scale, layer.symmetry,
+                           contribution_tol, merge_tol)
+
+
+def saddle_branch_indicator(widths: Sequence[WidthReport], grad_norm: float, loss: float, grad_tol: float,
+                            loss_tol: float) -> bool:
+    """Effective width below width in some layer, a small gradient and a loss above tolerance.
+
+    >>> saddle_branch_indicator([WidthReport(3, 2)], grad_norm=1e-6, loss=0.2, grad_tol=1e-4, loss_tol=1e-3)
+    True
+    """
+    return any(r.effective_width < r.width for r in widths) and grad_norm <= grad_tol and loss > loss_tol
+
+
+def saddle_indicator(lambda_min: float, lambda_max: float, grad_norm: float, grad_tol: float,
+                     ratio_tol: float) -> bool:
+    """A strict, escapable saddle: ``λmin < 0`` with ``|λmin|/λmax ≥ ratio_tol`` and a small gradient.
+
+    >>> saddle_indicator(-0.1, 5.0, 1e-7, grad_tol=1e-4, ratio_tol=1e-3), saddle_indicator(-1e-6, 5.0, 1e-7, 1e-4, 1e-3)
+    (True, False)
+    """
+    if not (math.isfinite(lambda_min) and math.isfinite(lambda_max)) or lambda_min >= 0:
+        return False
+    return abs(lambda_min) >= ratio_tol * max(abs(lambda_max), 1e-300) and grad_norm <= grad_tol

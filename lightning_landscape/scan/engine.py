@@ -1,0 +1,264 @@
+"""The sweep: train at each weight decay of a grid, up and then back down, warm-starting every point
+from the previous solution (a tiny seeded jitter lets a saddle be told from a local minimum), and
+measure the order parameters, the ray estimate and the curvature. Plain full-batch torch (no Trainer per
+point): a few milliseconds per step on the built-in problems.
+
+The penalty is added to the loss explicitly: the objective is ``L(θ) + β‖θ_decayed‖²`` (SGD/Adam
+``weight_decay = 2β``), so the thresholds are in the package's β convention.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+import torch
+
+from lightning_landscape.guards import isolated_rng
+from lightning_landscape.hessian import HessianOperator
+from lightning_landscape.l2.order import collapse_ratio, squared_norm, trivial_loss
+from lightning_landscape.l2.ray import ray_critical_beta
+from lightning_landscape.linalg import lanczos_extremes
+from lightning_landscape.linalg.random import gaussian
+from lightning_landscape.parameters import ParameterSpace
+from lightning_landscape.scan.problem import ScanProblem
+
+
+@dataclass
+class ScanConfig:
+    """Grid and training settings of a scan (everything that identifies it for resuming).
+
+    ``betas`` (explicit grid) wins over ``beta_min``/``beta_max``/``num_points`` (uniform grid).
+    Each point trains at most ``max_steps`` steps of heavy-ball gradient descent (``lr``, ``momentum``)
+    and stops early once the objective's gradient norm is below ``tol`` (full batch only). ``jitter``:
+    relative size (to each tensor's initial RMS) of the seeded noise added before every point.
+    """
+
+    betas: list[float] | None = None
+    beta_min: float = 0.0
+    beta_max: float = 1.0
+    num_points: int = 16
+    directions: Literal["up-down", "up"] = "up-down"
+    lr: float = 0.05
+    momentum: float = 0.9
+    max_steps: int = 3000
+    tol: float = 1e-5
+    jitter: float = 1e-3
+    seed: int = 0
+    curvature: bool = True
+    lanczos_iter: int = 20
+    ray: bool = True
+
+    def __post_init__(self) -> None:
+        if self.betas is not None:
+            betas = [float(b) for b in self.betas]
+            if len(betas) < 2 or any(b < 0 or not math.isfinite(b) for b in betas):
+                raise ValueError(f"betas must hold >= 2 finite values >= 0, got {self.betas}")
+            if any(b2 <= b1 for b1, b2 in zip(betas, betas[1:])):
+                raise ValueError("betas must be strictly increasing")
+            self.betas = betas
+        else:
+            if not (0 <= self.beta_min < self.beta_max) or not math.isfinite(self.beta_max):
+                raise ValueError(f"need 0 <= beta_min < beta_max, got beta_min={self.beta_min}, beta_max={self.beta_max}")
+            if self.num_points < 2:
+                raise ValueError(f"num_points must be >= 2, got {self.num_points}")
+        if self.directions not in ("up-down", "up"):
+            raise ValueError(f"directions must be 'up-down' or 'up', got {self.directions!r}")
+        for name in ("lr", "tol"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.jitter < 0:
+            raise ValueError(f"jitter must be >= 0, got {self.jitter}")
+
+    def grid(self) -> list[float]:
+        if self.betas is not None:
+            return list(self.betas)
+        n = self.num_points
+        return [self.beta_min + (self.beta_max - self.beta_min) * k / (n - 1) for k in range(n)]
+
+    def schedule(self) -> list[tuple[float, str]]:
+        """``(β, direction)`` of every point, in sweep order: up the grid, then back down."""
+        grid = self.grid()
+        up = [(b, "up") for b in grid]
+        down = [(b, "down") for b in reversed(grid[:-1])] if self.directions == "up-down" else []
+        return up + down
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ScanPoint:
+    """Everything measured at one point of the sweep (a row of the CSV)."""
+
+    index: int
+    direction: str
+    beta: float
+    loss: float
+    objective: float
+    theta_sq: float
+    loss_trivial: float
+    collapse_ratio: float
+    critical_beta: float = float("nan")
+    ray_argmax_scale: float = float("nan")
+    lambda_max: float = float("nan")
+    lambda_min: float = float("nan")
+    grad_norm: float = float("nan")
+    steps: int = 0
+    converged: bool = False
+    seconds: float = 0.0
+    layer_norms: dict[str, float] = field(default_factory=dict)
+
+    def row(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k != "layer_norms"}
+        out.update({f"norm/{k}": v for k, v in self.layer_norms.items()})
+        return out
+
+
+def _mean_loss(problem: ScanProblem) -> torch.Tensor:
+    losses = [problem.loss_fn(problem.module, batch) for batch in problem.batches]
+    return torch.stack(losses).mean() if len(losses) > 1 else losses[0]
+
+
+def train_point(
+    problem: ScanProblem, beta: float, config: ScanConfig, generator: torch.Generator, init_rms: Sequence[float]
+) -> tuple[int, float, bool]:
+    """Jitter, then train ``L + β‖θ_decayed‖²`` to convergence; returns (steps, final grad norm, converged)."""
+    module = problem.module
+    params = [p for p in module.parameters() if p.requires_grad]
+    decayed_ids = {id(p) for _, p in problem.named_decayed()}
+    with torch.no_grad():
+        for p, rms in zip(params, init_rms):
+            if config.jitter > 0:
+                p.add_(config.jitter * rms * torch.randn(p.shape, generator=generator, dtype=p.dtype))
+    velocity = [torch.zeros_like(p) for p in params]
+    full_batch = len(problem.batches) == 1
+    module.train()
+    gnorm, steps = float("inf"), 0
+    for steps in range(config.max_steps + 1):
+        batch = problem.batches[steps % len(problem.batches)]
+        loss = problem.loss_fn(module, batch)
+        penalty = sum((p * p).sum() for p in params if id(p) in decayed_ids)
+        grads = torch.autograd.grad(loss + beta * penalty, params, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+        gnorm = math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads))
+        if not math.isfinite(gnorm):
+            raise FloatingPointError(f"training diverged at beta={beta} (step {steps}); lower --lr")
+        if (full_batch and gnorm < config.tol) or steps == config.max_steps:
+            break
+        with torch.no_grad():  # heavy-ball gradient descent
+            for p, g, v in zip(params, grads, velocity):
+                v.mul_(config.momentum).add_(g)
+                p.sub_(config.lr * v)
+    return steps, gnorm, full_batch and gnorm < config.tol
+
+
+def measure_point(problem: ScanProblem, beta: float, config: ScanConfig, generator: torch.Generator) -> dict[str, Any]:
+    """Order parameters, ray estimate and curvature of the current weights (in eval mode, no grads kept)."""
+    module = problem.module
+    module.eval()
+    named = problem.named_decayed()
+    params = [p for _, p in named]
+
+    def loss_fn() -> torch.Tensor:
+        return _mean_loss(problem)
+
+    with torch.no_grad():
+        loss = float(loss_fn())
+    l_triv = trivial_loss(params, loss_fn)
+    theta_sq = squared_norm(params)
+    out: dict[str, Any] = {
+        "loss": loss,
+        "objective": loss + beta * theta_sq,
+        "theta_sq": theta_sq,
+        "loss_trivial": l_triv,
+        "collapse_ratio": collapse_ratio(loss, l_triv),
+        "layer_norms": {n: float(p.detach().double().norm()) for n, p in named},
+    }
+    if config.ray and theta_sq > 0:
+        est = ray_critical_beta(params, loss_fn, loss_trivial=l_triv)
+        out["critical_beta"] = est.critical_beta
+        out["ray_argmax_scale"] = est.argmax_scale
+    if config.curvature:
+        space = ParameterSpace.from_module(module)
+        with torch.enable_grad():
+            op = HessianOperator(loss_fn(), space)
+            res = lanczos_extremes(op.matvec, gaussian(space.dim, generator, space.dtype, space.device),
+                                   max_iter=config.lanczos_iter, tol=1e-3)
+            op.release()
+        out["lambda_max"], out["lambda_min"] = res.lambda_max, res.lambda_min
+    return out
+
+
+ProgressFn = Callable[[ScanPoint, int, int], None]
+
+
+def run_scan(
+    problem: ScanProblem,
+    config: ScanConfig,
+    state_dir: str | Path | None = None,
+    progress: bool = False,
+    on_point: ProgressFn | None = None,
+) -> list[ScanPoint]:
+    """Sweep ``config.schedule()``; resumable through ``state_dir`` (state written after every point).
+
+    Runs under :func:`isolated_rng` (the caller's global RNG streams are left as they were). Returns
+    every point, including those loaded from a previous interrupted run of the same scan.
+
+    Example (a tiny one-hidden-layer linear scan):
+        >>> from lightning_landscape.scan.problem import builtin_problem
+        >>> p = builtin_problem("linear-1", width=4, input_dim=4, num_samples=64)
+        >>> cfg = ScanConfig(beta_max=2 * p.theory["beta_c"], num_points=3, max_steps=300, curvature=False)
+        >>> pts = run_scan(p, cfg)
+        >>> [pt.direction for pt in pts], pts[-1].theta_sq > pts[2].theta_sq
+        (['up', 'up', 'up', 'down', 'down'], True)
+    """
+    from lightning_landscape.scan.state import ScanState  # local: keeps the engine importable alone
+
+    schedule = config.schedule()
+    state = ScanState.open(state_dir, problem, config) if state_dir is not None else None
+    points: list[ScanPoint] = list(state.points) if state is not None else []
+    init_rms = [float(p.detach().double().pow(2).mean().sqrt()) or 1.0 for p in problem.module.parameters() if p.requires_grad]
+    if state is not None:
+        init_rms = state.init_rms(init_rms)
+        state.restore_weights(problem.module)
+    bar = _progress_bar(len(schedule), len(points), progress)
+    with isolated_rng():
+        for index in range(len(points), len(schedule)):
+            beta, direction = schedule[index]
+            gen = torch.Generator().manual_seed(config.seed * 1_000_003 + index)
+            start = time.perf_counter()
+            steps, gnorm, converged = train_point(problem, beta, config, gen, init_rms)
+            measured = measure_point(problem, beta, config, gen)
+            point = ScanPoint(index=index, direction=direction, beta=beta, grad_norm=gnorm, steps=steps,
+                              converged=converged, seconds=time.perf_counter() - start, **measured)
+            points.append(point)
+            if state is not None:
+                state.save(points, problem.module)
+            if bar is not None:
+                bar.set_postfix_str(f"{direction} β={beta:.4g} ‖θ‖²={point.theta_sq:.3g} loss={point.loss:.3g}")
+                bar.update(1)
+            if on_point is not None:
+                on_point(point, index, len(schedule))
+    if bar is not None:
+        bar.close()
+    if state is not None:
+        state.save(points, problem.module, finished=True)
+    return points
+
+
+def _progress_bar(total: int, done: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm ships with Lightning
+        return None
+    return tqdm(total=total, initial=done, desc="scan", unit="point", dynamic_ncols=True)
