@@ -243,7 +243,7 @@ def test_pass_through_rules_accept_dicts_fill_step_and_ignore_other_rules():
 
 
 def test_pass_through_respects_warmup():
-    r = ChannelEntry(warmup_steps=50, cooldown_steps=10)
+    r = ChannelEntry(warmup_steps=50, cooldown_steps=20)
     assert fire_steps(r, [None] * 10, events=lambda s: [channel()], steps=list(range(0, 100, 10))) == [50]
 
 
@@ -268,7 +268,7 @@ def test_l2_threshold_collapse_ratio_falling():
     fired = []
     for i, c in enumerate(stream):
         fired += [(i, e.key, e.severity) for e in r.observe(i, 0, {"landscape/l2/collapse_ratio": c}, [])]
-    assert fired == [(8, "collapse", "critical")]
+    assert fired == [(9, "collapse", "critical")]  # 0.05/0.9 <= 0.5 at 8 and 9 (k=2)
     # a model that never learnt (best < min_best_collapse_ratio) is not "collapsing"
     r = L2Threshold(margin_below=None)
     assert fire_steps(r, [0.05, 0.02, 0.0, 0.01], tag="landscape/l2/collapse_ratio") == []

@@ -111,17 +111,20 @@ class HysteresisDetector:
 
 
 class CusumDetector:
-    """Two-sided CUSUM (Page 1954) on a standardised stream with an adaptive baseline.
+    """Two-sided CUSUM (Page 1954) on the residuals of an adaptive baseline.
 
-    The first ``warmup`` values estimate the baseline mean and standard deviation (Welford). Each
-    later value gives ``z = (y - mean) / sigma`` with ``sigma`` floored at ``min_scale`` and at
-    ``min_relative_scale`` times ``|mean|`` (times 1 on the log scale, where differences already are
-    relative), and updates ``S+ = max(0, S+ + z - drift)``, ``S- = max(0, S- - z - drift)``. An alarm is
-    ``S > threshold`` in a watched direction, and (optionally) a raw relative change of at least
-    ``min_relative_change`` against the baseline. While no change is suspected (watched statistic
-    ``<= threshold / 2``) the baseline follows the stream by an exponential moving average
-    (``smoothing``) of values winsorised at ±3σ, so slow drifts are absorbed; after an alarm the
-    baseline is re-learnt at the new level.
+    The first ``warmup`` values fit the baseline: their mean (or, with ``trend=True``, a least-squares
+    line) and residual standard deviation. Each later value ``y`` (``log x`` with ``log_scale``) is
+    compared with the baseline's prediction ``p``: ``z = (y - p) / sigma``, with ``sigma`` floored at
+    ``min_scale`` and at ``min_relative_scale`` times ``|p|`` (times 1 on the log scale, where
+    differences already are relative), and ``S+ = max(0, S+ + z - drift)``, ``S- = max(0, S- - z -
+    drift)``. An alarm is ``S > threshold`` in a watched direction, together with a raw relative change
+    of at least ``min_relative_change`` against the prediction. While no change is suspected (watched
+    ``S <= threshold / 2``) the baseline learns from the value, winsorised at ±3σ: an exponential
+    moving average (``smoothing``), or Holt's linear smoothing with ``trend=True`` so that a steady
+    trend (progressive sharpening: exponential growth, linear on the log scale) is predicted rather than
+    alarmed on. While a change is suspected the baseline only extrapolates. After an alarm it is
+    re-fitted at the new level from the next ``warmup`` values.
 
     Measured with the defaults (``drift=1, threshold=8, warmup=10, smoothing=0.05``) on Gaussian
     noise: 0 false alarms in 200 streams x 500 samples (two-sided), none on a slow drift of 0.02σ per
@@ -146,9 +149,10 @@ class CusumDetector:
         min_relative_change: float = 0.0,
         min_scale: float = 0.0,
         min_relative_scale: float = 0.01,
+        trend: bool = False,
     ) -> None:
         self.direction, self.drift, self.threshold, self.warmup = direction, drift, threshold, warmup
-        self.smoothing, self.log_scale = smoothing, log_scale
+        self.smoothing, self.log_scale, self.trend = smoothing, log_scale, trend
         self.min_relative_change, self.min_scale, self.min_relative_scale = (
             min_relative_change,
             min_scale,
@@ -157,9 +161,14 @@ class CusumDetector:
         self.reset()
 
     def reset(self) -> None:
-        """Forget the baseline (re-learn it from the next ``warmup`` values)."""
-        self.n, self.mean, self.m2, self.var = 0, 0.0, 0.0, 0.0
+        """Forget the baseline (re-fit it from the next ``warmup`` values)."""
+        self.buffer: list[float] = []
+        self.level, self.slope, self.var = 0.0, 0.0, 0.0
         self.s_pos = self.s_neg = 0.0
+
+    @property
+    def ready(self) -> bool:
+        return len(self.buffer) >= self.warmup
 
     def _transform(self, x: float) -> float | None:
         if not math.isfinite(x):
@@ -168,12 +177,35 @@ class CusumDetector:
             return math.log(x) if x > 0 else None
         return x
 
-    def _raw_baseline(self) -> float:
-        return math.exp(self.mean) if self.log_scale else self.mean
+    def _raw(self, y: float) -> float:
+        return math.exp(y) if self.log_scale else y
 
-    def sigma(self) -> float:
-        ref = 1.0 if self.log_scale else abs(self.mean)
+    def prediction(self) -> float:
+        """The baseline's prediction for the next value (transformed units)."""
+        return self.level + self.slope
+
+    def baseline(self) -> float:
+        """The prediction in the stream's own units."""
+        return self._raw(self.prediction())
+
+    def sigma(self, ref: float | None = None) -> float:
+        ref = 1.0 if self.log_scale else abs(self.prediction() if ref is None else ref)
         return max(math.sqrt(max(self.var, 0.0)), self.min_scale, self.min_relative_scale * ref, 1e-300)
+
+    def _fit(self) -> None:
+        ys = self.buffer
+        n = len(ys)
+        mean = sum(ys) / n
+        if self.trend and n >= 3:
+            tm = (n - 1) / 2
+            sxx = sum((t - tm) ** 2 for t in range(n))
+            self.slope = sum((t - tm) * (y - mean) for t, y in enumerate(ys)) / sxx
+            self.level = mean + self.slope * (n - 1 - tm)  # the fitted line at the last warm-up point
+            dof = n - 2
+        else:
+            self.slope, self.level, dof = 0.0, mean, n - 1
+        fitted = [self.level - self.slope * (n - 1 - t) for t in range(n)]
+        self.var = sum((y - f) ** 2 for y, f in zip(ys, fitted)) / max(dof, 1)
 
     def update(self, x: float, can_fire: bool = True) -> str | None:
         """Feed one value; returns ``"up"``/``"down"`` on an alarm, else None. Non-finite values (and
@@ -181,18 +213,18 @@ class CusumDetector:
         y = self._transform(x)
         if y is None:
             return None
-        if self.n < self.warmup:
-            self.n += 1
-            delta = y - self.mean
-            self.mean += delta / self.n
-            self.m2 += delta * (y - self.mean)
-            self.var = self.m2 / (self.n - 1) if self.n > 1 else 0.0
+        if not self.ready:
+            self.buffer.append(y)
+            if self.ready:
+                self._fit()
             return None
-        z = (y - self.mean) / self.sigma()
+        p = self.prediction()
+        sig = self.sigma(p)
+        z = (y - p) / sig
         self.s_pos = max(0.0, self.s_pos + z - self.drift)
         self.s_neg = max(0.0, self.s_neg - z - self.drift)
-        base = self._raw_baseline()
-        rel = (x - base) / abs(base) if base != 0 else math.inf * (1 if x > base else -1)
+        base = self._raw(p)
+        rel = (x - base) / abs(base) if base != 0 else math.copysign(math.inf, x - base)
         fired = None
         if self.direction in ("up", "both") and self.s_pos > self.threshold and rel >= self.min_relative_change:
             fired = "up"
@@ -200,25 +232,35 @@ class CusumDetector:
             fired = "down"
         if fired is not None and can_fire:
             self.reset()
-            self.n, self.mean = 1, y  # the alarm value starts the new baseline
+            self.buffer.append(y)  # the alarm value starts the new baseline
+            if self.ready:
+                self._fit()
             return fired
         watched = max(self.s_pos if self.direction != "down" else 0.0, self.s_neg if self.direction != "up" else 0.0)
         if watched <= self.threshold / 2:
-            # No change suspected: let the baseline follow slow drifts. The value is winsorised at
-            # +-3 sigma (symmetric, so the mean stays unbiased; gating on S == 0 would censor the
-            # high side and bias the baseline low, which in turn makes S+ creep up on pure noise).
-            a, sig = self.smoothing, self.sigma()
-            d = min(max(y - self.mean, -3 * sig), 3 * sig)
-            self.mean += a * d
-            self.var = (1 - a) * (self.var + a * d * d)
+            # No change suspected: learn. The residual is winsorised at +-3 sigma (symmetric, so the
+            # level stays unbiased; learning only when S == 0 would censor the high side, bias the
+            # baseline low and make S+ creep up on pure noise).
+            a = self.smoothing
+            r = min(max(y - p, -3 * sig), 3 * sig)
+            new_level = p + a * r
+            if self.trend:
+                self.slope += a * (new_level - self.level - self.slope)
+            self.level = new_level
+            self.var = (1 - a) * (self.var + a * r * r)
+        else:  # a change is suspected: extrapolate, do not learn from it
+            self.level = p
         return None
 
+    _STATE = ("buffer", "level", "slope", "var", "s_pos", "s_neg")
+
     def state_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("n", "mean", "m2", "var", "s_pos", "s_neg")}
+        return {k: (list(getattr(self, k)) if k == "buffer" else getattr(self, k)) for k in self._STATE}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        for k in ("n", "mean", "m2", "var", "s_pos", "s_neg"):
-            setattr(self, k, type(getattr(self, k))(state[k]))
+        self.buffer = [float(v) for v in state["buffer"]]
+        for k in self._STATE[1:]:
+            setattr(self, k, float(state[k]))
 
 
 # ----------------------------------------------------------------------------- rule base
@@ -390,6 +432,7 @@ class ChangePoint(Rule):
         min_relative_change: float = 0.0,
         min_scale: float = 0.0,
         min_relative_scale: float = 0.01,
+        trend: bool = False,
         warmup_steps: int = 0,
         cooldown_steps: int = 0,
         severity: str = "warning",
@@ -409,6 +452,7 @@ class ChangePoint(Rule):
             min_relative_change=_check_float(f"{cls}.min_relative_change", min_relative_change, 0.0),
             min_scale=_check_float(f"{cls}.min_scale", min_scale, 0.0),
             min_relative_scale=_check_float(f"{cls}.min_relative_scale", min_relative_scale, 0.0),
+            trend=bool(trend),
         )
         if self.detector.smoothing > 1:
             raise ValueError(f"{cls}.smoothing must be in [0, 1], got {smoothing}")
@@ -421,7 +465,7 @@ class ChangePoint(Rule):
         if self.tag not in scalars:
             return []
         x = float(scalars[self.tag])
-        base = self.detector._raw_baseline()
+        base = self.detector.baseline()
         fired = self.detector.update(x, self._can_fire(step))
         if fired is None:
             return []
@@ -441,7 +485,7 @@ class ChangePoint(Rule):
         return {"tag": self.tag, "direction": d.direction, "drift": d.drift, "threshold": d.threshold,
                 "warmup": d.warmup, "smoothing": d.smoothing, "log_scale": d.log_scale,
                 "min_relative_change": d.min_relative_change, "min_scale": d.min_scale,
-                "min_relative_scale": d.min_relative_scale, **super().config()}
+                "min_relative_scale": d.min_relative_scale, "trend": d.trend, **super().config()}
 
     def state_dict(self):
         return {**super().state_dict(), "detector": self.detector.state_dict(), "active_until": self._active_until}
@@ -670,9 +714,10 @@ class EdgeOfStability(Threshold):
 
 class SharpnessSpike(ChangePoint):
     """Upward change point of ``landscape/hessian/lambda_max`` on the log scale (CUSUM), with at
-    least ``min_relative_change`` (default +25 %) against the baseline. Slow progressive sharpening is
-    absorbed by the adaptive baseline; a jump (e.g. a channel meeting the edge of stability, a
-    learning-rate warm-up overshoot) fires.
+    least ``min_relative_change`` (default +25 %) against the baseline's prediction. The baseline
+    follows a trend (``trend=True``: Holt's linear smoothing on log λmax), so steady progressive
+    sharpening, exponential growth included, is predicted rather than alarmed on; a jump (e.g. a
+    channel meeting the edge of stability, a learning-rate warm-up overshoot) fires.
 
     >>> r = SharpnessSpike(warmup=5)
     >>> stream = [20 * 1.002 ** s for s in range(40)] + [40.0, 42.0]
@@ -692,13 +737,14 @@ class SharpnessSpike(ChangePoint):
         log_scale: bool = True,
         min_relative_change: float = 0.25,
         min_relative_scale: float = 0.02,
+        trend: bool = True,
         warmup_steps: int = 0,
         cooldown_steps: int = 0,
         severity: str = "warning",
         name: str | None = None,
     ) -> None:
         super().__init__(tag, "up", drift, threshold, warmup, smoothing, log_scale, min_relative_change,
-                         0.0, min_relative_scale, warmup_steps, cooldown_steps, severity, name)
+                         0.0, min_relative_scale, trend, warmup_steps, cooldown_steps, severity, name)
 
     def config(self):
         cfg = super().config()

@@ -217,7 +217,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(models)} checkpoint(s), {summary['classes'][0]}; data: {data_desc}")
     print(f"hidden layers: {', '.join(f'{h.name}[{h.size}]' for h in spec.layers)}; method: {args.method}")
     per_model, perm_paths = [], {}
-    print(f"\n{'model':<20} {'loss':>10} {'perm. barrier':>14}")
+    metric = "error" if args.loss == "error" else "loss"
+    print(f"\n{'model':<20} {metric:>10} {'perm. barrier':>14}")
     for i, (label, model) in enumerate(zip(labels, models)):
         res = cmp.permutation_barrier(model, data, seed=args.seed + i, spec=spec, **common)
         per_model.append({"label": label, "loss": res.loss_a, "permutation_barrier": res.barrier,

@@ -138,8 +138,10 @@ class KrylovSketch:
 
         Near zero means ``|θ| <= zero_tol · max|θ|``. The count in a band is ``n · zᵀPz/|z|²`` with P the
         spectral projector of the band (exactly so once the Ritz values are converged), which is unbiased
-        with a standard deviation of at most ``√(2·count)`` for one Rademacher start vector: a rough
-        estimate, good for the order of magnitude and for trends.
+        with a standard deviation of at most ``√(2·count)`` for one Rademacher start vector. Before the
+        Ritz values near the band edges converge, Gauss quadrature smears the step function over the gaps
+        between nodes and the counts are biased too: for large n this is an order of magnitude and a
+        trend, not a count.
         """
         theta, w = self.ritz_values, self.weights
         band = zero_tol * float(theta.abs().max())

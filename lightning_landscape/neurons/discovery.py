@@ -356,11 +356,25 @@ def _follow(ops: list[_Op], consumers: dict[tuple[int, int], list[int]], start: 
         elif op.name in _PASSTHROUGH_FUNCS or op.scalar:
             pass
         else:
-            if act is None and op.name in {"add", "__add__", "add_", "__iadd__", "batch_norm", "layer_norm",
-                                           "group_norm", "instance_norm", "flatten", "view", "reshape", "matmul"}:
-                return f"output of {chain[0]} goes through {op.name} before any activation (not supported)"
+            if act is None:
+                # not a hidden layer unless an activation follows shortly (e.g. Linear → BatchNorm → ReLU)
+                return _activation_ahead(ops, consumers, op, chain[0])
             return f"output of {chain[0]} goes through {op.name!r} (not an element-wise activation between layers)"
         key = op.outputs[0]
+
+
+def _activation_ahead(ops: list[_Op], consumers: dict[tuple[int, int], list[int]], op: _Op, layer: str,
+                      depth: int = 4) -> str:
+    first = op.name
+    for _ in range(depth):
+        if op.name in ACTIVATION_SYMMETRY:
+            return f"output of {layer} goes through {first!r} before its activation (not supported)"
+        users = consumers.get(op.outputs[0], [])
+        if len(users) != 1 or ops[users[0]].layer is not None:
+            return ""
+        op = ops[users[0]]
+    return f"output of {layer} goes through {first!r} before its activation (not supported)" \
+        if op.name in ACTIVATION_SYMMETRY else ""
 
 
 # ---------------------------------------------------------------- public entry point

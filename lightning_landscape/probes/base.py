@@ -86,6 +86,8 @@ class Probe(ABC):
     needs_hessian: ClassVar[bool] = False
     default_every_n_steps: ClassVar[int] = 100
     scalar_tags: ClassVar[dict[str, str]] = {}
+    #: One-line cost of a measurement, for the README table (e.g. "≤ max_iter HVPs").
+    cost: ClassVar[str] = ""
     #: Optional TensorBoard charts: title -> keys drawn together (default: one chart of all tags).
     charts: ClassVar[dict[str, list[str]] | None] = None
 

@@ -56,6 +56,7 @@ class HessianSpectrum(Probe):
     group = "hessian"
     needs_hessian = True
     default_every_n_steps = 200
+    cost = "≤ max_iter HVPs (20); warm-started ~3–8; Adam: a second run for P⁻¹H"
     scalar_tags = {
         "lambda_max": "largest Hessian eigenvalue (Ritz value)",
         "lambda_min": "smallest Hessian eigenvalue; < 0 means negative curvature (saddle direction)",
@@ -165,6 +166,7 @@ class HessianTrace(Probe):
     group = "hessian"
     needs_hessian = True
     default_every_n_steps = 500
+    cost = "num_matvecs HVPs (12)"
     scalar_tags = {
         "trace": "Hessian trace (sum of eigenvalues)",
         "trace_stderr": "standard error of the trace estimate",
@@ -212,6 +214,7 @@ class HessianDensity(Probe):
     group = "hessian"
     needs_hessian = True
     default_every_n_steps = 2000
+    cost = "num_probes × num_steps HVPs (2 × 40)"
     scalar_tags = {
         "negative_mass": "fraction of the spectral density below zero (SLQ); > 0 away from a minimum",
     }

@@ -262,3 +262,37 @@ def _progress_bar(total: int, done: int, enabled: bool) -> Any:
     except ImportError:  # pragma: no cover - tqdm ships with Lightning
         return None
     return tqdm(total=total, initial=done, desc="scan", unit="point", dynamic_ncols=True)
+
+
+def suggest_beta_max(problem: ScanProblem, config: ScanConfig, factor: float = 1.6) -> float:
+    """A grid end for an unknown problem: ``factor ×`` the ray estimate after a two-stage pilot.
+
+    Trains a copy at β = 0 and reads ``β_ray``; that underestimates (what initialisation put in
+    directions the data never sees inflates ‖θ‖²), so it trains again at that β — weight decay clears
+    those directions — and reads ``β_ray`` once more. ``β_ray`` is a lower bound on the threshold and
+    the up sweep collapses at the spinodal, above it: hence the margin ``factor``. The scan reports
+    "no collapse" if it was not enough.
+    """
+    import copy
+
+    pilot = copy.copy(problem)
+    pilot.module = copy.deepcopy(problem.module)
+    names = set(pilot.decayed or [])
+    params = [p for n, p in pilot.module.named_parameters() if n in names]
+    rms = [float(p.detach().double().pow(2).mean().sqrt()) or 1.0 for p in pilot.module.parameters() if p.requires_grad]
+    best = 0.0
+    with isolated_rng():
+        gen = torch.Generator().manual_seed(config.seed)
+        beta = 0.0
+        for _ in range(2):
+            train_point(pilot, beta, config, gen, rms)
+            pilot.module.eval()
+            est = ray_critical_beta(params, lambda: _mean_loss(pilot))
+            if not math.isfinite(est.critical_beta) or est.critical_beta <= 0:
+                break
+            best = max(best, est.critical_beta)
+            beta = est.critical_beta
+    if best <= 0:
+        raise RuntimeError("the pilot run found no threshold estimate (the loss does not depend on the decayed "
+                           "parameters?): give beta_max explicitly")
+    return factor * best
