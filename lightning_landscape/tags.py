@@ -50,5 +50,22 @@ def markdown(prefix: str = "landscape") -> str:
     return "\n".join(lines)
 
 
+def update_readme(path: str, prefix: str = "landscape") -> None:
+    """Replace the table between ``<!-- tags:start -->`` and ``<!-- tags:end -->`` in ``path``."""
+    text = open(path, encoding="utf-8").read()
+    start, end = "<!-- tags:start -->", "<!-- tags:end -->"
+    if start not in text or end not in text:
+        raise ValueError(f"{path} has no {start} ... {end} markers")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"{head}{start}\n{markdown(prefix)}\n{end}{tail}")
+
+
 if __name__ == "__main__":  # pragma: no cover
-    print(markdown())
+    import sys
+
+    if len(sys.argv) == 3 and sys.argv[1] == "--update":
+        update_readme(sys.argv[2])
+    else:
+        print(markdown())
