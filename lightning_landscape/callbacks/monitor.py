@@ -35,6 +35,16 @@ class LandscapeMonitorWarning(UserWarning):
     """Something went wrong in monitoring; training continues."""
 
 
+def _is_out_of_memory(err: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", None)
+    if oom is not None and isinstance(err, oom):
+        return True
+    text = str(err).lower()
+    return isinstance(err, (RuntimeError, MemoryError)) and (
+        "out of memory" in text or "can't allocate memory" in text or isinstance(err, MemoryError)
+    )
+
+
 def _build_probes(probes: Optional[list[Union[Probe, str]]]) -> list[Probe]:
     if probes is None:
         return default_probes()
@@ -295,6 +305,11 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
                     self._warn(f"step {step}: non-finite values, {probe.name} skipped ({err})")
                     continue
                 except Exception as err:  # a probe must never take training down
+                    if _is_out_of_memory(err):
+                        err = MemoryError(
+                            f"out of memory while measuring on the probe batch ({err}); lower `max_probe_samples` "
+                            f"(now {self.max_probe_samples}) or use probe_batch='fixed' with fewer samples"
+                        )
                     self._probe_failed(probe, err, step)
                     continue
                 self._merge(logged, probe.group, result)

@@ -68,11 +68,27 @@ class ProbeContext:
         return g
 
     def evaluate_loss(self) -> torch.Tensor:
-        """The probe-batch loss with its graph (a fresh forward pass)."""
+        """The probe-batch loss (a fresh forward pass).
+
+        With grad enabled it is this rank's loss with its graph (differentiate it, then reduce the
+        gradients — or use :meth:`gradient` / :meth:`hessian`). Under ``torch.no_grad()`` the value is
+        already averaged over DDP ranks, so forward-only probes (loss along a ray, random walks) see the
+        loss of the global probe batch and take the same decisions on every rank.
+        """
         loss = self.loss_closure()
         if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
             raise TypeError(f"the loss closure must return a scalar tensor, got {loss!r}")
+        if not torch.is_grad_enabled() or not loss.requires_grad:
+            return self.reduce_mean(loss.detach())
         return loss
+
+    def gradient(self) -> torch.Tensor:
+        """The flat gradient of the probe-batch loss, averaged over ranks (shared with :meth:`hessian`)."""
+        if self._operator is not None:
+            return self._operator.gradient
+        loss = self.evaluate_loss()
+        grads = torch.autograd.grad(loss, self.space.params, allow_unused=True)
+        return self.reduce_mean(self.space.flatten([None if g is None else g.detach() for g in grads]))
 
     def loss(self) -> float:
         """The probe-batch loss as a float (reduced across ranks), computed at most once."""
