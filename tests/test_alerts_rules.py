@@ -48,14 +48,14 @@ def noise(seed, n, mean=0.0, sd=1.0):
 
 
 def test_threshold_fires_once_on_a_sustained_crossing():
-    r = Threshold(TAG, on=1.0, off=0.8)
+    r = Threshold(TAG, level=1.0, rearm=0.8)
     assert fire_steps(r, [0.1] * 10 + [1.5] * 50) == [10]
     assert r.active
 
 
 def test_threshold_hysteresis_rearms_only_below_off():
-    r = Threshold(TAG, on=1.0, off=0.5)
-    # oscillating between 0.9 and 1.1 (never below off) fires only once
+    r = Threshold(TAG, level=1.0, rearm=0.5)
+    # oscillating between 0.9 and 1.1 (never below rearm) fires only once
     stream = [0.0] + [1.1, 0.9] * 20 + [0.4] + [1.2] * 3
     fired = fire_steps(r, stream)
     assert fired == [1, 42]
@@ -63,49 +63,49 @@ def test_threshold_hysteresis_rearms_only_below_off():
 
 
 def test_threshold_without_hysteresis_refires_on_each_crossing():
-    r = Threshold(TAG, on=1.0)  # off = on
+    r = Threshold(TAG, level=1.0)  # rearm = level
     assert fire_steps(r, [0.0, 1.1, 0.9, 1.1, 0.9, 1.1]) == [1, 3, 5]
 
 
 def test_threshold_k_consecutive_ignores_isolated_spikes():
-    r = Threshold(TAG, on=1.0, k=3)
+    r = Threshold(TAG, level=1.0, k=3)
     stream = [0.0, 2.0, 0.0, 2.0, 2.0, 0.0, 2.0, 2.0, 2.0, 2.0]
     assert fire_steps(r, stream) == [8]
 
 
 def test_threshold_below_direction():
-    r = Threshold(TAG, on=1.0, off=1.5, direction="below", k=2)
+    r = Threshold(TAG, level=1.0, rearm=1.5, direction="below", k=2)
     assert fire_steps(r, [3.0, 0.9, 0.8, 0.7, 1.2, 0.9, 0.9, 1.6, 0.5, 0.5]) == [2, 9]
 
 
 def test_threshold_warmup_ignores_early_measurements():
-    r = Threshold(TAG, on=1.0, warmup_steps=5)
+    r = Threshold(TAG, level=1.0, warmup_steps=5)
     assert fire_steps(r, [2.0] * 10) == [5]
 
 
 def test_threshold_cooldown_holds_back_then_fires_if_condition_persists():
-    r = Threshold(TAG, on=1.0, cooldown_steps=10)
+    r = Threshold(TAG, level=1.0, cooldown_steps=10)
     # crossing at 0, re-arm at 1, crossing again at 2..: held back until step 10
     stream = [2.0, 0.0] + [2.0] * 12
     assert fire_steps(r, stream) == [0, 10]
     # a condition that vanishes during the cooldown never fires
-    r = Threshold(TAG, on=1.0, cooldown_steps=10)
+    r = Threshold(TAG, level=1.0, cooldown_steps=10)
     assert fire_steps(r, [2.0, 0.0, 2.0, 0.0] + [0.0] * 10) == [0]
 
 
 def test_threshold_silent_on_noise_below_level():
     for seed in range(20):
-        r = Threshold(TAG, on=5.0, off=4.0, k=2)
+        r = Threshold(TAG, level=5.0, rearm=4.0, k=2)
         assert fire_steps(r, noise(seed, 1000)) == []  # 5 sigma, twice in a row
 
 
 def test_threshold_ignores_missing_and_nan():
-    r = Threshold(TAG, on=1.0, k=2)
+    r = Threshold(TAG, level=1.0, k=2)
     assert fire_steps(r, [2.0, None, float("nan"), 2.0]) == [3]
 
 
 def test_threshold_event_content():
-    r = Threshold(TAG, on=1.0, severity="critical", name="big_x")
+    r = Threshold(TAG, level=1.0, severity="critical", name="big_x")
     (ev,) = r.observe(7, 2, {TAG: 3.0}, [])
     assert (ev.rule, ev.step, ev.epoch, ev.severity) == ("big_x", 7, 2, "critical")
     assert ev.values == {TAG: 3.0, "threshold": 1.0}
@@ -115,16 +115,16 @@ def test_threshold_event_content():
 @pytest.mark.parametrize(
     "kwargs, word",
     [
-        (dict(tag=TAG, on=1.0, off=2.0), "off"),
-        (dict(tag=TAG, on=1.0, off=0.5, direction="below"), "off"),
-        (dict(tag=TAG, on=1.0, direction="up"), "direction"),
-        (dict(tag=TAG, on=1.0, k=0), "k"),
-        (dict(tag=TAG, on=float("nan")), "on"),
-        (dict(tag=TAG, on=1.0, severity="loud"), "severity"),
-        (dict(tag=TAG, on=1.0, cooldown_steps=-1), "cooldown_steps"),
-        (dict(tag=TAG, on=1.0, warmup_steps=1.5), "warmup_steps"),
-        (dict(tag="", on=1.0), "tag"),
-        (dict(tag=TAG, on=1.0, name="a/b"), "name"),
+        (dict(tag=TAG, level=1.0, rearm=2.0), "rearm"),
+        (dict(tag=TAG, level=1.0, rearm=0.5, direction="below"), "rearm"),
+        (dict(tag=TAG, level=1.0, direction="up"), "direction"),
+        (dict(tag=TAG, level=1.0, k=0), "k"),
+        (dict(tag=TAG, level=float("nan")), "level"),
+        (dict(tag=TAG, level=1.0, severity="loud"), "severity"),
+        (dict(tag=TAG, level=1.0, cooldown_steps=-1), "cooldown_steps"),
+        (dict(tag=TAG, level=1.0, warmup_steps=1.5), "warmup_steps"),
+        (dict(tag="", level=1.0), "tag"),
+        (dict(tag=TAG, level=1.0, name="a/b"), "name"),
     ],
 )
 def test_threshold_rejects_bad_arguments(kwargs, word):
@@ -184,11 +184,15 @@ def test_sharpness_spike_on_progressive_sharpening():
     stream += [stream[-1] * 1.6 * (1 + 0.01 * rng.gauss(0, 1)) for _ in range(30)]
     r = SharpnessSpike()
     assert fire_steps(r, stream, tag="landscape/hessian/lambda_max") == [300]
-    assert r.active  # during the observation that fired (cooldown 0)
-    ev_vals = SharpnessSpike()
+    assert not r.active  # cooldown 0: in alarm only at the observation that fired
+    r = SharpnessSpike(cooldown_steps=5)
     for t, x in enumerate(stream[:301]):
-        out = ev_vals.observe(t, 0, {"landscape/hessian/lambda_max": x}, [])
-    assert out[0].values["relative_change"] > 0.4
+        out = r.observe(t, 0, {"landscape/hessian/lambda_max": x}, [])
+    assert r.active and out[0].values["relative_change"] > 0.4
+    r.observe(305, 0, {}, [])
+    assert not r.active
+    # the same jump without the trend model: the lagging baseline alarms on the smooth growth too
+    assert len(fire_steps(SharpnessSpike(trend=False), stream, tag="landscape/hessian/lambda_max")) > 1
 
 
 def test_sharpness_spike_skips_nonpositive_on_log_scale():
@@ -305,6 +309,10 @@ def test_nonfinite_latches_per_tag_and_passes_events_through():
     # watched tags only
     r = NonFinite(tags=["x"])
     assert r.observe(1, 0, {"y": float("nan")}, []) == []
+    # the monitor's flag: 1 when it skipped probes on NaN/Inf
+    r = NonFinite(cooldown_steps=0)
+    flag = "landscape/monitor/nonfinite"
+    assert [len(r.observe(s, 0, {flag: v}, [])) for s, v in enumerate([0.0, 1.0, 1.0, 0.0, 1.0])] == [0, 1, 0, 0, 1]
 
 
 def test_registry_and_defaults():
@@ -320,7 +328,8 @@ def test_registry_and_defaults():
 
 def _streams():
     rng = random.Random(7)
-    lam = [20 * (1 + 0.01 * rng.gauss(0, 1)) for _ in range(60)] + [40.0] * 10 + [40 * (1 + 0.01 * rng.gauss(0, 1)) for _ in range(60)]
+    lam = [20 * (1 + 0.01 * rng.gauss(0, 1)) for _ in range(60)] + [40.0] * 10
+    lam += [40 * (1 + 0.01 * rng.gauss(0, 1)) for _ in range(60)]
     margin = [3.0 - 0.03 * t + 0.05 * rng.gauss(0, 1) for t in range(130)]
     eos = [0.9 + 0.15 * math.sin(t / 5) for t in range(130)]
     nan = [float("nan") if 30 <= t < 40 or t > 100 else 1.0 for t in range(130)]
@@ -353,7 +362,7 @@ ROUND_TRIP_RULES = [
     lambda: ChannelEntry(cooldown_steps=30),
     lambda: Saddle(cooldown_steps=20),
     lambda: SaddleBranch(cooldown_steps=10),
-    lambda: Threshold(TAG, on=1.5, off=0.5, k=2, cooldown_steps=15),
+    lambda: Threshold(TAG, level=1.5, rearm=0.5, k=2, cooldown_steps=15),
     lambda: ChangePoint(TAG, direction="both", warmup=5, cooldown_steps=10),
 ]
 

@@ -104,6 +104,10 @@ def test_spec_finds_sequential_inside_a_lightning_module() -> None:
 def test_unsupported_layers_are_refused_by_name() -> None:
     with pytest.raises(NotImplementedError, match="layer 1: GroupNorm"):
         permutation_spec(nn.Sequential(nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4), nn.Conv2d(4, 1, 3)))
+    with pytest.raises(NotImplementedError, match="layer 1: Softmax"):
+        permutation_spec(nn.Sequential(nn.Linear(2, 3), nn.Softmax(dim=1), nn.Linear(3, 1)))
+    spec = permutation_spec(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 2), nn.LogSoftmax(dim=1)))
+    assert [h.name for h in spec.layers] == ["0"]  # a parameter-free module on the outputs is fine
     with pytest.raises(NotImplementedError, match="grouped"):
         permutation_spec(nn.Sequential(nn.Conv2d(4, 4, 3, groups=4), nn.Conv2d(4, 1, 3)))
 
@@ -134,6 +138,24 @@ def test_permuting_hidden_units_leaves_outputs_unchanged(kind: str) -> None:
         torch.testing.assert_close(b(x), a(x), rtol=1e-5, atol=1e-5)  # train: batch statistics
     back = permute_state_dict(twin.state_dict(), spec, invert(perms))
     assert all(torch.equal(back[k], v) for k, v in net.state_dict().items())
+
+
+def test_layernorm_prelu_and_conv1d_are_permuted_consistently() -> None:
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.PReLU(6), nn.Linear(6, 5), nn.PReLU(), nn.Linear(5, 2))
+    conv = nn.Sequential(nn.Conv1d(2, 4, 3), nn.BatchNorm1d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6, 3))
+    for net, x in ((mlp, torch.randn(8, 4)), (conv, torch.randn(8, 2, 8))):
+        net.eval()
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.3 * torch.randn_like(p))  # LayerNorm/PReLU/BN parameters away from their defaults
+        spec = permutation_spec(net)
+        perms = random_permutations(spec, torch.Generator().manual_seed(1))
+        twin = permute_model(net, perms, spec)
+        with torch.no_grad():
+            torch.testing.assert_close(twin(x), net(x), rtol=1e-5, atol=1e-5)
+        found = weight_matching(net, twin, spec).perms
+        assert all(torch.equal(found[k], invert(perms)[k]) for k in perms)
 
 
 def test_bad_permutations_are_rejected() -> None:
@@ -238,13 +260,20 @@ def _classification_data() -> tuple[str, tuple, tuple, int, int]:
     return "teacher-student", (x[:800], y[:800]), (x[800:], y[800:]), 16, 4
 
 
-@pytest.mark.parametrize("method", ["weight", "activation"])
-def test_alignment_lowers_the_barrier_between_independent_wide_mlps(method: str) -> None:
+@pytest.fixture(scope="module")
+def wide_solutions() -> tuple:
+    """Two independently initialised 128-128 ReLU MLPs trained to near-zero loss (shared by both methods)."""
     name, train, test, d, k = _classification_data()
-    torch.manual_seed(1)
-    a = _train(build_mlp(d, (128, 128), k, "relu"), *train, steps=200, lr=0.1)
-    torch.manual_seed(2)
-    b = _train(build_mlp(d, (128, 128), k, "relu"), *train, steps=200, lr=0.1)
+    nets = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        nets.append(_train(build_mlp(d, (128, 128), k, "relu"), *train, steps=200, lr=0.1))
+    return name, train, test, nets[0], nets[1]
+
+
+@pytest.mark.parametrize("method", ["weight", "activation"])
+def test_alignment_lowers_the_barrier_between_independent_wide_mlps(method: str, wide_solutions: tuple) -> None:
+    name, train, test, a, b = wide_solutions
     result = compare_pair(a, b, train, method=method, num_points=11)
     errors = compare_pair(a, b, test, method=method, num_points=11, loss_fn=classification_error)
     print(f"\n{name} {method}: loss barrier {result.before.barrier:.4f} -> {result.after.barrier:.4f}, "

@@ -22,7 +22,6 @@ from lightning_landscape.flatness import (
     slice_1d,
     slice_2d,
 )
-from lightning_landscape.guards import probe_guard
 from lightning_landscape.parameters import ParameterSpace
 from lightning_landscape.plots.slices import plot_slice_1d, plot_slice_2d
 from lightning_landscape.probes import ProbeContext

@@ -24,11 +24,12 @@ from lightning_landscape.geometry import (
     exact_geometry,
     full_hessian,
     krylov_sketch,
-    principal_curvatures,
+    metric_root,
     ricci_curvature,
     ricci_from_hvp,
     scalar_curvature_from_moments,
     section_gauss_kronecker,
+    symmetric_shape_operator,
     trace_shape_operator,
 )
 from lightning_landscape.probes import PROBES, ProbeContext
@@ -195,21 +196,25 @@ def test_ricci_sums_to_scalar_curvature() -> None:
     H, g = _random_point(12, 3, 1.0)
     geo = exact_geometry(H, g)
     # eigenvectors of A mapped back by G^{-1/2} form a G-orthonormal frame of principal directions
-    from lightning_landscape.geometry import metric_root, symmetric_shape_operator
-
     _, w = torch.linalg.eigh(symmetric_shape_operator(H, g))
     frame = metric_root(g, -0.5) @ w
     total = sum(ricci_curvature(H, g, frame[:, i]) for i in range(12))
     assert total == pytest.approx(geo.scalar_curvature, rel=1e-10)
 
 
-def test_estimator_unbiased_and_stderr_calibrated() -> None:
+@pytest.mark.parametrize("spectrum", ["outliers", "symmetric"])
+def test_estimator_unbiased_and_stderr_calibrated(spectrum: str) -> None:
     """Over 300 seeds: the mean of R̂ is within 4 SE of R, and |R̂ − R| < 2·stderr in ~95 % of runs.
 
-    Plain Hutchinson (no deflation) on an outlier spectrum with g ≠ 0: the hard case for R.
+    Plain Hutchinson (no deflation), g ≠ 0. "symmetric" (tr H ≈ 0, large ‖H‖_F) is where squaring one
+    trace estimate instead of pairing independent ones would be biased by many standard errors.
     """
     n = 60
     H, g = _random_point(n, 1, 0.5)
+    if spectrum == "symmetric":
+        U = torch.linalg.qr(torch.randn(n, n, generator=torch.Generator().manual_seed(9), dtype=D64))[0]
+        lam = torch.linspace(-1.0, 1.0, n, dtype=D64)
+        H = U @ torch.diag(lam) @ U.T
     exact = exact_geometry(H, g).scalar_curvature
     errs, ses, tr_errs, tr_ses = [], [], [], []
     for seed in range(300):
@@ -221,8 +226,10 @@ def test_estimator_unbiased_and_stderr_calibrated() -> None:
     assert abs(float(errs_t.mean())) < 4 * bias_se
     coverage = float((errs_t.abs() < 2 * ses_t).double().mean())
     assert 0.85 < coverage <= 1.0, coverage
-    # the jackknife SE tracks the actual spread (within a factor 1.5)
-    assert 0.67 < float(ses_t.pow(2).mean().sqrt() / errs_t.std()) < 1.5
+    # the jackknife SE tracks the actual spread; it errs on the safe side where the U-statistic is
+    # degenerate (tr H ≈ 0: measured 1.6×)
+    ratio = float(ses_t.pow(2).mean().sqrt() / errs_t.std())
+    assert 0.8 < ratio < (1.3 if spectrum == "outliers" else 2.0), ratio
 
 
 def test_deflation_reduces_error() -> None:
@@ -262,31 +269,25 @@ def test_slq_inertia_unbiased() -> None:
 # ------------------------------------------------------------------------------------------ small models
 
 
-def _train_to_minimum(net: nn.Module, x, y, kind: str) -> None:
-    opt = torch.optim.LBFGS(net.parameters(), lr=1.0, max_iter=500, tolerance_grad=1e-14, tolerance_change=1e-16,
-                            history_size=50, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = loss_value(net(x), y, kind)
-        loss.backward()
-        return loss
-
-    for _ in range(4):
-        opt.step(closure)
-
-
-def _noisy_classes(n: int):
-    """Labels with 30 % noise: not separable, so cross-entropy has a finite minimum."""
-    x, y = classification_data(n=n)
-    flip = torch.rand(n, generator=torch.Generator().manual_seed(7)) < 0.3
-    return x, torch.where(flip, (y + 1) % 3, y)
-
-
 CASES = {
     "tanh_mse": (lambda: mlp(4, 8, 1, nn.Tanh), regression_data, "mse"),
-    "tanh_ce": (lambda: mlp(4, 5, 3, nn.Tanh, seed=3), _noisy_classes, "ce"),
+    "tanh_ce": (lambda: mlp(4, 5, 3, nn.Tanh, seed=3), classification_data, "ce"),
 }
+
+
+def _near_minimum(net: nn.Module, x: torch.Tensor, kind: str) -> torch.Tensor:
+    """Realisable targets from the network itself (soft labels for cross-entropy), then a 1e-6 nudge.
+
+    The unperturbed weights are an exact global minimum (g = 0, H = Gauss–Newton), so the nudged point
+    is a near-critical point — cheaper and cleaner than training to convergence.
+    """
+    with torch.no_grad():
+        out = net(x)
+        y = out.clone() if kind == "mse" else torch.softmax(out, dim=1)
+        gen = torch.Generator().manual_seed(11)
+        for p in net.parameters():
+            p.add_(1e-6 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return y
 
 
 @pytest.fixture(scope="module", params=[(c, m) for c in CASES for m in ("init", "minimum")], ids=lambda p: f"{p[0]}-{p[1]}")
@@ -296,7 +297,7 @@ def model_point(request):
     net = build()
     x, y = data(n=128)
     if where == "minimum":
-        _train_to_minimum(net, x, y, kind)
+        y = _near_minimum(net, x, kind)
     H, g = exact_hessian(net, lambda fwd: loss_value(fwd(x), y, kind))
     return net, x, y, kind, where, H, g
 
@@ -362,10 +363,12 @@ def test_estimators_match_exact_on_models(model_point) -> None:
 # ------------------------------------------------------------------------------------------ the probe
 
 
-def test_probe_exact_vs_estimate_modes(model_point) -> None:
-    net, x, y, kind, where, H, g = model_point
-    if where != "init":
-        pytest.skip("one point is enough for the mode comparison")
+@pytest.mark.parametrize("case", list(CASES))
+def test_probe_exact_vs_estimate_modes(case: str) -> None:
+    build, data, kind = CASES[case]
+    net = build()
+    x, y = data(n=128)
+    H, g = exact_hessian(net, lambda fwd: loss_value(fwd(x), y, kind))
     n = H.shape[0]
     geo = exact_geometry(H, g)
     exact = LossSurfaceGeometry().run(_ctx(net, x, y, kind)).scalars
@@ -405,6 +408,10 @@ def test_probe_float32_model_is_exact_enough() -> None:
     assert out["scalar_curvature"] == pytest.approx(geo.scalar_curvature, rel=1e-4)
     assert out["mean_curvature"] == pytest.approx(geo.mean_curvature, rel=1e-4)
     assert out["ricci_gradient"] == pytest.approx(ricci_curvature(H, g, g), rel=1e-3)
+    est = LossSurfaceGeometry(exact_max_params=0, num_samples=8).run(_ctx(net, x, y, "mse")).scalars
+    for key in ("scalar_curvature", "mean_curvature", "ricci_gradient", "ricci_top"):
+        assert abs(est[key] - out[key]) <= 4 * est[f"{key}_stderr"] + 1e-4 * abs(out[key]), key
+    assert est["gauss_kronecker_topk_log_abs"] == pytest.approx(out["gauss_kronecker_topk_log_abs"], abs=1e-3)
 
 
 def test_probe_leaves_model_untouched() -> None:
@@ -436,3 +443,25 @@ def test_probe_registration_and_validation() -> None:
         with pytest.raises((ValueError, TypeError), match=word):
             LossSurfaceGeometry(**kwargs)
     assert all(k in p.scalar_tags for keys in p.charts.values() for k in keys)
+
+
+def test_monitor_end_to_end_does_not_change_training(tmp_path) -> None:
+    """Under LandscapeMonitor the tags are logged, and training is bit-identical to a run without it."""
+    from lightning_helpers import loaders, small_task, trainer
+
+    from lightning_landscape.callbacks import LandscapeMonitor
+
+    def fit(callbacks):
+        torch.manual_seed(0)
+        model = small_task(input_dim=4, hidden=(6,), dropout=0.2)
+        trainer(max_steps=4, callbacks=callbacks).fit(model, loaders(n=64, batch_size=16, input_dim=4))
+        return model
+
+    monitor = LandscapeMonitor(probes=[LossSurfaceGeometry(every_n_steps=2)], on_error="raise")
+    with_probe = fit([monitor])
+    without = fit([])
+    assert all(torch.equal(a, b) for a, b in zip(with_probe.parameters(), without.parameters()))
+    values = monitor.summary()["last_values"]
+    for key in ("scalar_curvature", "mean_curvature", "ricci_top", "gauss_kronecker_sign", "num_negative", "exact"):
+        assert f"landscape/geometry/{key}" in values, key
+    assert values["landscape/geometry/exact"] == 1.0 and math.isfinite(values["landscape/geometry/scalar_curvature"])

@@ -119,16 +119,17 @@ class CusumDetector:
     ``min_scale`` and at ``min_relative_scale`` times ``|p|`` (times 1 on the log scale, where
     differences already are relative), and ``S+ = max(0, S+ + z - drift)``, ``S- = max(0, S- - z -
     drift)``. An alarm is ``S > threshold`` in a watched direction, together with a raw relative change
-    of at least ``min_relative_change`` against the prediction. While no change is suspected (watched
-    ``S <= threshold / 2``) the baseline learns from the value, winsorised at ±3σ: an exponential
-    moving average (``smoothing``), or Holt's linear smoothing with ``trend=True`` so that a steady
-    trend (progressive sharpening: exponential growth, linear on the log scale) is predicted rather than
-    alarmed on. While a change is suspected the baseline only extrapolates. After an alarm it is
-    re-fitted at the new level from the next ``warmup`` values.
+    of at least ``min_relative_change`` against the prediction. The baseline learns from each value
+    winsorised at ±3σ: an exponential moving average (``smoothing``) that pauses while a change is
+    suspected (watched ``S > threshold / 2``); or, with ``trend=True``, Holt's linear smoothing that
+    never pauses, so that a steady trend (progressive sharpening: exponential growth, linear on the log
+    scale) is predicted rather than alarmed on -- at the price of absorbing small shifts: use it to
+    catch jumps. After an alarm the baseline is re-fitted at the new level from the next ``warmup``
+    values.
 
-    Measured with the defaults (``drift=1, threshold=8, warmup=10, smoothing=0.05``) on Gaussian
-    noise: 0 false alarms in 200 streams x 500 samples (two-sided), none on a slow drift of 0.02σ per
-    sample either, and a +3σ step detected after a median of 5 samples (90 % within 9).
+    Measured with the defaults (``drift=1, threshold=8, warmup=10, smoothing=0.05``), ``trend=False``,
+    on Gaussian noise: 0 false alarms in 200 streams x 500 samples (two-sided), none on a slow drift of
+    0.02σ per sample either, and a +3σ step detected after a median of 5 samples (90 % within 9).
 
     >>> d = CusumDetector(direction="up")
     >>> import random; rng = random.Random(0)
@@ -237,20 +238,25 @@ class CusumDetector:
                 self._fit()
             return fired
         watched = max(self.s_pos if self.direction != "down" else 0.0, self.s_neg if self.direction != "up" else 0.0)
-        if watched <= self.threshold / 2:
-            # No change suspected: learn. The residual is winsorised at +-3 sigma (symmetric, so the
-            # level stays unbiased; learning only when S == 0 would censor the high side, bias the
-            # baseline low and make S+ creep up on pure noise).
+        if self.trend or watched <= self.threshold / 2:
+            # Learn, from the residual winsorised at +-3 sigma (symmetric, so the level stays
+            # unbiased; learning only when S == 0 would censor the high side, bias the baseline low
+            # and make S+ creep up on pure noise). Without a trend model, learning pauses while a
+            # change is suspected; with one it never pauses (a paused trend model falls behind a
+            # steady trend and alarms on it), so it is meant for jumps, not for small shifts.
             a = self.smoothing
             r = min(max(y - p, -3 * sig), 3 * sig)
             new_level = p + a * r
             if self.trend:
-                self.slope += a * (new_level - self.level - self.slope)
+                self.slope += self.SLOPE_SMOOTHING * (new_level - self.level - self.slope)
             self.level = new_level
             self.var = (1 - a) * (self.var + a * r * r)
         else:  # a change is suspected: extrapolate, do not learn from it
             self.level = p
         return None
+
+    #: Holt's trend smoothing (measured best of 0.05-0.3 for few false alarms on noisy growth).
+    SLOPE_SMOOTHING = 0.3
 
     _STATE = ("buffer", "level", "slope", "var", "s_pos", "s_neg")
 
@@ -340,10 +346,11 @@ class Rule(ABC):
 
 
 class Threshold(Rule):
-    """Fire when ``tag`` crosses ``on`` for ``k`` consecutive measurements; re-arm after it crosses
-    back past ``off`` (hysteresis; default ``off = on``).
+    """Fire when ``tag`` is past ``level`` (``>=`` with ``direction="above"``, ``<=`` with ``"below"``) for
+    ``k`` consecutive measurements; re-arm only after it came back past ``rearm`` (hysteresis; default
+    ``rearm = level``). (Not ``on``/``off``: YAML 1.1 reads those keys as booleans.)
 
-    >>> r = Threshold("landscape/hessian/eos_ratio", on=1.0, off=0.9, k=2, name="eos")
+    >>> r = Threshold("landscape/hessian/eos_ratio", level=1.0, rearm=0.9, k=2, name="eos")
     >>> fired = [r.observe(s, 0, {"landscape/hessian/eos_ratio": x}, []) for s, x in
     ...          enumerate([0.5, 1.1, 1.2, 1.3, 0.95, 1.2, 1.1, 0.8, 1.2, 1.2])]
     >>> [s for s, f in enumerate(fired) if f]
@@ -353,8 +360,8 @@ class Threshold(Rule):
     def __init__(
         self,
         tag: str,
-        on: float,
-        off: float | None = None,
+        level: float,
+        rearm: float | None = None,
         direction: str = "above",
         k: int = 1,
         warmup_steps: int = 0,
@@ -368,18 +375,18 @@ class Threshold(Rule):
             raise ValueError(f"{cls}.tag must be a non-empty tag string, got {tag!r}")
         self.tag = tag
         self.direction = _check_choice(f"{cls}.direction", direction, ("above", "below"))
-        self.on = _check_float(f"{cls}.on", on)
-        self.off = self.on if off is None else _check_float(f"{cls}.off", off)
-        if direction == "above" and self.off > self.on:
-            raise ValueError(f"{cls}.off must be <= on ({self.on}) for direction='above', got {self.off}")
-        if direction == "below" and self.off < self.on:
-            raise ValueError(f"{cls}.off must be >= on ({self.on}) for direction='below', got {self.off}")
+        self.level = _check_float(f"{cls}.level", level)
+        self.rearm = self.level if rearm is None else _check_float(f"{cls}.rearm", rearm)
+        if direction == "above" and self.rearm > self.level:
+            raise ValueError(f"{cls}.rearm must be <= level ({self.level}) for direction='above', got {self.rearm}")
+        if direction == "below" and self.rearm < self.level:
+            raise ValueError(f"{cls}.rearm must be >= level ({self.level}) for direction='below', got {self.rearm}")
         self.k = _check_int(f"{cls}.k", k, 1)
         self.message = message
         default = f"{tag.rstrip('/').rsplit('/', 1)[-1]}_{direction}"
         super().__init__(name if name is not None else (self.default_name or default), severity,
                          warmup_steps, cooldown_steps)
-        self.detector = HysteresisDetector(self.on, self.off, self.direction, self.k)
+        self.detector = HysteresisDetector(self.level, self.rearm, self.direction, self.k)
 
     def _observe(self, step, epoch, scalars, events):
         if self.tag not in scalars:
@@ -389,18 +396,18 @@ class Threshold(Rule):
             return []
         op = ">=" if self.direction == "above" else "<="
         msg = self.message or (
-            f"{self.tag} = {_fmt(x)} {op} {_fmt(self.on)}"
+            f"{self.tag} = {_fmt(x)} {op} {_fmt(self.level)}"
             + (f" for {self.k} consecutive measurements" if self.k > 1 else "")
-            + (f"; re-arms once it is {'below' if self.direction == 'above' else 'above'} {_fmt(self.off)}")
+            + (f"; re-arms once it is {'below' if self.direction == 'above' else 'above'} {_fmt(self.rearm)}")
         )
-        return [self._event(step, epoch, {self.tag: x, "threshold": self.on}, msg)]
+        return [self._event(step, epoch, {self.tag: x, "threshold": self.level}, msg)]
 
     @property
     def active(self) -> bool:
         return not self.detector.armed
 
     def config(self):
-        return {"tag": self.tag, "on": self.on, "off": self.off, "direction": self.direction, "k": self.k,
+        return {"tag": self.tag, "level": self.level, "rearm": self.rearm, "direction": self.direction, "k": self.k,
                 **super().config()}
 
     def state_dict(self):
@@ -613,7 +620,7 @@ class L2Threshold(Rule):
         self.margin: HysteresisDetector | None = None
         if margin_below is not None:
             on = _check_float(f"{cls}.margin_below", margin_below, 0.0, strict=True)
-            off = 1.2 * on if margin_rearm is None else _check_float(f"{cls}.margin_rearm", margin_rearm)
+            off = round(1.2 * on, 12) if margin_rearm is None else _check_float(f"{cls}.margin_rearm", margin_rearm)
             if off < on:
                 raise ValueError(f"{cls}.margin_rearm must be >= margin_below ({on}), got {off}")
             self.margin = HysteresisDetector(on, off, "below", self.k)
@@ -642,7 +649,8 @@ class L2Threshold(Rule):
             if math.isfinite(c):
                 self.best_collapse_ratio = max(self.best_collapse_ratio, c)
                 best = self.best_collapse_ratio
-                if best >= self.min_best_collapse_ratio and self.collapse.update(c / best, self._can_fire(step, "collapse")):
+                can_fire = self._can_fire(step, "collapse")
+                if best >= self.min_best_collapse_ratio and self.collapse.update(c / best, can_fire):
                     out.append(self._event(
                         step, epoch, {self.collapse_tag: c, "best_collapse_ratio": best},
                         f"collapse: {self.collapse_tag} fell to {_fmt(c)} from a best of {_fmt(best)} "
@@ -708,7 +716,7 @@ class EdgeOfStability(Threshold):
 
     def config(self):
         cfg = super().config()
-        return {"level": cfg.pop("on"), "k": cfg.pop("k"), "rearm": cfg.pop("off"), "tag": cfg.pop("tag"),
+        return {"level": cfg.pop("level"), "k": cfg.pop("k"), "rearm": cfg.pop("rearm"), "tag": cfg.pop("tag"),
                 **{k: v for k, v in cfg.items() if k != "direction"}}
 
 
@@ -718,6 +726,10 @@ class SharpnessSpike(ChangePoint):
     follows a trend (``trend=True``: Holt's linear smoothing on log λmax), so steady progressive
     sharpening, exponential growth included, is predicted rather than alarmed on; a jump (e.g. a
     channel meeting the edge of stability, a learning-rate warm-up overshoot) fires.
+
+    Measured (defaults) on λmax growing 0.5 % per measurement with 1 % / 5 % multiplicative noise:
+    0 / 1 false alarms in 100 streams x 300 measurements; a +60 % jump caught within 5 measurements,
+    with no false alarm, in 100 / 99 of 100 streams (68 of 100 at 10 % noise).
 
     >>> r = SharpnessSpike(warmup=5)
     >>> stream = [20 * 1.002 ** s for s in range(40)] + [40.0, 42.0]
@@ -795,7 +807,8 @@ class NonFinite(Rule):
     fires when it turns non-finite and again only after it has been seen finite. Also passes through
     ``nonfinite`` events emitted by the monitor/probes (de-duplicated per key within
     ``cooldown_steps``). ``allow_inf`` lists tags for which ``+inf`` is legitimate (the L2 margin is
-    ``+inf`` without weight decay).
+    ``+inf`` without weight decay). ``flag_tags`` are 0/1 indicators that count as non-finite when > 0
+    (the monitor logs ``landscape/monitor/nonfinite = 1`` when it skipped probes on NaN/Inf).
 
     >>> r = NonFinite(cooldown_steps=0)
     >>> stream = [1.0, float("nan"), float("nan"), 2.0, float("inf")]
@@ -809,6 +822,7 @@ class NonFinite(Rule):
         self,
         tags: list[str] | None = None,
         allow_inf: list[str] | None = None,
+        flag_tags: list[str] | None = None,
         cooldown_steps: int = 100,
         warmup_steps: int = 0,
         severity: str = "critical",
@@ -818,15 +832,18 @@ class NonFinite(Rule):
         self.tags = None if tags is None else [str(t) for t in tags]
         self.allow_inf = ["landscape/l2/margin", "landscape/l2/critical_beta"] if allow_inf is None else [
             str(t) for t in allow_inf]
+        self.flag_tags = ["landscape/monitor/nonfinite"] if flag_tags is None else [str(t) for t in flag_tags]
         self._latched: set[str] = set()
         self._passthrough = EventRule("nonfinite", cooldown_steps, 0, self.severity, name=self.name)
         self._fired_now = False
 
     def _bad(self, tag: str, x: float) -> bool:
+        if tag in self.flag_tags:
+            return not x <= 0  # a raised flag (or a NaN flag)
         return math.isnan(x) or (math.isinf(x) and not (x > 0 and tag in self.allow_inf))
 
     def _observe(self, step, epoch, scalars, events):
-        watched = scalars.keys() if self.tags is None else [t for t in self.tags if t in scalars]
+        watched = scalars.keys() if self.tags is None else [t for t in self.tags + self.flag_tags if t in scalars]
         new: dict[str, float] = {}
         for tag in watched:
             x = float(scalars[tag])
@@ -851,7 +868,7 @@ class NonFinite(Rule):
         return bool(self._latched) or self._fired_now
 
     def config(self):
-        return {"tags": self.tags, "allow_inf": self.allow_inf, **super().config()}
+        return {"tags": self.tags, "allow_inf": self.allow_inf, "flag_tags": self.flag_tags, **super().config()}
 
     def state_dict(self):
         return {**super().state_dict(), "latched": sorted(self._latched),

@@ -60,9 +60,11 @@ class LoggingSink(Sink):
     WARNING, ``critical`` → CRITICAL) on the logger named ``logger``.
 
     >>> import logging, sys
-    >>> logging.basicConfig(stream=sys.stdout, format="%(levelname)s %(message)s", force=True)
+    >>> handler = logging.StreamHandler(sys.stdout)
+    >>> logging.getLogger("lightning_landscape.alerts").addHandler(handler)
     >>> LoggingSink().handle([Event("saddle", 5, 0, {}, "warning", "lambda_min < 0")])
-    WARNING [WARNING] saddle (step 5, epoch 0): lambda_min < 0
+    [WARNING] saddle (step 5, epoch 0): lambda_min < 0
+    >>> logging.getLogger("lightning_landscape.alerts").removeHandler(handler)
     """
 
     def __init__(self, logger: str = "lightning_landscape.alerts", min_severity: str = "info") -> None:
@@ -119,7 +121,8 @@ class TensorBoardSink(Sink):
     def emit(self, events: list[Event]) -> None:
         for e in events:
             key = f" [{e.key}]" if e.key else ""
-            self._lines.append(f"**[{e.severity.upper()}] {e.rule}{key}** (step {e.step}, epoch {e.epoch}): {e.message}")
+            head = f"**[{e.severity.upper()}] {e.rule}{key}**"
+            self._lines.append(f"{head} (step {e.step}, epoch {e.epoch}): {e.message}")
 
     def update_status(self, status: Mapping[str, bool]) -> None:
         self._scalars.update({f"{self.prefix}/{rule}": float(bool(on)) for rule, on in status.items()})

@@ -68,7 +68,7 @@ class WebhookSink(Sink):
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ValueError(f"WebhookSink.url must start with http:// or https://, got {url!r}")
         for name, value in (("timeout", timeout), ("backoff", backoff)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value >= 0 and value < float("inf")):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
                 raise ValueError(f"WebhookSink.{name} must be a finite number >= 0, got {value!r}")
         if timeout <= 0:
             raise ValueError(f"WebhookSink.timeout must be > 0 seconds, got {timeout!r}")
@@ -85,6 +85,9 @@ class WebhookSink(Sink):
     def _init_runtime(self) -> None:
         self.sent = self.failed = self.dropped = 0
         self.last_error: str | None = None
+        self._open()
+
+    def _open(self) -> None:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=self.max_queue)
         self._abandon = threading.Event()
         self._thread: threading.Thread | None = None
@@ -109,8 +112,8 @@ class WebhookSink(Sink):
         }
 
     def emit(self, events: list[Event]) -> None:
-        if self._closed:
-            return
+        if self._closed:  # used again after close() (e.g. a second fit): a fresh queue and sender
+            self._open()
         body = json.dumps(self.payload(events), allow_nan=False).encode("utf-8")
         self._ensure_thread()
         try:
@@ -123,26 +126,29 @@ class WebhookSink(Sink):
     def _ensure_thread(self) -> None:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="landscape-webhook", daemon=True)
+                # the thread gets its own queue and abandon flag: after close() + reopen, an old
+                # sender still finishing a request never takes work from the new queue
+                self._thread = threading.Thread(target=self._run, args=(self._queue, self._abandon),
+                                                name="landscape-webhook", daemon=True)
                 self._thread.start()
 
-    def _run(self) -> None:
+    def _run(self, q: queue.Queue[Any], abandon: threading.Event) -> None:
         while True:
-            item = self._queue.get()
+            item = q.get()
             try:
                 if item is _STOP:
                     return
-                if self._abandon.is_set():
+                if abandon.is_set():
                     self.failed += 1
                 else:
-                    self._send(item)
+                    self._send(item, abandon)
             finally:
-                self._queue.task_done()
+                q.task_done()
 
-    def _send(self, body: bytes) -> None:
+    def _send(self, body: bytes, abandon: threading.Event) -> None:
         err: BaseException | None = None
         for attempt in range(self.retries + 1):
-            if attempt and self._abandon.wait(self.backoff * 2 ** (attempt - 1)):
+            if attempt and abandon.wait(self.backoff * 2 ** (attempt - 1)):
                 break  # closing: stop retrying
             try:
                 req = urllib.request.Request(
@@ -191,4 +197,5 @@ class WebhookSink(Sink):
         return drained
 
     def __repr__(self) -> str:
-        return f"WebhookSink(url={self.url!r}, timeout={self.timeout}, retries={self.retries}, min_severity={self.min_severity!r})"
+        return (f"WebhookSink(url={self.url!r}, timeout={self.timeout}, retries={self.retries}, "
+                f"min_severity={self.min_severity!r})")

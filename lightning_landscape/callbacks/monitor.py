@@ -21,9 +21,11 @@ from lightning_landscape._compat import (
     FSDP_STRATEGIES,
     MODEL_PARALLEL_STRATEGIES,
 )
+from lightning_landscape.alerts import AlertManager, Event, as_event
 from lightning_landscape.callbacks.loss_closure import batches_loss, resolve_loss
 from lightning_landscape.callbacks.probe_batch import ProbeBatchCache
 from lightning_landscape.callbacks.writer import MetricWriter, logging_step, prefixed, tags_by_group
+from lightning_landscape.control.weight_decay import WeightDecayController
 from lightning_landscape.guards import probe_guard
 from lightning_landscape.optim_info import describe_optimizer
 from lightning_landscape.parameters import ParameterSpace
@@ -92,6 +94,10 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         measure_first_step: also measure after the first optimizer step (a baseline).
         seed: seed of the probes' private random generators (the global RNG is never used).
         log_prefix: first part of every tag (``<log_prefix>/<group>/<name>``).
+        alerts: an :class:`~lightning_landscape.alerts.AlertManager` (rules on the measured streams and
+            probe events, sinks: logging, TensorBoard, callables, webhooks; optional stop-training).
+        weight_decay: a :class:`~lightning_landscape.control.WeightDecayController` that edits the optimizer's
+            weight decay on ``channel_entry`` events and when the L2 margin falls (each change is an event).
 
     Example:
         >>> import lightning.pytorch as L
@@ -120,6 +126,8 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         measure_first_step: bool = True,
         seed: int = 0,
         log_prefix: str = "landscape",
+        alerts: Optional[AlertManager] = None,
+        weight_decay: Optional[WeightDecayController] = None,
     ) -> None:
         super().__init__()
         self.probes = _build_probes(probes)
@@ -141,6 +149,12 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         if not isinstance(log_prefix, str) or not log_prefix or log_prefix.startswith("/") or log_prefix.endswith("/"):
             raise ValueError(f"log_prefix must be a non-empty tag prefix without leading/trailing '/', got {log_prefix!r}")
         self.log_prefix = log_prefix
+        if alerts is not None and not isinstance(alerts, AlertManager):
+            raise TypeError(f"alerts must be an AlertManager, got {type(alerts).__name__}")
+        if weight_decay is not None and not isinstance(weight_decay, WeightDecayController):
+            raise TypeError(f"weight_decay must be a WeightDecayController, got {type(weight_decay).__name__}")
+        self.alerts = alerts
+        self.weight_decay = weight_decay
 
         self._cache = ProbeBatchCache(self.probe_batch, self.num_probe_batches, self.max_probe_samples)
         self._enabled = True
@@ -171,6 +185,8 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
             "num_measurements": self.num_measurements,
             "probe_seconds": self.probe_seconds,
             "last_values": dict(self.last_values),
+            **({"alerts": self.alerts.state_dict()} if self.alerts is not None else {}),
+            **({"weight_decay": self.weight_decay.state_dict()} if self.weight_decay is not None else {}),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -183,6 +199,10 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         self.num_measurements = int(state_dict.get("num_measurements", 0))
         self.probe_seconds = float(state_dict.get("probe_seconds", 0.0))
         self.last_values = dict(state_dict.get("last_values", {}))
+        if self.alerts is not None and "alerts" in state_dict:
+            self.alerts.load_state_dict(state_dict["alerts"])
+        if self.weight_decay is not None and "weight_decay" in state_dict:
+            self.weight_decay.load_state_dict(state_dict["weight_decay"])
 
     # ------------------------------------------------------------------ setup
     def _warn(self, message: str) -> None:
@@ -220,6 +240,13 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         self._space = None
         if self._enabled:
             MetricWriter(trainer).write_layout(self._layout())
+        if self.weight_decay is not None and getattr(trainer, "optimizers", None):
+            # Optimizer state (param groups) is restored after on_fit_start on resume: re-apply our edits.
+            self.weight_decay.reapply(trainer.optimizers[0])
+
+    def teardown(self, trainer: Any, pl_module: nn.Module, stage: str) -> None:
+        if self.alerts is not None and stage == "fit":
+            self.alerts.close()  # webhooks: waits at most their timeout
 
     def on_fit_end(self, trainer: Any, pl_module: nn.Module) -> None:
         if self._fit_start is not None:
@@ -295,7 +322,9 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
                 batch=batches[0],
             )
             nonfinite = False
-            for probe in probes:
+            # Hessian probes first: they share one gradient graph, which a weight-perturbing probe would invalidate.
+            # The spectrum goes first so later probes can reuse its λmax/λmin (ctx.extras).
+            for probe in sorted(probes, key=lambda p: (p.name != "hessian_spectrum", not p.needs_hessian)):
                 if nonfinite and probe.needs_hessian:
                     continue
                 try:
@@ -303,6 +332,9 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
                 except (NonFiniteLossError, FloatingPointError) as err:
                     nonfinite = True
                     self._warn(f"step {step}: non-finite values, {probe.name} skipped ({err})")
+                    logged.events.append(
+                        Event("nonfinite", step, ctx.epoch, {}, "critical", f"{probe.name}: {err}", key=probe.name)
+                    )
                     continue
                 except Exception as err:  # a probe must never take training down
                     if _is_out_of_memory(err):
@@ -327,8 +359,33 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         if self._fit_start is not None:
             train_time = max(time.perf_counter() - self._fit_start - self.probe_seconds, 1e-9)
             logged.scalars[f"{self.log_prefix}/monitor/overhead"] = self.probe_seconds / train_time
+        self._act(trainer, logged)
         self._write(trainer, logged)
         return logged
+
+    def _act(self, trainer: Any, logged: ProbeResult) -> None:
+        """Rules, sinks and the weight-decay controller: one decision, identical on every rank."""
+        if self.alerts is None and self.weight_decay is None:
+            return
+        step, epoch = int(trainer.global_step), int(getattr(trainer, "current_epoch", 0))
+        scalars = dict(logged.scalars)
+        events = [as_event(e, step, epoch).to_dict() for e in logged.events]
+        if int(getattr(trainer, "world_size", 1)) > 1:  # every rank decides on rank 0's inputs
+            scalars, events = trainer.strategy.broadcast((scalars, events), src=0)
+        parsed = [Event.from_dict(e) for e in events]
+        emit = bool(getattr(trainer, "is_global_zero", True))  # state on every rank, side effects on rank 0
+        if self.alerts is not None:
+            self.alerts.observe(step, epoch, scalars, parsed, emit=emit)
+            logged.scalars.update(self.alerts.status(f"{self.log_prefix}/alerts"))
+            logged.texts.update(self.alerts.drain_tensorboard().texts)
+        optimizer = trainer.optimizers[0] if getattr(trainer, "optimizers", None) else None
+        if self.weight_decay is not None and optimizer is not None:
+            changes = self.weight_decay.apply(optimizer, step, epoch, scalars, parsed)
+            if changes and self.alerts is not None:
+                self.alerts.dispatch(changes, emit=emit)
+            logged.scalars.update(self.weight_decay.scalars(self.log_prefix))
+        if self.alerts is not None and self.alerts.should_stop:
+            trainer.should_stop = True
 
     def _merge(self, logged: ProbeResult, group: str, result: ProbeResult) -> None:
         logged.scalars.update(prefixed(self.log_prefix, group, result.scalars))

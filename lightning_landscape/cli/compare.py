@@ -2,8 +2,8 @@
 
 For each checkpoint: its loss and the permutation-interpolation barrier (with a randomly permuted copy of
 itself). For each pair: parameter distance and straight-path loss barrier, before and after aligning the
-hidden units of the second to the first. With three or more checkpoints: hierarchical clustering by
-aligned distance, a dendrogram and an ultrametricity check. Writes ``summary.json``, ``paths.png``,
+hidden units of the second to the first. With two or more checkpoints: hierarchical clustering by
+aligned distance and a dendrogram; with three or more, an ultrametricity check. Writes ``summary.json``, ``paths.png``,
 ``permutation_paths.png`` and ``dendrogram.png`` to ``--out`` and prints a table.
 
 The LightningModule class comes from ``--module pkg.mod:Class``, else from the checkpoint's
@@ -243,14 +243,14 @@ def run(args: argparse.Namespace) -> int:
         bar_after[i, j] = bar_after[j, i] = res.after.barrier
         name = f"{labels[i]} ~ {labels[j]}"
         pairs.append({"a": labels[i], "b": labels[j], **res.to_dict()})
-        if len(pair_paths) < 8:  # keep the figure readable
-            pair_paths[f"{name} raw"] = res.before
-            pair_paths[f"{name} aligned"] = res.after
+        if len(pair_paths) < 6:  # keep the figure readable
+            pair_paths[name] = res
         print(f"{name:<30} {_fmt(res.distance_before):>10} {_fmt(res.distance_after):>13} "
               f"{_fmt(res.before.barrier):>12} {_fmt(res.after.barrier):>16}")
     summary["pairs"] = pairs
     if pair_paths:
-        cmp.plot_paths(pair_paths, out / "paths.png", f"Straight paths before/after {args.method} matching")
+        more = f" (first {len(pair_paths)} of {len(pairs)} pairs)" if len(pairs) > len(pair_paths) else ""
+        cmp.plot_pair_paths(pair_paths, out / "paths.png", f"Straight paths before/after {args.method} matching{more}")
     if n >= 2:
         summary["matrices"] = {
             "distance_before": dist_before.tolist(), "distance_after": dist_after.tolist(),

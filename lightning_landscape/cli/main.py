@@ -12,7 +12,7 @@ import sys
 from typing import Sequence
 
 #: Subcommand modules, in the order ``--help`` lists them.
-SUBCOMMANDS: tuple[str, ...] = ("demo", "compare")
+SUBCOMMANDS: tuple[str, ...] = ("demo", "compare", "scan")
 
 
 def build_parser() -> argparse.ArgumentParser:

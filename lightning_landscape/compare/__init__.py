@@ -31,6 +31,7 @@ from lightning_landscape.compare.barrier import (
     interpolate_states,
     loss_barrier,
     permutation_barrier,
+    plot_pair_paths,
     plot_paths,
     reset_batchnorm_stats,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "permute_model",
     "permute_state_dict",
     "plot_dendrogram",
+    "plot_pair_paths",
     "plot_paths",
     "random_permutations",
     "reset_batchnorm_stats",

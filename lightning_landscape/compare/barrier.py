@@ -220,23 +220,46 @@ def compare_pair(
     )
 
 
-def plot_paths(paths: Mapping[str, BarrierResult], path: str | Path, title: str = "Loss along the straight path") -> Path:
-    """Save a PNG of loss against ``t`` for each labelled path (matplotlib Agg, no pyplot state)."""
+def _figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.4, 4.2), dpi=100)
+    fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for label, result in paths.items():
-        ax.plot(result.ts, result.losses, marker=".", label=f"{label} (barrier {result.barrier:.3g})")
+    return fig
+
+
+def _finish(fig, ax, title: str, path: str | Path, entries: int) -> Path:
     ax.set_xlabel("t  (0: model a, 1: model b)")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
+    ax.set_ylabel("loss along (1−t)·θa + t·θb")
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    # legend under the axes, so it never hides the curves
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2 if entries > 4 else 1, frameon=False)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path
+
+
+def plot_paths(paths: Mapping[str, BarrierResult], path: str | Path, title: str = "Loss along the straight path") -> Path:
+    """Save a PNG of loss against ``t`` for each labelled path (matplotlib Agg, no pyplot state)."""
+    fig = _figure(6.4, 4.4 + 0.12 * len(paths))
+    ax = fig.add_subplot()
+    for label, result in paths.items():
+        ax.plot(result.ts, result.losses, marker=".", label=f"{label} (barrier {result.barrier:.3g})")
+    return _finish(fig, ax, title, path, len(paths))
+
+
+def plot_pair_paths(pairs: Mapping[str, PairComparison], path: str | Path, title: str = "Straight paths between solutions") -> Path:
+    """Save a PNG with, per pair, the raw path (dashed) and the aligned path (solid, same colour)."""
+    fig = _figure(6.4, 4.4 + 0.12 * 2 * len(pairs))
+    ax = fig.add_subplot()
+    for k, (label, pair) in enumerate(pairs.items()):
+        colour = f"C{k % 10}"
+        ax.plot(pair.before.ts, pair.before.losses, "--", color=colour, marker=".",
+                label=f"{label} raw (barrier {pair.before.barrier:.3g})")
+        ax.plot(pair.after.ts, pair.after.losses, "-", color=colour, marker=".",
+                label=f"{label} aligned (barrier {pair.after.barrier:.3g})")
+    return _finish(fig, ax, title, path, 2 * len(pairs))

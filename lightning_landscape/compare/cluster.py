@@ -208,14 +208,15 @@ def plot_dendrogram(clustering: Clustering, path: str | Path, ylabel: str = "ali
     from matplotlib.figure import Figure
 
     n = len(clustering.labels)
-    fig = Figure(figsize=(max(4.8, 0.45 * n + 2.5), 4.2), dpi=100)
+    fig = Figure(figsize=(max(6.4, 0.45 * n + 2.5), 4.6), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     hierarchy.dendrogram(clustering.linkage, labels=clustering.labels, ax=ax, leaf_rotation=45)
     u = clustering.ultrametricity
     ax.set_title(
-        f"{clustering.method} linkage · cophenetic r = {clustering.cophenetic_correlation:.3f} · "
-        f"ultrametric violations {u.violation_fraction:.0%} (tol {u.tol:g})",
+        f"{clustering.method} linkage, cophenetic correlation {clustering.cophenetic_correlation:.3f}\n"
+        f"ultrametric violations: {u.violation_fraction:.0%} of {u.num_triples} triples "
+        f"(tol {u.tol:g}), mean relative gap {u.mean_relative_gap:.3g}",
         fontsize=9,
     )
     ax.set_ylabel(ylabel)

@@ -134,7 +134,12 @@ def permutation_spec(model: nn.Module) -> PermutationSpec:
             )
         current = None
 
+    # an unknown parameter-free module is fine after the last weight layer (e.g. a LogSoftmax on the
+    # outputs) but not before another layer: remember it and refuse only if more layers follow
+    unknown: str | None = None
     for name, mod in _leaves(seq, prefix):
+        if unknown is not None:
+            raise NotImplementedError(unknown)
         has_bias = getattr(mod, "bias", None) is not None
         if isinstance(mod, (nn.Linear, nn.Conv2d, nn.Conv1d)):
             if isinstance(mod, (nn.Conv1d, nn.Conv2d)) and mod.groups != 1:
@@ -189,11 +194,14 @@ def permutation_spec(model: nn.Module) -> PermutationSpec:
             if current is not None and not flattened:
                 current["probe"] = name
         else:
-            raise NotImplementedError(
+            unknown = (
                 f"layer {name}: {type(mod).__name__} is not supported for hidden-unit permutation "
                 f"(supported: Linear, Conv1d/2d, BatchNorm1d/2d, LayerNorm, PReLU, Flatten, "
-                f"{', '.join(sorted({c.__name__ for c in CHANNELWISE}))})"
+                f"{', '.join(sorted({c.__name__ for c in CHANNELWISE}))}; other parameter-free "
+                "modules only after the last weight layer)"
             )
+            if any(True for _ in mod.parameters()):
+                raise NotImplementedError(unknown)
     close(None)  # the last producer's outputs are the network outputs
     keys = tuple(n for n, p in model.named_parameters() if p.requires_grad)
     return PermutationSpec(tuple(layers), keys)

@@ -228,7 +228,7 @@ class ChannelTracker:
             "opposite_signs": min(s["opposition"]) >= self.min_opposition,
             "loglog_slope": math.isfinite(slope) and abs(slope + 1.0) <= self.slope_tol,
             "glu_stable": glu_mean > 0 and (max(glu) - min(glu)) / glu_mean <= self.glu_tol,
-            "slow_loss_decrease": 0.0 <= loss_drop <= self.max_loss_drop,
+            "slow_loss_decrease": 0.0 < loss_drop <= self.max_loss_drop,  # still decreasing, slowly
         }
         return PairVerdict(layer, _parse(key), sum(criteria.values()) / len(criteria), criteria, eps[-1], out[-1], slope,
                            glu[-1], loss_drop, n)

@@ -378,7 +378,6 @@ def _activation_ahead(ops: list[_Op], consumers: dict[tuple[int, int], list[int]
 
 
 # ---------------------------------------------------------------- public entry point
-LayerSpec = tuple[str, str] | tuple[str, str, str]
 
 
 def discover_layers(

@@ -53,6 +53,32 @@ def channel_toy_model(seed: int = 0, w: tuple[float, float] | None = None, a: tu
     return net
 
 
+def train_toy_gd(net: nn.Sequential, x: torch.Tensor, y: torch.Tensor, lr: float, steps: int, every: int = 0,
+                 callback: Callable[[int], None] | None = None) -> float:
+    """:func:`train_gd` for :func:`channel_toy_model` nets with the gradient in closed form (no autograd: a
+    few times faster). Same maths: ``L = mean((Σᵢ aᵢ erf(wᵢx/√2) − y)²)``."""
+    w_param, a_param = net[0].weight, net[2].weight
+    scale = net[1].scale
+    xs = x.reshape(-1, 1)
+    n = xs.shape[0]
+    loss = float("nan")
+    for step in range(1, steps + 1):
+        with torch.no_grad():
+            w, a = w_param.reshape(1, -1), a_param.reshape(1, -1)
+            z = xs * w
+            h = torch.erf(scale * z)
+            r = (h * a).sum(1, keepdim=True) - y.reshape(-1, 1)
+            loss = float((r * r).mean())
+            grad_a = (2.0 / n) * (r * h).sum(0)
+            dh = (2.0 / math.sqrt(math.pi)) * scale * torch.exp(-(scale * z) ** 2)
+            grad_w = (2.0 / n) * (r * a * dh * xs).sum(0)
+            w_param.sub_(lr * grad_w.reshape(w_param.shape))
+            a_param.sub_(lr * grad_a.reshape(a_param.shape))
+        if callback is not None and every and step % every == 0:
+            callback(step)
+    return loss
+
+
 def train_gd(net: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, steps: int,
              every: int = 0, callback: Callable[[int], None] | None = None) -> float:
     """Full-batch gradient descent on the MSE; ``callback(step)`` after every ``every`` steps. Returns the loss."""
@@ -66,4 +92,4 @@ def train_gd(net: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, steps:
                 p.sub_(lr * g)
         if callback is not None and every and step % every == 0:
             callback(step)
-    return float(loss)
+    return float(loss.detach())

@@ -109,15 +109,23 @@ def plot_slice_2d(alphas: Sequence[float] | np.ndarray, betas: Sequence[float] |
             cs = ax.contourf(a, b, zm, levels=bounds, cmap="viridis")
         ax.contour(a, b, zm, levels=bounds[:: max(1, levels // 8)], colors="white", linewidths=0.5, alpha=0.6)
         bar = fig.colorbar(cs, ax=ax)
-        if not isinstance(cs.norm, LogNorm):  # a few round ticks instead of one per level
+        if isinstance(cs.norm, LogNorm):  # a few labelled ticks, evenly spaced on the log scale
+            ticks = np.geomspace(bounds[0], bounds[-1], 6)
+            bar.set_ticks(ticks, labels=[f"{t:.3g}" for t in ticks])
+            bar.minorticks_off()
+            colorbar_label += " (log scale)"
+        else:  # a few round ticks instead of one per level
             ticks = MaxNLocator(7).tick_values(bounds[0], bounds[-1])
             bar.set_ticks(ticks[(ticks >= bounds[0]) & (ticks <= bounds[-1])])
         bar.set_label(colorbar_label)
+    i, j = int(np.argmin(np.abs(b))), int(np.argmin(np.abs(a)))
+    on_grid = b[i] == 0 and a[j] == 0 and np.isfinite(z[i, j])
+    at_theta = f", loss {z[i, j]:.4g}" if on_grid else ""
     ax.plot([0.0], [0.0], marker="*", markersize=16, color="red", markeredgecolor="white", linestyle="none",
-            label="θ (current weights)")
+            label=f"θ (current weights){at_theta}")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(_title(title, step, "2-D loss slice around θ") + (f"\n{subtitle}" if subtitle else ""))
+    ax.set_title(_title(title, step, "2-D loss slice around θ") + (f"\n{subtitle}" if subtitle else ""), fontsize="medium")
     ax.set_aspect("auto")
     ax.legend(loc="upper right", fontsize="small")
     return figure_to_array(fig)

@@ -59,6 +59,8 @@ class ProbeContext:
         self.batch = batch
         self.extras = extras or {}  # values one probe publishes for later ones (e.g. Ritz vectors)
         self._operator: HessianOperator | None = None
+        self._operator_versions: tuple[int, ...] = ()
+        self._spent = 0  # HVPs of operators rebuilt during this measurement
         self._loss: float | None = None
 
     def generator(self, name: str) -> torch.Generator:
@@ -100,8 +102,19 @@ class ProbeContext:
                     self._loss = float(self.reduce_mean(self.evaluate_loss().detach().float()))
         return self._loss
 
+    def _parameter_versions(self) -> tuple[int, ...]:
+        return tuple(p._version for p in self.space.params)
+
     def hessian(self) -> HessianOperator:
-        """The shared Hessian operator; raises :class:`NonFiniteLossError` on a NaN/Inf loss or gradient."""
+        """The shared Hessian operator; raises :class:`NonFiniteLossError` on a NaN/Inf loss or gradient.
+
+        A probe that moved the weights and restored them (in place) invalidates the saved graph, so the
+        operator is rebuilt when any parameter's version counter changed since it was built.
+        """
+        if self._operator is not None and self._operator_versions != self._parameter_versions():
+            self._spent += self._operator.num_matvecs
+            self._operator.release()
+            self._operator = None
         if self._operator is None:
             loss = self.evaluate_loss()
             reduced = self.reduce_mean(loss.detach().float())
@@ -112,12 +125,13 @@ class ProbeContext:
             if not torch.isfinite(op.gradient).all():
                 raise NonFiniteLossError("probe-batch gradient has NaN/Inf entries")
             self._operator = op
+            self._operator_versions = self._parameter_versions()
             self._loss = float(reduced)
         return self._operator
 
     @property
     def num_matvecs(self) -> int:
-        return 0 if self._operator is None else self._operator.num_matvecs
+        return self._spent + (0 if self._operator is None else self._operator.num_matvecs)
 
     def release(self) -> None:
         if self._operator is not None:

@@ -52,22 +52,19 @@ def probe_loss_fn(ctx: ProbeContext, name: str) -> Callable[[], float]:
 
     def loss_fn() -> float:
         with _seeded_rng(seed, ctx.space.device), torch.no_grad():
-            loss = ctx.evaluate_loss().detach()
+            loss = ctx.evaluate_loss()  # under no_grad: already averaged over DDP ranks
             # keep float64 losses in float64: sharpness is a difference of nearly equal losses
-            return float(ctx.reduce_mean(loss.to(torch.promote_types(loss.dtype, torch.float32))))
+            return float(loss.to(torch.promote_types(loss.dtype, torch.float32)))
 
     return loss_fn
 
 
 def _gradient(ctx: ProbeContext, name: str) -> torch.Tensor:
-    """The flat probe-batch gradient: the shared Hessian operator's if an earlier probe built it (free),
-    else one forward + ``torch.autograd.grad`` (no graph kept, ``.grad`` untouched)."""
-    if getattr(ctx, "_operator", None) is not None:
-        return ctx.hessian().gradient
+    """The flat probe-batch gradient (rank-averaged): the shared Hessian operator's if an earlier probe built
+    it (free), else one forward + ``torch.autograd.grad`` (no graph kept, ``.grad`` untouched), with the
+    same random numbers as :func:`probe_loss_fn`."""
     with _seeded_rng(_forward_seed(ctx, name), ctx.space.device), torch.enable_grad():
-        loss = ctx.evaluate_loss()
-        grads = torch.autograd.grad(loss, ctx.space.params, allow_unused=True)
-    return ctx.reduce_mean(ctx.space.flatten([None if g is None else g.detach() for g in grads]))
+        return ctx.gradient()
 
 
 def _finite_base(loss_fn: Callable[[], float]) -> float:
@@ -325,8 +322,8 @@ class LandscapeSlice(Probe):
             base = _finite_base(loss_fn)
             d1 = filter_normalized_direction(ctx.space, gen, theta, self.bias_bn)
             d2 = filter_normalized_direction(ctx.space, gen, theta, self.bias_bn)
-            note = (f"filter-normalised random directions, cos(d1, d2) = {cosine(d1, d2):.3f}; "
-                    f"biases/norm layers {'fixed' if self.bias_bn == 'ignore' else 'moved'}")
+            note = (f"cos(d1, d2) = {cosine(d1, d2):.3f}; biases & norm layers "
+                    f"{'fixed' if self.bias_bn == 'ignore' else 'moved'}")
             if self.mode in ("1d", "both"):
                 a = self._grid(self.points_1d)
                 l1 = slice_1d(loss_fn, ctx.space, d1, a)

@@ -45,11 +45,11 @@ class L2Transition(Probe):
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8, bias=False), torch.nn.Linear(8, 1, bias=False))
         >>> opt = torch.optim.SGD(net.parameters(), lr=0.1, weight_decay=0.02)
-        >>> x, y = torch.randn(64, 4), torch.randn(64, 1)
+        >>> x = torch.randn(64, 4); y = x @ torch.ones(4, 1)
         >>> ctx = ProbeContext(net, lambda: ((net(x) - y) ** 2).mean(), step=1, optimizer=opt)
         >>> out = L2Transition().run(ctx).scalars
-        >>> out["beta/group0"], out["critical_beta"] > 0, 0 <= out["theta_sq"]
-        (0.01, True, True)
+        >>> out["beta/group0"], sorted(k for k in out if not k.startswith(("norm/", "beta/", "weight_decay/")))
+        (0.01, ['beta_eff', 'collapse_ratio', 'critical_beta', 'loss', 'loss_trivial', 'margin', 'ray_argmax_scale', 'theta_sq'])
     """
 
     name = "l2_transition"
@@ -62,7 +62,8 @@ class L2Transition(Probe):
         "loss_trivial": "probe-batch loss of the collapsed model (those parameters at 0)",
         "collapse_ratio": "(L_trivial − L)/L_trivial: 1 = perfect fit, 0 = collapsed, < 0 = worse than collapsed",
         "critical_beta": "β_ray = max_s [L(0) − L(sθ)]/(s²‖θ‖²): weight decay (penalty β‖θ‖², SGD wd = 2β) "
-        "at which the collapsed model beats the whole current ray; ≤ true threshold",
+        "at which the collapsed model beats the whole current ray; ≤ true threshold; < 0 when the whole ray "
+        "is worse than the collapsed model (e.g. at initialisation)",
         "margin": "critical_beta / beta_eff; < 1: collapse preferred along the ray (absent when β = 0)",
         "ray_argmax_scale": "s of the ray maximum: ≈ 0 continuous-type, interior (< 1) jump-type barrier",
         "beta_eff": "‖θ‖²-weighted mean penalty β over the collapsing parameters (what margin divides by)",

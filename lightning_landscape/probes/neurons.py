@@ -21,7 +21,7 @@ from lightning_landscape.linalg import lanczos_extremes
 from lightning_landscape.linalg.random import gaussian
 from lightning_landscape.neurons.channels import ChannelTracker
 from lightning_landscape.neurons.discovery import NeuronLayer, discover_layers
-from lightning_landscape.neurons.dynamics import distances, layer_norms, neuron_norms, parameter_layers, snapshot
+from lightning_landscape.neurons.dynamics import distances, layer_norms, neuron_norms, snapshot
 from lightning_landscape.neurons.recovery import STATES, classify_state, convergence_rate
 from lightning_landscape.neurons.width import (
     WidthReport,
@@ -370,6 +370,8 @@ class SaddleBranches(Probe):
         merge_tol: relative function error below which two neurons count as one.
         compute_spectrum: run Lanczos when ``ctx.extras`` has no ``lambda_min``.
         max_iter: Lanczos steps (Hessian-vector products) for the own spectrum run.
+        tol: Lanczos stop when both extreme Ritz residuals are ``≤ tol · max|λ|`` (λmin is less accurate
+            than this when ``|λmin| ≪ λmax``).
         window: measurements used for the convergence rate.
         severity: severity of the events.
         layers: explicit ``[input, output(, activation)]`` module-name triples.
@@ -415,6 +417,7 @@ class SaddleBranches(Probe):
         merge_tol: float = 1e-3,
         compute_spectrum: bool = True,
         max_iter: int = 30,
+        tol: float = 1e-3,
         window: int = 8,
         severity: str = "warning",
         layers: list[list[str]] | None = None,
@@ -430,6 +433,7 @@ class SaddleBranches(Probe):
         self.merge_tol = check_positive_float("SaddleBranches.merge_tol", merge_tol)
         self.compute_spectrum = bool(compute_spectrum)
         self.max_iter = check_positive_int("SaddleBranches.max_iter", max_iter, 2)
+        self.tol = check_positive_float("SaddleBranches.tol", tol)
         self.window = check_positive_int("SaddleBranches.window", window, 2)
         self.severity = check_severity("SaddleBranches.severity", severity)
         self.layers = _check_layers("SaddleBranches", layers)
@@ -450,7 +454,8 @@ class SaddleBranches(Probe):
             return float("nan"), float("nan")
         op = ctx.hessian()
         v0 = gaussian(ctx.space.dim, ctx.generator(self.name), ctx.space.dtype, ctx.space.device)
-        res = lanczos_extremes(op.matvec, v0, max_iter=min(self.max_iter, ctx.space.dim), tol=1e-3, min_iter=2)
+        res = lanczos_extremes(op.matvec, v0, max_iter=min(self.max_iter, ctx.space.dim), tol=self.tol,
+                                min_iter=min(2, ctx.space.dim))
         ctx.extras.setdefault("lambda_max", res.lambda_max)
         ctx.extras.setdefault("lambda_min", res.lambda_min)
         return res.lambda_max, res.lambda_min
