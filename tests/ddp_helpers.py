@@ -26,3 +26,11 @@ class Recorder(L.Callback):
             torch.save({k: v.detach().clone() for k, v in pl_module.state_dict().items()}, self._path(trainer, "weights"))
             monitor = next(cb for cb in trainer.callbacks if type(cb).__name__ == "LandscapeMonitor")
             torch.save(dict(monitor.last_values), self._path(trainer, "values_step1"))
+
+    def on_train_end(self, trainer, pl_module):
+        monitor = next(cb for cb in trainer.callbacks if type(cb).__name__ == "LandscapeMonitor")
+        decisions = {
+            "alerts": monitor.alerts.state_dict() if monitor.alerts is not None else None,
+            "weight_decay": [g["weight_decay"] for g in trainer.optimizers[0].param_groups],
+        }
+        torch.save(decisions, self._path(trainer, "decisions"))

@@ -374,13 +374,15 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
             scalars, events = trainer.strategy.broadcast((scalars, events), src=0)
         parsed = [Event.from_dict(e) for e in events]
         emit = bool(getattr(trainer, "is_global_zero", True))  # state on every rank, side effects on rank 0
+        fired: list[Event] = []
         if self.alerts is not None:
-            self.alerts.observe(step, epoch, scalars, parsed, emit=emit)
+            fired = list(self.alerts.observe(step, epoch, scalars, parsed, emit=emit))
             logged.scalars.update(self.alerts.status(f"{self.log_prefix}/alerts"))
             logged.texts.update(self.alerts.drain_tensorboard().texts)
         optimizer = trainer.optimizers[0] if getattr(trainer, "optimizers", None) else None
         if self.weight_decay is not None and optimizer is not None:
-            changes = self.weight_decay.apply(optimizer, step, epoch, scalars, parsed)
+            # Probe events (e.g. channel_entry) and fired alerts (e.g. edge_of_stability) can both trigger it.
+            changes = self.weight_decay.apply(optimizer, step, epoch, scalars, parsed + fired)
             if changes and self.alerts is not None:
                 self.alerts.dispatch(changes, emit=emit)
             logged.scalars.update(self.weight_decay.scalars(self.log_prefix))

@@ -1,0 +1,340 @@
+"""Cost of λmax + λmin per measurement (warm-started Lanczos) vs PyHessian 0.1's power iteration.
+
+    python benchmarks/spectrum_cost.py                 # MLP 784-256-256-10, batch 512, 2000 SGD steps (CPU ≈ 4 min)
+    python benchmarks/spectrum_cost.py --quick         # smoke run (MLP 64-64-64-10, 300 steps)
+    python benchmarks/spectrum_cost.py --device cuda   # the same on a GPU
+
+One process, one model, one data stream, one seed. Every ``--every`` SGD steps the Hessian of the
+cross-entropy on a fixed probe batch is measured by
+
+* ``HessianSpectrum`` (ours): one Lanczos run for λmax and λmin, warm-started from the previous
+  measurement's Ritz vectors (+1 % noise), stopped at a relative Ritz residual ``--tol`` (1e-2);
+* the same Lanczos from a random start (cold), for what the warm start buys;
+* PyHessian 0.1: ``hessian(model, criterion, data).eigenvalues(maxIter=20)`` (power iteration, top |λ|);
+* a reference: Lanczos from a random start to a 1e-5 residual (up to ``--ref-iter`` steps).
+
+Both sides are timed with the construction of their gradient graph (one forward + ``create_graph``
+backward) included, in the order alternating between measurements; costs are in training-step
+equivalents (median SGD step of the same process). Then one HVP is timed four ways, PyHessian's
+``density()`` is tried (it fails on torch ≥ 1.9), and a two-parameter strict saddle shows what power
+iteration reports where |λmin| > λmax.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+from torch import nn
+
+from _common import (
+    F,
+    error_text,
+    environment,
+    import_pyhessian,
+    make_mlp_bench,
+    median,
+    pyhessian_sandbox,
+    set_threads,
+    sync,
+    table,
+    timed,
+    device_of,
+)
+from lightning_landscape import HessianSpectrum, ProbeContext
+from lightning_landscape.guards import probe_guard
+from lightning_landscape.hessian import HessianOperator
+from lightning_landscape.linalg import lanczos_extremes
+from lightning_landscape.parameters import ParameterSpace
+
+
+def pyhessian_top(hessian_cls, model, data, device, maxiter: int):
+    """PyHessian's top eigenvalue/vector and the number of HVPs it spent (counted by wrapping its HVP)."""
+    ph = sys.modules["pyhessian.hessian"]  # the package re-exports the class under the module's name
+
+    count = [0]
+    original = ph.hessian_vector_product
+
+    def counting(*a, **k):
+        count[0] += 1
+        return original(*a, **k)
+
+    ph.hessian_vector_product = counting
+    try:
+        with pyhessian_sandbox(model):
+            h = hessian_cls(model, F.cross_entropy, data=data, cuda=device.type == "cuda")
+            values, vectors = h.eigenvalues(maxIter=maxiter)
+    finally:
+        ph.hessian_vector_product = original
+    flat = torch.cat([v.reshape(-1) for v in vectors[0]]).detach()
+    return float(values[0]), flat / flat.norm(), count[0]
+
+
+def hvp_costs(bench, repeats: int, hessian_cls) -> list[tuple[str, float]]:
+    """Median seconds of one training step and of one HVP by each route (interleaved repeats)."""
+    model, dev = bench.model, bench.device
+    space = ParameterSpace.from_module(model)
+    v = torch.randn(space.dim, generator=torch.Generator().manual_seed(0)).to(dev)
+    parts = space.unflatten(v)
+    names = [n for n, _ in model.named_parameters()]
+    from torch.func import functional_call, grad, jvp
+
+    def loss_of(params):
+        return F.cross_entropy(functional_call(model, dict(zip(names, params)), (bench.probe_x,)), bench.probe_y)
+
+    holder: dict[str, HessianOperator] = {}
+
+    def build():
+        holder["op"] = HessianOperator(bench.loss(), space)
+
+    def reused():
+        holder["op"].matvec(v)
+
+    def fresh():
+        g = torch.autograd.grad(bench.loss(), space.params, create_graph=True)
+        torch.autograd.grad(g, space.params, grad_outputs=parts)
+
+    def fwd_over_rev():
+        p = tuple(q.detach() for q in space.params)
+        jvp(grad(loss_of), (p,), (tuple(parts),))
+
+    def batched8():  # 8 HVPs in one call (vmap over the grad_outputs), per vector
+        op = holder["op"]
+        vs = [p.unsqueeze(0).expand(8, *p.shape) for p in parts]
+        torch.autograd.grad(op._grads, space.params, grad_outputs=vs, retain_graph=True, is_grads_batched=True)
+
+    routes = {"train": None, "build": build, "reused": reused, "fresh": fresh, "fwdrev": fwd_over_rev, "batched8": batched8}
+    times: dict[str, list[float]] = {k: [] for k in routes}
+    if hessian_cls is not None:
+        routes["pyhessian"] = None
+        times["pyhessian"] = []
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for _ in range(repeats):
+        times["train"].append(bench.train_step())
+        model.load_state_dict(state)  # every route sees the same weights
+        for key, fn in routes.items():
+            if key == "train":
+                continue
+            if key == "pyhessian":
+                import pyhessian.utils as pu
+
+                with pyhessian_sandbox(model):  # its graph, rebuilt after the training step (not timed)
+                    h = hessian_cls(model, F.cross_entropy, data=(bench.probe_x, bench.probe_y), cuda=dev.type == "cuda")
+                    dt, _ = timed(lambda: pu.hessian_vector_product(h.gradsH, h.params, parts), dev)
+                    del h
+            else:
+                dt, _ = timed(fn, dev)
+            times[key].append(dt / 8 if key == "batched8" else dt)
+    step = median(times["train"])
+    labels = {
+        "build": "build the gradient graph (forward + create_graph backward), once per measurement",
+        "reused": "one HVP, gradient graph reused (ours)",
+        "fresh": "one HVP, fresh double backward",
+        "fwdrev": "one HVP, torch.func forward-over-reverse (jvp of grad)",
+        "batched8": "one HVP inside an 8-vector batched call (is_grads_batched), per vector",
+        "pyhessian": "one HVP, PyHessian 0.1 hessian_vector_product (graph reused)",
+    }
+    return [("one training step (SGD, forward + backward + update)", step)] + [
+        (labels[k], median(times[k])) for k in labels if k in times
+    ]
+
+
+def saddle_demo(hessian_cls) -> list[list[str]]:
+    """A two-parameter model at a strict saddle with |λmin| > λmax: ŷ = w²·x + c·z, y = 3x + z, at w=0, c=1."""
+
+    class SquaredWeight(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(()))
+            self.c = nn.Parameter(torch.ones(()))
+
+        def forward(self, inp: torch.Tensor) -> torch.Tensor:
+            return self.w**2 * inp[:, 0] + self.c * inp[:, 1]
+
+    g = torch.Generator().manual_seed(0)
+    inp = torch.randn(256, 2, generator=g)
+    inp[:, 1] -= inp[:, 1] @ inp[:, 0] / (inp[:, 0] @ inp[:, 0]) * inp[:, 0]  # z ⟂ x: c = 1 is optimal
+    target = 3 * inp[:, 0] + inp[:, 1]
+    model = SquaredWeight()
+    crit = nn.functional.mse_loss
+    space = ParameterSpace.from_module(model)
+    blocks = torch.autograd.functional.hessian(
+        lambda w, c: crit(w**2 * inp[:, 0] + c * inp[:, 1], target), (model.w.detach(), model.c.detach())
+    )
+    exact = torch.linalg.eigvalsh(torch.stack([torch.stack([h.reshape(()) for h in row]) for row in blocks]))
+    op = HessianOperator(crit(model(inp), target), space)
+    ours = lanczos_extremes(op.matvec, torch.tensor([1.0, 1.0]), max_iter=2, tol=1e-8)
+    rows = [["exact (eigvalsh of the 2×2 Hessian)", f"{exact[-1]:.4g}", f"{exact[0]:.4g}"],
+            ["ours (HessianOperator + lanczos_extremes)", f"{ours.lambda_max:.4g}", f"{ours.lambda_min:.4g}"]]
+    if hessian_cls is not None:
+        try:
+            with pyhessian_sandbox(model), torch.random.fork_rng():
+                torch.manual_seed(0)
+                h = hessian_cls(model, crit, data=(inp, target), cuda=False)
+                top, _ = h.eigenvalues(maxIter=100)
+            rows.append(["PyHessian 0.1 eigenvalues(maxIter=100) 'top eigenvalue'", f"{top[0]:.4g}", "—"])
+        except Exception as err:
+            rows.append(["PyHessian 0.1 eigenvalues()", error_text(err), "—"])
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2000, help="SGD steps of the training run")
+    parser.add_argument("--every", type=int, default=200, help="measure every this many steps (HessianSpectrum default)")
+    parser.add_argument("--tol", type=float, default=1e-2, help="relative Ritz residual to converge to")
+    parser.add_argument("--max-iter", type=int, default=40, help="Lanczos step cap (ours)")
+    parser.add_argument("--pyhessian-iter", type=int, default=20, help="PyHessian eigenvalues(maxIter=...)")
+    parser.add_argument("--ref-iter", type=int, default=120, help="reference Lanczos step cap")
+    parser.add_argument("--no-cold", action="store_true", help="skip the cold-start Lanczos row")
+    parser.add_argument("--hvp-repeats", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch default)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    parser.add_argument("--quick", action="store_true", help="small model, short run (smoke test)")
+    args = parser.parse_args()
+    set_threads(args.threads)
+    device = device_of(args.device)
+    if args.quick:
+        bench = make_mlp_bench(64, (64, 64), batch=256, num_samples=4096, device=device)
+        args.steps, args.every, args.ref_iter, args.hvp_repeats = 300, 50, 80, 5
+    else:
+        bench = make_mlp_bench(device=device)
+    hessian_cls, ph_version = import_pyhessian()
+    model = bench.model
+    space = ParameterSpace.from_module(model)
+    warm = HessianSpectrum(max_iter=args.max_iter, tol=args.tol)
+    cold = HessianSpectrum(max_iter=args.max_iter, tol=args.tol, warm_start=False)
+    step_times: list[float] = []
+    rows = []
+    ph_failure = ""
+    for step in range(1, args.steps + 1):
+        step_times.append(bench.train_step())
+        if step % args.every and step != 1:
+            continue
+        rec: dict[str, float] = {"step": step}
+
+        def ours(probe: HessianSpectrum, tag: str) -> None:
+            with probe_guard(model):
+                ctx = ProbeContext(model, bench.loss, step=step)
+                sync(device)
+                t0 = time.perf_counter()
+                out = probe.run(ctx).scalars  # builds the graph on first use: included in the time
+                sync(device)
+                rec[f"{tag}_s"] = time.perf_counter() - t0
+                ctx.release()
+            rec[f"{tag}_max"], rec[f"{tag}_min"] = out["lambda_max"], out["lambda_min"]
+            rec[f"{tag}_hvps"], rec[f"{tag}_res"] = out["lanczos_hvps"], out["residual"]
+
+        def peer() -> None:
+            nonlocal ph_failure
+            if hessian_cls is None or ph_failure:
+                return
+            try:
+                t, (val, vec, hvps) = timed(
+                    lambda: pyhessian_top(hessian_cls, model, (bench.probe_x, bench.probe_y), device, args.pyhessian_iter), device
+                )
+            except Exception as err:
+                ph_failure = error_text(err)
+                return
+            rec["ph_s"], rec["ph_val"], rec["ph_hvps"] = t, val, hvps
+            with probe_guard(model):  # its Ritz residual |Hv − λv| / |λ|, by our operator (not timed)
+                op = HessianOperator(bench.loss(), space)
+                rec["ph_res"] = float((op.matvec(vec.to(space.dtype)) - val * vec).norm()) / abs(val)
+
+        sides = [lambda: ours(warm, "warm"), peer] + ([] if args.no_cold else [lambda: ours(cold, "cold")])
+        if (step // args.every) % 2:
+            sides.reverse()  # alternate the order between measurements
+        for side in sides:
+            side()
+        with probe_guard(model):
+            op = HessianOperator(bench.loss(), space)
+            v0 = torch.randn(space.dim, generator=torch.Generator().manual_seed(step)).to(device)
+            ref = lanczos_extremes(op.matvec, v0, max_iter=args.ref_iter, tol=1e-5)
+            op.release()
+        rec["ref_max"], rec["ref_min"], rec["ref_res"] = ref.lambda_max, ref.lambda_min, ref.relative_residual
+        rows.append(rec)
+        print(f"  step {step}: ref λmax {ref.lambda_max:.4g} λmin {ref.lambda_min:.4g}; warm {rec['warm_hvps']:.0f} HVPs"
+              + (f"; PyHessian {rec.get('ph_hvps', 0):.0f} HVPs" if "ph_hvps" in rec else ""), flush=True)
+
+    train = median(step_times)
+    print(f"\n## λmax + λmin per measurement — {bench.description}")
+    print(f"{environment()}; {args.steps} steps, measured every {args.every} (and at step 1); "
+          f"training step {train * 1e3:.1f} ms (median); PyHessian {ph_version}\n")
+
+    def err_max(r, key):
+        return abs(r[key] - r["ref_max"]) / abs(r["ref_max"])
+
+    def err_min(r, key):
+        return abs(r[key] - r["ref_min"]) / max(abs(r["ref_max"]), abs(r["ref_min"]))
+
+    detail = []
+    for r in rows:
+        line = [r["step"], f"{r['ref_max']:.4g}", f"{r['ref_min']:.3g}",
+                f"{r['warm_hvps']:.0f}", f"{r['warm_s'] / train:.1f}", f"{err_max(r, 'warm_max'):.1e}", f"{err_min(r, 'warm_min'):.1e}"]
+        if "cold_s" in r:
+            line += [f"{r['cold_hvps']:.0f}", f"{r['cold_s'] / train:.1f}"]
+        if "ph_s" in r:
+            line += [f"{r['ph_hvps']}", f"{r['ph_s'] / train:.1f}", f"{err_max(r, 'ph_val'):.1e}", f"{r['ph_res']:.1e}"]
+        detail.append(line)
+    header = ["step", "ref λmax", "ref λmin", "warm HVPs", "warm cost", "warm err λmax", "warm err λmin"]
+    if not args.no_cold:
+        header += ["cold HVPs", "cold cost"]
+    if any("ph_s" in r for r in rows):
+        header += ["PyHessian HVPs", "PyHessian cost", "PyHessian err λmax", "PyHessian residual"]
+    print(table(header, detail))
+    print("\ncost: wall time / median training step, graph construction included; err λmax = |Δλmax|/|λmax|, "
+          "err λmin = |Δλmin|/max|λ| against the reference; residual = |Hv − λv|/|λ| of PyHessian's vector.\n")
+
+    summary = []
+
+    def add(name, key, returns_min, res_key):
+        sel = [r for r in rows if f"{key}_s" in r]
+        if not sel:
+            return
+        val_key = "ph_val" if key == "ph" else f"{key}_max"
+        e_max = [err_max(r, val_key) for r in sel]
+        e_min = [err_min(r, f"{key}_min") for r in sel] if returns_min else []
+        summary.append([
+            name, f"{median([r[f'{key}_hvps'] for r in sel]):.0f}", f"{median([r[f'{key}_s'] for r in sel]) / train:.1f}",
+            f"{median([r[res_key] for r in sel]):.1e}", f"{median(e_max):.1e} / {max(e_max):.1e}",
+            f"{median(e_min):.1e} / {max(e_min):.1e}" if e_min else "not computed",
+        ])
+
+    add(f"ours, warm-started Lanczos (tol {args.tol:g})", "warm", True, "warm_res")
+    if not args.no_cold:
+        add(f"ours, cold Lanczos (tol {args.tol:g})", "cold", True, "cold_res")
+    add(f"PyHessian 0.1 eigenvalues(maxIter={args.pyhessian_iter})", "ph", False, "ph_res")
+    print(table(["method", "median HVPs", "median cost (training steps)", "median relative residual",
+                 "error λmax median / max", "error λmin median / max"], summary))
+    if ph_failure:
+        print(f"\nPyHessian eigenvalues() failed: {ph_failure}")
+    elif hessian_cls is None:
+        print(f"\nPyHessian not available: {ph_version}")
+
+    print(f"\n## One Hessian-vector product — same model after training, {args.hvp_repeats} interleaved repeats\n")
+    costs = hvp_costs(bench, args.hvp_repeats, hessian_cls)
+    base = costs[0][1]
+    print(table(["operation", "median ms", "training steps"], [[k, f"{t * 1e3:.1f}", f"{t / base:.2f}"] for k, t in costs]))
+
+    print("\n## PyHessian 0.1 density() (stochastic Lanczos quadrature)\n")
+    if hessian_cls is None:
+        print(f"not available: {ph_version}")
+    else:
+        try:
+            with pyhessian_sandbox(model):
+                h = hessian_cls(model, F.cross_entropy, data=(bench.probe_x, bench.probe_y), cuda=device.type == "cuda")
+                h.density(iter=5, n_v=1)
+            print("density(iter=5) ran")
+        except Exception as err:
+            print(f"density(iter=5) fails: `{error_text(err)}` — ours: `HessianDensity` / `spectral_density`")
+
+    print("\n## At a strict saddle with |λmin| > λmax (ŷ = w²x + cz, y = 3x + z, at w = 0, c = 1)\n")
+    print(table(["method", "λmax", "λmin"], saddle_demo(hessian_cls)))
+    print("\nPower iteration converges to the eigenvalue of largest magnitude: at this saddle PyHessian's "
+          "'top eigenvalue' is λmin.")
+
+
+if __name__ == "__main__":
+    main()

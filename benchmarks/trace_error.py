@@ -1,0 +1,133 @@
+"""Hessian trace: our Hutch++ vs PyHessian 0.1's Hutchinson ``trace()`` at an equal number of HVPs.
+
+    python benchmarks/trace_error.py            # exact-trace MLP + the 784-256-256-10 MLP (CPU ≈ 3 min)
+    python benchmarks/trace_error.py --quick    # fewer seeds and budgets
+
+Two models, both trained for a few hundred SGD steps on 10-class teacher–student data first:
+
+* ``small``: MLP 64-32-32-10 (3,466 parameters), batch 256 — the exact trace is the sum of the exact
+  Hessian diagonal (all 3,466 unit-vector HVPs);
+* ``benchmark``: MLP 784-256-256-10 (269,322 parameters), batch 512 — the reference is Hutch++ with
+  ``--ref-matvecs`` HVPs (its standard error is printed; it is far below the errors compared).
+
+For every budget of HVPs and seed, the same Hessian is estimated by our ``hutchpp_trace`` (the
+``HessianTrace`` default), our ``hutchinson_trace``, and PyHessian's ``hessian(...).trace(maxIter=budget,
+tol=-inf)`` (the tolerance disables its early stop, so it spends exactly ``budget`` HVPs). Reported:
+root-mean-square and median relative error over seeds, and the mean reported standard error of ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+
+from _common import F, environment, import_pyhessian, make_mlp_bench, median, pyhessian_sandbox, set_threads, table, error_text
+from lightning_landscape.guards import probe_guard
+from lightning_landscape.hessian import HessianOperator
+from lightning_landscape.linalg import hutchinson_trace, hutchpp_trace
+from lightning_landscape.parameters import ParameterSpace
+
+
+def exact_trace(op: HessianOperator, chunk: int = 256) -> float:
+    """Σ H_ii from all unit vectors, ``chunk`` HVPs per batched backward call."""
+    dim = op.dim
+    total = 0.0
+    params = [op.space.params[i] for i in op._live]
+    offsets = op.space.slices()
+    for start in range(0, dim, chunk):
+        rows = torch.arange(start, min(start + chunk, dim))
+        eye = torch.zeros(rows.numel(), dim, dtype=op.space.dtype, device=op.space.device)
+        eye[torch.arange(rows.numel()), rows] = 1.0
+        outs = [eye[:, sl].reshape(rows.numel(), *p.shape) for sl, p in zip(offsets.values(), op.space.params)]
+        hv = torch.autograd.grad(op._grads, params, grad_outputs=[outs[i] for i in op._live], retain_graph=True,
+                                 is_grads_batched=True, allow_unused=True)
+        full = torch.zeros_like(eye)
+        for i, h in zip(op._live, hv):
+            if h is not None:
+                full[:, list(offsets.values())[i]] = h.reshape(rows.numel(), -1)
+        total += float(full[torch.arange(rows.numel()), rows].double().sum())
+    return total
+
+
+def study(name, bench, train_steps, budgets, seeds, hessian_cls, reference: str, ref_matvecs: int):
+    for _ in range(train_steps):
+        bench.train_step()
+    model = bench.model
+    space = ParameterSpace.from_module(model)
+    with probe_guard(model):
+        op = HessianOperator(bench.loss(), space)
+        if reference == "exact":
+            ref, ref_se, ref_label = exact_trace(op), 0.0, f"exact (Σ diag H, {space.dim} unit HVPs)"
+        else:
+            est = hutchpp_trace(op.matvec, space.dim, ref_matvecs, torch.Generator().manual_seed(10_000), space.dtype, space.device)
+            ref, ref_se, ref_label = est.value, est.stderr, f"Hutch++ with {ref_matvecs} HVPs"
+    print(f"\n## {name}: {bench.description}, after {train_steps} SGD steps")
+    print(f"reference trace {ref:.6g} ± {ref_se:.2g} ({ref_label})\n")
+    failure = ""
+    rows = []
+    for m in budgets:
+        errs: dict[str, list[float]] = {"hutchpp": [], "hutchinson": [], "pyhessian": []}
+        ses: dict[str, list[float]] = {"hutchpp": [], "hutchinson": []}
+        for seed in seeds:
+            gen = lambda: torch.Generator(device=space.device).manual_seed(seed)  # noqa: E731
+            for key, fn in (("hutchpp", hutchpp_trace), ("hutchinson", hutchinson_trace)):
+                est = fn(op.matvec, space.dim, m, gen(), space.dtype, space.device)
+                errs[key].append((est.value - ref) / abs(ref))
+                ses[key].append(est.stderr / abs(ref))
+            if hessian_cls is not None and not failure:
+                try:
+                    with pyhessian_sandbox(model):
+                        torch.manual_seed(seed)  # PyHessian draws its probes from the global RNG (restored after)
+                        h = hessian_cls(model, F.cross_entropy, data=(bench.probe_x, bench.probe_y), cuda=space.device.type == "cuda")
+                        samples = h.trace(maxIter=m, tol=-math.inf)
+                        del h
+                    assert len(samples) == m, f"PyHessian spent {len(samples)} HVPs, not {m}"
+                    errs["pyhessian"].append((float(sum(samples) / len(samples)) - ref) / abs(ref))
+                except Exception as err:
+                    failure = error_text(err)
+
+        def rms(v):
+            return math.sqrt(sum(e * e for e in v) / len(v)) if v else float("nan")
+
+        for key, label in (("hutchpp", "ours, Hutch++ (HessianTrace default)"), ("hutchinson", "ours, Hutchinson"),
+                           ("pyhessian", "PyHessian 0.1 trace() (Hutchinson)")):
+            if not errs[key]:
+                continue
+            se = f"{median(ses[key]):.1e}" if key in ses else "— (none reported)"
+            rows.append([m, label, f"{rms(errs[key]):.2e}", f"{median([abs(e) for e in errs[key]]):.2e}",
+                         f"{max(abs(e) for e in errs[key]):.2e}", se])
+        print(f"  budget {m} done", flush=True)
+    op.release()
+    print(f"\n{len(seeds)} seeds per row; errors relative to |reference trace|\n")
+    print(table(["HVPs", "estimator", "RMS error", "median |error|", "max |error|", "median reported stderr"], rows))
+    if failure:
+        print(f"\nPyHessian trace() failed: {failure}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=20, help="seeds per budget on the small (exact) model")
+    parser.add_argument("--big-seeds", type=int, default=5, help="seeds per budget on the benchmark MLP")
+    parser.add_argument("--budgets", type=int, nargs="+", default=[12, 24, 48, 96])
+    parser.add_argument("--big-budgets", type=int, nargs="+", default=[12, 48])
+    parser.add_argument("--ref-matvecs", type=int, default=600)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--skip-big", action="store_true")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.budgets, args.skip_big = 8, [12, 48], True
+    set_threads(args.threads)
+    hessian_cls, version = import_pyhessian()
+    print(f"{environment()}; PyHessian {version}")
+    study("small MLP, exact trace", make_mlp_bench(64, (32, 32), batch=256, num_samples=4096, lr=0.05), 300,
+          args.budgets, range(args.seeds), hessian_cls, "exact", 0)
+    if not args.skip_big:
+        study("benchmark MLP, Hutch++ reference", make_mlp_bench(), 300, args.big_budgets, range(args.big_seeds),
+              hessian_cls, "hutchpp", args.ref_matvecs)
+
+
+if __name__ == "__main__":
+    main()
