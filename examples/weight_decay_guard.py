@@ -237,17 +237,22 @@ def _fmt(v: float | None, spec: str = ".4g") -> str:
 
 def ramp_table(plain: Run, guarded: Run) -> str:
     info = plain.info
-    lines = [f"wd_c = 2β_c = {info['wd_c']:.4f}, spinodal wd_sp = {info['wd_sp']:.4f} (closed form)",
-             f"{'run':<16}{'l2_threshold':>14}{'collapse':>10}{'wd there':>10}{'final ratio':>13}{'final wd':>10}"
-             f"{'min margin':>12}{'wd changes':>12}"]
+    wd_c = info["wd_c"]
+    lines = [f"closed form: wd_c = 2β_c = {wd_c:.4f}, up-sweep spinodal wd_sp = {info['wd_sp']:.4f} "
+             f"({info['wd_sp'] / wd_c:.2f} wd_c); weight decay below in units of wd_c",
+             f"{'run':<14}{'alert':>7}{'ratio':>7}{'wd':>6}{'collapse':>10}{'wd':>6}{'final ratio':>13}"
+             f"{'final wd':>10}{'min margin':>12}{'wd changes':>12}"]
     for name, run in (("ramp only", plain), ("+ controller", guarded)):
         fire, col = run.first("l2_threshold", "margin"), collapse_step(run)
-        wd_at = {r["step"]: r["wd"] for r in run.rows}
+        by_step = {r["step"]: r for r in run.rows}
+        ratio_fire = by_step[fire]["landscape/l2/collapse_ratio"] if fire else None
+        wd_fire = by_step[fire]["wd"] / wd_c if fire else None
+        wd_col = by_step[col]["wd"] / wd_c if col else None
         margins = [m for m in run.series("landscape/l2/margin") if math.isfinite(m)]
         changes = sum(e.rule == "weight_decay" for e in run.events)
-        lines.append(f"{name:<16}{_fmt(fire):>14}{_fmt(col):>10}{_fmt(wd_at.get(col) if col else None):>10}"
-                     f"{run.rows[-1]['landscape/l2/collapse_ratio']:>13.3f}{run.rows[-1]['wd']:>10.4f}"
-                     f"{min(margins[len(margins) // 3:]):>12.3f}{changes:>12}")
+        lines.append(f"{name:<14}{_fmt(fire):>7}{_fmt(ratio_fire, '.3f'):>7}{_fmt(wd_fire, '.2f'):>6}{_fmt(col):>10}"
+                     f"{_fmt(wd_col, '.2f'):>6}{run.rows[-1]['landscape/l2/collapse_ratio']:>13.3f}"
+                     f"{run.rows[-1]['wd'] / wd_c:>10.3f}{min(margins):>12.3f}{changes:>12}")
     return "\n".join(lines)
 
 
@@ -271,7 +276,8 @@ def plot_ramp(plain: Run, guarded: Run, path: str) -> None:
 
     wd_c = plain.info["wd_c"]
     fig, ax = plt.subplots(1, 3, figsize=(14, 4))
-    for run, label, color in ((plain, "ramp only", "tab:red"), (guarded, "ramp + controller", "tab:blue")):
+    for run, label, color in ((plain, "ramp only", "tab:red"),
+                              (guarded, "ramp + controller (values at each decision)", "tab:blue")):
         s = run.steps()
         ax[0].plot(s, run.series("landscape/l2/margin"), color=color, label=label)
         ax[1].plot(s, run.series("landscape/l2/collapse_ratio"), color=color, label=label)
@@ -290,7 +296,7 @@ def plot_ramp(plain: Run, guarded: Run, path: str) -> None:
                          "weight decay / wd_c (closed form)"]):
         a.set_title(t)
         a.set_xlabel("step")
-        a.legend(fontsize=8)
+        a.legend(fontsize=8, loc="lower right" if a is ax[2] else "best")
     fig.suptitle("Weight decay ramped ×%.3f per step: l2_threshold (dotted) fires before the collapse; "
                  "the controller prevents it" % RAMP_FACTOR)
     fig.tight_layout()
@@ -309,7 +315,7 @@ def plot_toy(plain: Run, guarded: Run, path: str) -> None:
         s = [TOY_PRETRAIN + t for t in run.steps()]
         ax[0].plot(s, run.series("max_abs_a"), color=color, label=label)
         ax[1].plot(s, run.series("eps"), color=color, label=label)
-        ax[2].plot(s, run.series("wd"), color=color, label=label)
+        ax[2].plot(s, run.series("wd"), color=color, label=label, drawstyle="steps-post")
         entry = run.first("channel_entry")
         if entry is not None:
             for a in ax:

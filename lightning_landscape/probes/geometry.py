@@ -88,7 +88,7 @@ class LossSurfaceGeometry(Probe):
         self,
         every_n_steps: int | None = None,
         num_samples: int = 8,
-        exact_max_params: int = 2000,
+        exact_max_params: int = 500,
         topk: int = 5,
         lanczos_steps: int = 30,
         zero_tol: float = 1e-5,
