@@ -16,9 +16,9 @@ teacher on whitened inputs, so the collapse threshold is known in closed form (`
 *Who wins when two things write weight_decay.* The ramp is multiplicative on the **current** value of
 ``param_group["weight_decay"]`` (like ``torch.optim.lr_scheduler.MultiplicativeLR`` for the learning
 rate), so every value the controller writes becomes the ramp's new base: the controller's decision
-persists, and the ramp only adds ``RAMP_FACTOR ** every_n_steps`` between two measurements. The weight
-decay then saw-tooths just under ``wd_c / target_margin`` (the controller acts at each measurement,
-``cooldown_steps <= every_n_steps``). A schedule that writes *absolute* values (``wd0 · g^t``) would
+persists, and the ramp only adds a factor ``RAMP_FACTOR ** every_n_steps`` (+6 %) between two
+measurements. The weight decay then saw-tooths between ``wd_c / target_margin`` and 6 % above it (the
+controller acts at each measurement, ``cooldown_steps <= every_n_steps``). A schedule that writes *absolute* values (``wd0 · g^t``) would
 overwrite the controller at the next step and defeat it: ramp ``initial_weight_decay``-style schedules
 only with a cap (e.g. ``min(schedule, controller's value)``).
 
@@ -32,7 +32,7 @@ by ``raise_factor``, capped by ``max_wd`` and, when an L2 margin is measured, by
 With it the output weights shrink and ε grows back (the channel closes); without it ``max|a|`` keeps
 growing.
 
-    python examples/weight_decay_guard.py          # ~1-2 min on a laptop CPU; writes docs/*.png
+    python examples/weight_decay_guard.py          # ~30 s on one CPU core; writes docs/*.png
     python examples/weight_decay_guard.py --no-plot
 """
 
@@ -324,7 +324,8 @@ def plot_toy(plain: Run, guarded: Run, path: str) -> None:
         a.set_title(t)
         a.set_xlabel(f"GD step (first {TOY_PRETRAIN} unmonitored)")
         a.legend(fontsize=8)
-    fig.suptitle("Channel toy (Martinelli et al.): channel_entry (dotted) raises weight decay; output weights stay bounded")
+    fig.suptitle("Channel toy (Martinelli et al.): channel_entry (dotted) raises weight decay; "
+                 "output weights stay bounded")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -184,3 +184,18 @@ def test_state_round_trip_and_reapply():
 def test_rejects_bad_arguments(kwargs, word):
     with pytest.raises(ValueError, match=rf"WeightDecayController\.{word}"):
         WeightDecayController(**kwargs)
+
+
+def test_warmup_steps_defers_every_change() -> None:
+    import torch
+
+    from lightning_landscape.alerts import Event
+    from lightning_landscape.control import WeightDecayController
+
+    opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1, weight_decay=1e-2)
+    c = WeightDecayController(warmup_steps=50, cooldown_steps=0)
+    assert c.apply(opt, 10, 0, {"landscape/l2/margin": 0.5}, [Event("channel_entry", 10)]) == []
+    assert opt.param_groups[0]["weight_decay"] == 1e-2
+    assert [round(e.values["new"], 6) for e in c.apply(opt, 50, 0, {"landscape/l2/margin": 0.5}, [])] == [0.005]
+    with pytest.raises(ValueError, match="warmup_steps"):
+        WeightDecayController(warmup_steps=-1)

@@ -56,6 +56,8 @@ class WeightDecayController:
         raise_from_zero: the value a raise starts from when a group's weight decay is 0.
         trigger_rules: event rules that trigger a raise.
         margin_tag: the tag of the L2 margin.
+        warmup_steps: make no change before this optimizer step (the margin of a barely trained net, e.g.
+            at initialisation, says nothing about the collapse threshold).
 
     Call :meth:`apply` on every rank with identical inputs (DDP) so the param groups stay identical.
 
@@ -84,6 +86,7 @@ class WeightDecayController:
         raise_from_zero: float = 1e-4,
         trigger_rules: list[str] | None = None,
         margin_tag: str = "landscape/l2/margin",
+        warmup_steps: int = 0,
     ) -> None:
         self.raise_factor = _num("raise_factor", raise_factor, 1.0, strict=True)
         self.lower_factor = _num("lower_factor", lower_factor, 0.0, strict=True, high=1.0)
@@ -96,6 +99,9 @@ class WeightDecayController:
         if isinstance(cooldown_steps, bool) or not isinstance(cooldown_steps, int) or cooldown_steps < 0:
             raise ValueError(f"WeightDecayController.cooldown_steps must be an int >= 0, got {cooldown_steps!r}")
         self.cooldown_steps = cooldown_steps
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise ValueError(f"WeightDecayController.warmup_steps must be an int >= 0, got {warmup_steps!r}")
+        self.warmup_steps = warmup_steps
         if param_groups is not None:
             if not isinstance(param_groups, (list, tuple)) or not param_groups or not all(
                 isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in param_groups
@@ -158,6 +164,8 @@ class WeightDecayController:
             events: events seen now (probe events or fired alerts); rules in ``trigger_rules`` raise.
         """
         groups = self._resolve(optimizer)
+        if step < self.warmup_steps:
+            return []
         margin = float(scalars.get(self.margin_tag, math.nan))
         if not (margin > 0 and math.isfinite(margin)):
             margin = math.nan  # no fresh finite margin (e.g. +inf without weight decay)
@@ -225,7 +233,7 @@ class WeightDecayController:
 
     def config(self) -> dict[str, Any]:
         keys = ("raise_factor", "lower_factor", "target_margin", "min_wd", "max_wd", "cooldown_steps",
-                "param_groups", "raise_from_zero", "trigger_rules", "margin_tag")
+                "warmup_steps", "param_groups", "raise_from_zero", "trigger_rules", "margin_tag")
         return {k: getattr(self, k) for k in keys}
 
     def state_dict(self) -> dict[str, Any]:
