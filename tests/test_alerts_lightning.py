@@ -12,7 +12,7 @@ recommends (``WiredMonitor`` below is that wiring, verbatim), with a synthetic L
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional
+from typing import ClassVar, Optional
 
 import pytest
 
@@ -22,7 +22,6 @@ from lightning_landscape.alerts import (
     Event,
     L2Threshold,
     Sink,
-    as_event,
 )
 from lightning_landscape.callbacks import LandscapeMonitor
 from lightning_landscape.control import WeightDecayController

@@ -19,8 +19,6 @@ from lightning_landscape.alerts import (
     Event,
     L2Threshold,
     LoggingSink,
-    NonFinite,
-    SharpnessSpike,
     Sink,
     TensorBoardSink,
     Threshold,

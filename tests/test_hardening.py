@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 
 import lightning.pytorch as L
 import pytest
@@ -12,7 +11,7 @@ from torch import nn
 
 from exact import exact_hessian
 from lightning_helpers import loaders, small_task, trainer
-from lightning_landscape import HessianSpectrum, HessianTrace, LandscapeMonitor, LandscapeMonitorWarning, Probe, ProbeResult
+from lightning_landscape import HessianSpectrum, HessianTrace, LandscapeMonitor, LandscapeMonitorWarning, Probe
 from lightning_landscape._compat import FSDP_STRATEGIES
 
 

@@ -10,15 +10,12 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-from lightning_landscape.hessian import HessianOperator
 from lightning_landscape.l2 import (
-    cross_moment_norm,
     group_decays,
     linear_critical_beta,
     ray_critical_beta,
     whiten,
 )
-from lightning_landscape.parameters import ParameterSpace
 from lightning_landscape.probes import ProbeContext
 from lightning_landscape.probes.l2 import L2Transition
 from lightning_landscape.tasks import build_mlp, make_teacher_student

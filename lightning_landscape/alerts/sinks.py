@@ -7,13 +7,13 @@ exception of :meth:`Sink.emit` into a warning. The manager calls sinks on rank z
 
 from __future__ import annotations
 
-import importlib
 import logging
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+from lightning_landscape._imports import import_object
 from lightning_landscape.alerts.events import Event, check_severity, severity_rank
 
 
@@ -149,21 +149,7 @@ def resolve_callable(target: str, name: str = "target") -> Callable[..., Any]:
     >>> resolve_callable("json:dumps")({"a": 1})
     '{"a": 1}'
     """
-    if not isinstance(target, str) or not target.strip():
-        raise ValueError(f"{name} must be an import path 'package.module:function', got {target!r}")
-    module_name, sep, attr = target.partition(":")
-    if not sep:
-        module_name, _, attr = target.rpartition(".")
-    if not module_name or not attr:
-        raise ValueError(f"{name} must be an import path 'package.module:function', got {target!r}")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"{name}={target!r}: cannot import module {module_name!r}: {err}") from err
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"{name}={target!r}: {module_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
+    obj = import_object(target, name)
     if not callable(obj):
         raise ValueError(f"{name}={target!r} is not callable")
     return obj

@@ -17,7 +17,6 @@ built-in teacher–student data of an ``MLPTask`` (dimensions from its hyper-par
 from __future__ import annotations
 
 import argparse
-import importlib
 import inspect
 import itertools
 import json
@@ -28,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from lightning_landscape._imports import import_object
 
 TEACHER_STUDENT = "teacher-student"
 
@@ -71,20 +72,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 # ---------------------------------------------------------------------------------------------- loading
 def _import_class(path: str) -> type:
-    if ":" in path:
-        module_name, attr = path.split(":", 1)
-    else:  # "pkg.mod.Class", the form LightningCLI writes as _class_path
-        module_name, _, attr = path.rpartition(".")
-    if not module_name or not attr:
-        raise SystemExit(f"--module must look like 'pkg.mod:Class', got {path!r}")
     try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as err:
-        raise SystemExit(f"cannot import {module_name!r} for class {path!r}: {err}") from err
-    for part in attr.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            raise SystemExit(f"{module_name!r} has no attribute {attr!r}")
+        obj = import_object(path, "--module")
+    except ValueError as err:
+        raise SystemExit(str(err)) from err
     if not isinstance(obj, type) or not issubclass(obj, nn.Module):
         raise SystemExit(f"{path!r} is not an nn.Module class")
     return obj

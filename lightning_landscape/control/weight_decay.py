@@ -175,9 +175,9 @@ class WeightDecayController:
 
         if not math.isnan(margin) and margin < self.target_margin:
             # collapse avoidance wins over a channel: margin ∝ 1/wd, so wd·margin/target restores it
-            factor, reason = max(margin / self.target_margin, self.lower_factor), "margin"
+            factor = max(margin / self.target_margin, self.lower_factor)
         elif trigger:
-            factor, reason = self.raise_factor, "channel"
+            factor = self.raise_factor
             if math.isfinite(self.last_margin):  # do not raise into the collapse zone
                 factor = min(factor, self.last_margin / self.target_margin)
             if factor <= 1.0:

@@ -9,7 +9,6 @@ second, unaccounted penalty).
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import json
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any, Literal
 
 from torch import nn
 
+from lightning_landscape._imports import import_object
 from lightning_landscape.scan.problem import ScanProblem
 
 
@@ -26,21 +26,7 @@ def load_object(path: str) -> Any:
     >>> load_object("collections:OrderedDict").__name__
     'OrderedDict'
     """
-    if ":" in path:
-        mod, _, name = path.partition(":")
-    else:
-        mod, _, name = path.rpartition(".")
-    if not mod or not name:
-        raise ValueError(f"expected an import path like 'package.module:Class', got {path!r}")
-    try:
-        obj = importlib.import_module(mod)
-    except ImportError as err:
-        raise ValueError(f"cannot import {mod!r} (from {path!r}): {err}") from err
-    for part in name.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"{mod!r} has no attribute {name!r}")
-        obj = getattr(obj, part)
-    return obj
+    return import_object(path, "module")
 
 
 def _parse_args(text: str | dict | None, what: str) -> dict[str, Any]:
