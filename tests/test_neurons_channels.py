@@ -120,6 +120,29 @@ def test_wide_mlp_training_fires_no_channel():
         assert max(scores) < 1.0
 
 
+def test_wide_mlp_on_digits_fires_no_channel():
+    """Negative control on real data: a wide MLP trained on scikit-learn's digits enters no channel."""
+    datasets = pytest.importorskip("sklearn.datasets")
+    digits = datasets.load_digits()
+    x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(digits.target)
+    torch.manual_seed(0)
+    net = build_mlp(64, [128], 10, "tanh")
+    opt = torch.optim.SGD(net.parameters(), lr=0.2, momentum=0.9)
+    detector = ChannelDetector(every_n_steps=25)
+    events, scores = [], []
+    for step in range(1, 301):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+        if step % 25 == 0:
+            r = detector.run(ProbeContext(net, lambda: nn.functional.cross_entropy(net(x), y), step=step))
+            events += r.events
+            scores.append(r.scalars["0/channel_score"])
+    assert float(nn.functional.cross_entropy(net(x), y)) < 0.2  # it did learn
+    assert events == [] and max(scores) < 1.0
+
+
 def test_aligned_pair_with_growing_eps_is_not_a_channel():
     """Cosine similarity 1 throughout, output weights opposite and growing — but ε grows: no channel."""
     tracker = ChannelTracker(window=6, min_points=4)
