@@ -129,7 +129,7 @@ def test_lightning_cli_rejects_typos_and_bad_values_at_parse_time(tmp_path: Path
     cli_cls, model, data = _cli("lightning.pytorch")
     path = _config(tmp_path, "lightning.pytorch", monitor_args)
     with pytest.raises(SystemExit):
-        cli_cls(model, data, args=["fit", "--config", str(path)], run=False)
+        cli_cls(model, data, args=["--config", str(path)], run=False)
     assert fragment in capsys.readouterr().err
 
 
@@ -138,5 +138,28 @@ def test_lightning_cli_rejects_out_of_range_values(tmp_path: Path, capsys) -> No
     args = {"probes": [{"class_path": "lightning_landscape.HessianSpectrum", "init_args": {"every_n_steps": 0}}]}
     path = _config(tmp_path, "lightning.pytorch", args)
     with pytest.raises((SystemExit, ValueError)) as info:
-        cli_cls(model, data, args=["fit", "--config", str(path)], run=False)
+        cli_cls(model, data, args=["--config", str(path)], run=False)
     assert "every_n_steps" in str(info.value) + capsys.readouterr().err
+
+
+def test_lightning_cli_yaml_configures_alerts_and_controller(tmp_path: Path) -> None:
+    cli_cls, model, data = _cli("lightning.pytorch")
+    args = {
+        "probes": ["hessian_spectrum", "l2_transition"],
+        "alerts": {
+            "rules": [
+                {"class_path": "L2Threshold", "init_args": {"margin_below": 1.5, "k": 2}},
+                {"class_path": "EdgeOfStability", "init_args": {"level": 1.0, "k": 3}},
+                {"class_path": "ChannelEntry"},
+            ],
+            "sinks": [{"class_path": "LoggingSink"}, {"class_path": "TensorBoardSink"}],
+            "stop_on": ["l2_threshold"],
+        },
+        "weight_decay": {"target_margin": 2.0, "max_wd": 0.05, "cooldown_steps": 200, "warmup_steps": 100},
+    }
+    path = _config(tmp_path, "lightning.pytorch", args)
+    cli = cli_cls(model, data, args=["--config", str(path)], run=False)
+    monitor = next(cb for cb in cli.trainer.callbacks if isinstance(cb, LandscapeMonitor))
+    assert [r.name for r in monitor.alerts.rules] == ["l2_threshold", "edge_of_stability", "channel_entry"]
+    assert monitor.weight_decay.max_wd == 0.05 and monitor.weight_decay.warmup_steps == 100
+    assert [p.name for p in monitor.probes] == ["hessian_spectrum", "l2_transition"]
