@@ -19,7 +19,7 @@ from lightning_landscape.parameters import ParameterSpace
 class OptimizerInfo:
     """The hyper-parameters of the first param group that curvature rules need."""
 
-    kind: str  # "sgd", "adam", "adamw" or "other"
+    kind: str  # "sgd", "adam", "adamw", "adaptive" (other per-coordinate methods) or "other"
     lr: float
     momentum: float = 0.0
     nesterov: bool = False
@@ -43,6 +43,12 @@ class OptimizerInfo:
         return (2.0 + 2.0 * self.momentum) / self.lr
 
 
+_OTHER_ADAPTIVE: tuple[type, ...] = tuple(
+    getattr(torch.optim, name) for name in ("NAdam", "RAdam", "Adamax", "RMSprop", "Adagrad", "Adadelta", "Adafactor")
+    if hasattr(torch.optim, name)
+)
+
+
 def describe_optimizer(optimizer: torch.optim.Optimizer | None) -> OptimizerInfo | None:
     """Read the first param group of a torch optimizer.
 
@@ -64,6 +70,8 @@ def describe_optimizer(optimizer: torch.optim.Optimizer | None) -> OptimizerInfo
         kind = "adam"
     elif isinstance(optimizer, torch.optim.SGD):
         kind = "sgd"
+    elif isinstance(optimizer, _OTHER_ADAPTIVE):
+        kind = "adaptive"  # no exact stability criterion implemented: only an unpreconditioned ratio is reported
     else:
         kind = "other"
     if kind in ("adam", "adamw"):
@@ -81,16 +89,21 @@ def describe_optimizer(optimizer: torch.optim.Optimizer | None) -> OptimizerInfo
 def adam_preconditioner(optimizer: torch.optim.Optimizer, space: ParameterSpace) -> torch.Tensor | None:
     """The diagonal ``P = (1 - β1^t)(√(v/(1 - β2^t)) + ε)`` over ``space`` as one flat vector.
 
-    ``None`` before the first step, or when a parameter of ``space`` has no Adam state.
+    Parameters the optimizer does not update (no Adam state: unused, or not in this optimizer) get
+    ``P = inf`` — the preconditioned step never moves them, so ``P^{-1/2} = 0`` removes them from
+    ``P⁻¹H``. ``None`` before the first step (no parameter has state).
     """
     parts = []
+    any_state = False
     for p in space.params:
         state = optimizer.state.get(p)
         if not state or "exp_avg_sq" not in state:
-            return None
+            parts.append(torch.full((p.numel(),), float("inf"), dtype=space.dtype, device=space.device))
+            continue
+        any_state = True
         group = next(g for g in optimizer.param_groups if any(q is p for q in g["params"]))
         b1, b2 = group["betas"]
         t = float(state["step"])
         v_hat = state["exp_avg_sq"].detach().to(space.dtype) / (1.0 - b2**t)
         parts.append(((1.0 - b1**t) * (v_hat.sqrt() + group["eps"])).reshape(-1))
-    return torch.cat(parts)
+    return torch.cat(parts) if any_state else None

@@ -20,6 +20,11 @@ from lightning_landscape.tags import load_all_probes
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 
 
+def rmse(module, batch):
+    x, y = batch
+    return torch.nn.functional.mse_loss(module(x), y).sqrt()
+
+
 def _probes():
     """Every registered probe (new probes are covered automatically), at every step."""
     load_all_probes()
@@ -34,7 +39,8 @@ def _probes():
 def test_ddp_spawn_matches_single_process_on_global_batch(tmp_path: Path) -> None:
     alerts = AlertManager(rules=[L2Threshold(margin_below=1e6, k=1), EdgeOfStability(level=1e-9, k=1)], sinks=[])
     controller = WeightDecayController(trigger_rules=["edge_of_stability"], cooldown_steps=1, max_wd=1.0)
-    monitor = LandscapeMonitor(probes=_probes(), alerts=alerts, weight_decay=controller)
+    # An RMSE loss: its sqrt saves its output for backward, so an in-place all-reduce of the loss would break it.
+    monitor = LandscapeMonitor(probes=_probes(), alerts=alerts, weight_decay=controller, loss_fn=rmse)
     tb = L.loggers.TensorBoardLogger(tmp_path, name="tb")
     trainer = L.Trainer(
         strategy="ddp_spawn", accelerator="cpu", devices=2, max_steps=2, logger=tb,
@@ -56,7 +62,7 @@ def test_ddp_spawn_matches_single_process_on_global_batch(tmp_path: Path) -> Non
     reference.load_state_dict(torch.load(tmp_path / "weights_rank0.pt"))
 
     def closure():
-        return torch.stack([reference.compute_loss(tuple(b)) for b in batches]).mean()
+        return torch.stack([rmse(reference, tuple(b)) for b in batches]).mean()
 
     opt = torch.optim.SGD(reference.parameters(), lr=0.05, weight_decay=1e-2)
     from lightning_landscape.optim_info import describe_optimizer

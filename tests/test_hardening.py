@@ -163,3 +163,48 @@ def test_compiled_module_runs_probes_eagerly_and_stays_pure() -> None:
     assert math.isfinite(callbacks[0].last_values["landscape/hessian/lambda_max"])
     for (k, a), (_, b) in zip(base.state_dict().items(), monitored.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+def test_alerts_and_controller_work_with_any_log_prefix() -> None:
+    from lightning_landscape.alerts import AlertManager, EdgeOfStability
+
+    alerts = AlertManager(rules=[EdgeOfStability(level=1e-9, k=1)], sinks=[])
+    monitor = LandscapeMonitor(probes=[HessianSpectrum(every_n_steps=1)], log_prefix="custom", alerts=alerts)
+    trainer(max_steps=2, callbacks=[monitor]).fit(small_task(), loaders())
+    assert monitor.last_values["custom/alerts/edge_of_stability"] == 1.0
+
+
+def test_adam_with_an_unused_parameter_still_reports_the_preconditioned_ratio() -> None:
+    class WithUnused(type(small_task())):
+        def __init__(self):
+            super().__init__(input_dim=6, hidden=(12,), optimizer="adam", lr=1e-3)
+            self.unused = nn.Linear(3, 3)
+
+    monitor = LandscapeMonitor(probes=[HessianSpectrum(every_n_steps=1)])
+    trainer(max_steps=2, callbacks=[monitor]).fit(WithUnused(), loaders())
+    assert math.isfinite(monitor.last_values["landscape/hessian/eos_ratio"])
+    assert monitor.last_values["landscape/hessian/preconditioned_lambda_max"] > 0
+
+
+def test_other_adaptive_optimizers_get_only_the_labelled_unpreconditioned_ratio() -> None:
+    from lightning_landscape.optim_info import describe_optimizer
+
+    p = nn.Parameter(torch.zeros(2))
+    for cls in (torch.optim.NAdam, torch.optim.RAdam, torch.optim.RMSprop, torch.optim.Adagrad):
+        assert describe_optimizer(cls([p], lr=1e-3)).kind == "adaptive"
+
+    class NAdamTask(type(small_task())):
+        def configure_optimizers(self):
+            return torch.optim.NAdam(self.parameters(), lr=1e-3)
+
+    monitor = LandscapeMonitor(probes=[HessianSpectrum(every_n_steps=1)])
+    trainer(max_steps=1, callbacks=[monitor]).fit(NAdamTask(input_dim=6, hidden=(12,)), loaders())
+    assert "landscape/hessian/eos_ratio" not in monitor.last_values
+    assert "landscape/hessian/eos_ratio_unpreconditioned" in monitor.last_values
+
+
+def test_schedule_catches_intervals_when_global_step_jumps() -> None:
+    probe = HessianSpectrum(every_n_steps=3)
+    steps = [2, 4, 6, 8, 10, 12]  # two optimizers: global_step advances by 2 per batch
+    due = [s for prev, s in zip([0] + steps, steps) if probe.is_due(s, prev)]
+    assert due == [4, 6, 10, 12]  # 3, 6, 9, 12 crossed

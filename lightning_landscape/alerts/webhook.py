@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import http.client
 import queue
 import threading
 import time
@@ -134,7 +135,12 @@ class WebhookSink(Sink):
 
     def _run(self, q: queue.Queue[Any], abandon: threading.Event) -> None:
         while True:
-            item = q.get()
+            try:
+                item = q.get(timeout=0.5)
+            except queue.Empty:
+                if abandon.is_set():
+                    return  # closed and _STOP could not be queued (queue was full): leave anyway
+                continue
             try:
                 if item is _STOP:
                     return
@@ -163,7 +169,7 @@ class WebhookSink(Sink):
                 err = e
                 if 400 <= e.code < 500 and e.code != 429:
                     break  # the request is wrong: retrying will not help
-            except (OSError, ValueError) as e:  # URLError, timeouts, refused connections
+            except (OSError, ValueError, http.client.HTTPException) as e:  # URLError, timeouts, refused, bad responses
                 err = e
         self.failed += 1
         self.last_error = f"{type(err).__name__}: {err}"

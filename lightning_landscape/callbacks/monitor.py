@@ -174,7 +174,8 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
     # ------------------------------------------------------------------ identity / checkpoint state
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(prefix=self.log_prefix, probes=[repr(p) for p in self.probes])
+        # Names, not settings: changing an interval before resuming must not orphan the saved state.
+        return self._generate_state_key(prefix=self.log_prefix, probes=[p.name for p in self.probes])
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -272,9 +273,9 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         step = int(trainer.global_step)
         if not self._enabled or step == self._last_step or step < 1:
             return  # no optimizer step since the last call (gradient accumulation), or nothing to do
-        self._last_step = step
-        first = self.measure_first_step and step == 1
-        due = [p for p in self.probes if p.name not in self._disabled_probes and (first or p.is_due(step))]
+        previous, self._last_step = self._last_step, step
+        first = self.measure_first_step and previous < 1 <= step
+        due = [p for p in self.probes if p.name not in self._disabled_probes and (first or p.is_due(step, previous))]
         if due:
             self.measure(trainer, pl_module, due, step, batch)
 
@@ -283,7 +284,8 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         if int(getattr(trainer, "world_size", 1)) <= 1:
             return None
         strategy = trainer.strategy
-        return lambda t: strategy.reduce(t, reduce_op="mean")
+        # Lightning's DDP reduce works in place: clone so no tensor of the autograd graph is overwritten.
+        return lambda t: strategy.reduce(t.clone(), reduce_op="mean")
 
     def _closure(self, trainer: Any, batches: list[Any]) -> Callable[[], torch.Tensor]:
         assert self._loss_of_batch is not None
@@ -339,8 +341,9 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
                 except Exception as err:  # a probe must never take training down
                     if _is_out_of_memory(err):
                         err = MemoryError(
-                            f"out of memory while measuring on the probe batch ({err}); lower `max_probe_samples` "
-                            f"(now {self.max_probe_samples}) or use probe_batch='fixed' with fewer samples"
+                            f"out of memory in probe {probe.name!r} ({err}); lower `max_probe_samples` "
+                            f"(now {self.max_probe_samples}) for activation memory, or the probe's Lanczos length "
+                            "(`max_iter`, `num_steps`: one parameter-sized vector each) for basis memory"
                         )
                     self._probe_failed(probe, err, step)
                     continue
@@ -368,7 +371,9 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         if self.alerts is None and self.weight_decay is None:
             return
         step, epoch = int(trainer.global_step), int(getattr(trainer, "current_epoch", 0))
-        scalars = dict(logged.scalars)
+        # Rules and the controller address tags as "landscape/<group>/<key>" whatever our log_prefix.
+        head = f"{self.log_prefix}/"
+        scalars = {(f"landscape/{k[len(head):]}" if k.startswith(head) else k): v for k, v in logged.scalars.items()}
         events = [as_event(e, step, epoch).to_dict() for e in logged.events]
         if int(getattr(trainer, "world_size", 1)) > 1:  # every rank decides on rank 0's inputs
             scalars, events = trainer.strategy.broadcast((scalars, events), src=0)

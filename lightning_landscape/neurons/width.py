@@ -119,9 +119,14 @@ def effective_width(
     return WidthReport(m, count, sorted(negligible), groups)
 
 
-def hidden_statistics(layers: Sequence[NeuronLayer], forward: Callable[[], Any]) -> dict[str, tuple[torch.Tensor, float]]:
+def hidden_statistics(
+    layers: Sequence[NeuronLayer],
+    forward: Callable[[], Any],
+    reduce_mean: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict[str, tuple[torch.Tensor, float]]:
     """Run ``forward`` once (no graph) and return, per layer, the per-neuron rms of the hidden values entering
-    the output module and the rms of that module's output minus its bias.
+    the output module and the rms of that module's output minus its bias. ``reduce_mean`` (DDP: an
+    all-reduce mean) averages the mean squares over ranks, so every rank sees the global probe batch.
 
     >>> fc1, fc2 = torch.nn.Linear(2, 3), torch.nn.Linear(3, 1)
     >>> layer = NeuronLayer("fc1", "fc1", "fc2", fc1, fc2, "tanh", "odd")
@@ -140,13 +145,13 @@ def hidden_statistics(layers: Sequence[NeuronLayer], forward: Callable[[], Any])
             h = inputs[0].detach().double()
             linear = isinstance(mod, torch.nn.Linear)
             h = h if linear else h.movedim(1 if h.ndim > 1 else 0, -1)  # conv: channels last
-            h_rms = h.reshape(-1, h.shape[-1]).pow(2).mean(0).sqrt()
+            h_ms = h.reshape(-1, h.shape[-1]).pow(2).mean(0)
             out = output.detach().double()
             bias = getattr(mod, "bias", None)
             if bias is not None:
                 shape = [-1] if linear or out.ndim < 2 else [1, -1] + [1] * (out.ndim - 2)
                 out = out - bias.detach().double().reshape(shape)
-            stats[layer.name] = (h_rms.cpu(), float(out.pow(2).mean().sqrt()))
+            stats[layer.name] = (h_ms, out.pow(2).mean())
         return hook
 
     try:
@@ -157,7 +162,15 @@ def hidden_statistics(layers: Sequence[NeuronLayer], forward: Callable[[], Any])
     finally:
         for handle in handles:
             handle.remove()
-    return stats
+    result: dict[str, tuple[torch.Tensor, float]] = {}
+    for layer in layers:  # fixed order: the same collectives on every rank
+        if layer.name not in stats:
+            continue
+        h_ms, out_ms = stats[layer.name]
+        if reduce_mean is not None:
+            h_ms, out_ms = reduce_mean(h_ms), reduce_mean(out_ms)
+        result[layer.name] = (h_ms.sqrt().cpu(), float(out_ms.sqrt()))
+    return result
 
 
 def layer_effective_width(layer: NeuronLayer, h_rms: torch.Tensor, out_scale: float, contribution_tol: float = 1e-3,

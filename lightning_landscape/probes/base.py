@@ -102,9 +102,15 @@ class Probe(ABC):
             self.default_every_n_steps if every_n_steps is None else every_n_steps,
         )
 
-    def is_due(self, step: int) -> bool:
-        """Whether to measure after optimizer step ``step`` (1-based count of steps taken)."""
-        return step % self.every_n_steps == 0
+    def is_due(self, step: int, previous: int | None = None) -> bool:
+        """Whether to measure after optimizer step ``step`` (1-based count of steps taken).
+
+        With ``previous`` (the step of the last check), a multiple of ``every_n_steps`` crossed since then
+        counts too, so a ``global_step`` that advances by more than one (several optimizers) misses nothing.        """
+        n = self.every_n_steps
+        if previous is None:
+            return step % n == 0
+        return step // n > previous // n
 
     @abstractmethod
     def run(self, ctx: "ProbeContext") -> ProbeResult:

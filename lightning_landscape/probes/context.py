@@ -84,9 +84,13 @@ class ProbeContext:
             return self.reduce_mean(loss.detach())
         return loss
 
-    def gradient(self) -> torch.Tensor:
-        """The flat gradient of the probe-batch loss, averaged over ranks (shared with :meth:`hessian`)."""
-        if self._operator is not None:
+    def gradient(self, fresh: bool = False) -> torch.Tensor:
+        """The flat gradient of the probe-batch loss, averaged over ranks.
+
+        Shared with :meth:`hessian` unless ``fresh``: a fresh forward pass lets a caller that seeds the
+        RNG (one dropout mask for all of its loss evaluations) get the gradient under the same mask.
+        """
+        if self._operator is not None and not fresh:
             return self._operator.gradient
         loss = self.evaluate_loss()
         grads = torch.autograd.grad(loss, self.space.params, allow_unused=True)

@@ -60,11 +60,10 @@ def probe_loss_fn(ctx: ProbeContext, name: str) -> Callable[[], float]:
 
 
 def _gradient(ctx: ProbeContext, name: str) -> torch.Tensor:
-    """The flat probe-batch gradient (rank-averaged): the shared Hessian operator's if an earlier probe built
-    it (free), else one forward + ``torch.autograd.grad`` (no graph kept, ``.grad`` untouched), with the
-    same random numbers as :func:`probe_loss_fn`."""
+    """The flat probe-batch gradient (rank-averaged): one forward + ``torch.autograd.grad`` (no graph kept,
+    ``.grad`` untouched) with the same random numbers as :func:`probe_loss_fn`."""
     with _seeded_rng(_forward_seed(ctx, name), ctx.space.device), torch.enable_grad():
-        return ctx.gradient()
+        return ctx.gradient(fresh=True)  # not the shared operator's: its dropout mask differs from ours
 
 
 def _finite_base(loss_fn: Callable[[], float]) -> float:

@@ -125,7 +125,8 @@ class L2Transition(Probe):
         s = out.scalars
 
         def loss_fn() -> torch.Tensor:
-            return ctx.reduce_mean(ctx.evaluate_loss().detach().float())
+            with torch.no_grad():  # under no_grad evaluate_loss is already averaged over ranks
+                return ctx.evaluate_loss().detach().float()
 
         loss = ctx.loss()
         l_triv = trivial_loss(params, loss_fn)

@@ -288,7 +288,7 @@ class ChannelDetector(Probe):
         lam = ctx.extras.get("lambda_max")
         lam = float(lam) if lam is not None else None
         info = ctx.optimizer_info
-        eos = lam / info.eos_threshold() if lam is not None and info is not None and not info.is_adaptive and info.lr > 0 else None
+        eos = lam / info.eos_threshold() if lam is not None and info is not None and info.kind == "sgd" and info.lr > 0 else None
         best_score = 0.0
         for layer in self._neurons.get(ctx):
             report = self.tracker.update(layer.name, ctx.step, loss, layer.input_weights(), layer.output_weights(),
@@ -463,7 +463,7 @@ class SaddleBranches(Probe):
     def run(self, ctx: ProbeContext) -> ProbeResult:
         out = ProbeResult()
         layers = self._neurons.get(ctx)
-        stats = hidden_statistics(layers, ctx.evaluate_loss) if layers else {}
+        stats = hidden_statistics(layers, ctx.evaluate_loss, ctx.reduce_mean) if layers else {}
         widths: list[WidthReport] = []
         self.last_widths = {}
         for layer in layers:

@@ -65,7 +65,8 @@ class HessianSpectrum(Probe):
         "eos_ratio": "sharpness over the optimizer's stability threshold (SGD: λmax·lr/2; momentum μ: "
         "λmax·lr/(2+2μ); Adam: λmax(P⁻¹H)·lr(1-β1)/(2+2β1)); ~1 = edge of stability",
         "preconditioned_lambda_max": "Adam/AdamW only: λmax(P⁻¹H) with P the bias-corrected Adam preconditioner",
-        "eos_ratio_unpreconditioned": "Adam/AdamW with preconditioned_eos=False: λmax·lr/2 (not the Adam criterion)",
+        "eos_ratio_unpreconditioned": "Adam/AdamW with preconditioned_eos=False, or another adaptive optimizer "
+        "(NAdam, RAdam, RMSprop, ...): λmax·lr/2, the plain-GD ratio (not that optimizer's criterion)",
     }
     charts = {
         "extreme eigenvalues": ["lambda_max", "lambda_min"],
@@ -121,6 +122,10 @@ class HessianSpectrum(Probe):
         info = ctx.optimizer_info
         if info is None or info.lr <= 0:
             return {}
+        if info.kind == "other":
+            return {}  # unknown update rule: no stability threshold to compare with
+        if info.kind == "adaptive":
+            return {"eos_ratio_unpreconditioned": lambda_max * info.lr / 2.0}
         if not info.is_adaptive:
             return {"eos_ratio": lambda_max / info.eos_threshold()}
         if not self.preconditioned_eos or ctx.optimizer is None:
