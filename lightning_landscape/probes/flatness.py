@@ -102,6 +102,7 @@ class Sharpness(Probe):
     name = "sharpness"
     group = "flatness"
     default_every_n_steps = 500
+    cost = "1 forward+backward (gradient) + 2–4 forward passes"
     scalar_tags = {
         "sharpness": "SAM sharpness L(θ+ρg/|g|) − L(θ) on the probe batch (ρ = rho); loss units",
         "sharpness_curvature": "curvature along the gradient 2(sharpness − ρ|g|)/ρ² (≈ uᵀHu, u = g/|g|)",
@@ -179,6 +180,7 @@ class EscapeRadius(Probe):
     name = "escape_radius"
     group = "flatness"
     default_every_n_steps = 1000
+    cost = "≈ 10–20 forward passes per walker (8 walkers)"
     scalar_tags = {
         "escape_radius": "mean over walkers of the smallest relative step σ (filter-normalised) raising the loss by δ",
         "escape_radius_std": "standard deviation of the escape radius over walkers",
@@ -277,6 +279,7 @@ class LandscapeSlice(Probe):
     name = "landscape_slice"
     group = "flatness"
     default_every_n_steps = 5000
+    cost = "31 + 15×15 forward passes + figure rendering"
     scalar_tags = {
         "slice_descent": "L(θ) minus the lowest loss seen on the slices (> 0: lower ground within the slice)",
     }

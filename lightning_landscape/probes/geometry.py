@@ -55,6 +55,7 @@ class LossSurfaceGeometry(Probe):
     group = "geometry"
     needs_hessian = True
     default_every_n_steps = 1000
+    cost = "exact (n ≤ 500 params): n HVPs + dense eigh; else ≈ 41 HVPs"
     scalar_tags = {
         "mean_curvature": "mean curvature tr(S)/n of the graph of L (average principal curvature)",
         "mean_curvature_stderr": "standard error of mean_curvature (0 when exact)",

@@ -56,6 +56,7 @@ class L2Transition(Probe):
     group = "l2"
     needs_hessian = False
     default_every_n_steps = 50
+    cost = "≈ 13–21 forward passes, no gradients"
     scalar_tags = {
         "theta_sq": "‖θ‖² of the collapsing parameters (decayed ones by default)",
         "loss": "probe-batch loss (without the penalty)",

@@ -110,6 +110,7 @@ class WeightDynamics(Probe):
     name = "weight_dynamics"
     group = "weights"
     default_every_n_steps = 50
+    cost = "no forward pass; 2 parameter copies kept"
     scalar_tags: ClassVar[dict[str, str]] = {
         "<layer>/norm": "Frobenius norm of the layer's parameters (weight and bias)",
         "<layer>/distance_from_init": "‖θ_layer − θ_layer(init)‖",
@@ -230,6 +231,7 @@ class ChannelDetector(Probe):
     name = "channels"
     group = "neurons"
     default_every_n_steps = 50
+    cost = "O(m²·d) pair search per layer of width m, 1 forward (discovery)"
     scalar_tags: ClassVar[dict[str, str]] = {
         "<layer>/channel_score": "fraction of the six channel criteria met by the layer's best pair (1 = in a channel)",
         "<layer>/channel_eps": "smallest sign-aware ε = ‖wᵢ − s·wⱼ‖/2 among the layer's neuron pairs",
@@ -390,6 +392,7 @@ class SaddleBranches(Probe):
     group = "neurons"
     needs_hessian = True
     default_every_n_steps = 200
+    cost = "1 forward + gradient; Lanczos ≤ max_iter HVPs unless the spectrum probe ran"
     scalar_tags: ClassVar[dict[str, str]] = {
         "<layer>/effective_width": "neurons left after removing negligible units and merging duplicates modulo σ's symmetry",
         "<layer>/width": "number of neurons of the layer",
