@@ -50,7 +50,7 @@ def test_invalid_construction_names_the_setting(build, error, fragment) -> None:
 def test_probe_names_build_defaults() -> None:
     monitor = LandscapeMonitor(probes=["hessian_spectrum", "hessian_trace"])
     assert [type(p) for p in monitor.probes] == [HessianSpectrum, HessianTrace]
-    assert [p.every_n_steps for p in monitor.probes] == [200, 500]
+    assert [p.every_n_steps for p in monitor.probes] == [500, 2000]
 
 
 def test_state_key_depends_on_prefix_and_probe_names_not_settings() -> None:

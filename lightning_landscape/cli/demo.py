@@ -81,6 +81,6 @@ def run_demo(args: argparse.Namespace) -> int:
           f"({s['probe_seconds']:.1f} s monitoring, {wall:.1f} s fit wall time)")
     print(f"  logs            {Path(logger.log_dir).resolve()}")
     print(f"  (the demo measures λmax/λmin every {args.every} steps on a tiny model to draw dense curves; the "
-          "library's default intervals are 200/500/2000 steps)")
+          "library's default intervals are 500/2000/10000 steps)")
     print(f"\nLook at them with:\n  tensorboard --logdir {args.logdir}")
     return 0

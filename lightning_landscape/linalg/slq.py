@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from lightning_landscape.linalg.lanczos import lanczos_tridiagonal
+from lightning_landscape.linalg.lanczos import _LanczosState, _tridiagonal
 from lightning_landscape.linalg.random import rademacher
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
@@ -73,8 +73,12 @@ def spectral_density(
     steps = min(num_steps, dim)
     for _ in range(num_probes):
         v = rademacher(dim, generator, dtype, device)
-        T, _, mv = lanczos_tridiagonal(matvec, v, steps)
-        used += mv
+        state = _LanczosState(matvec, v, steps)  # only T is needed: no copy of the basis
+        while state.step():
+            pass
+        T = _tridiagonal(state.alphas, state.betas)
+        used += state.matvecs
+        del state
         evals, evecs = torch.linalg.eigh(T)
         w = evecs[0] ** 2
         pad = steps - evals.numel()  # invariant subspace found early: pad with zero-weight nodes

@@ -55,7 +55,7 @@ class HessianSpectrum(Probe):
     name = "hessian_spectrum"
     group = "hessian"
     needs_hessian = True
-    default_every_n_steps = 200
+    default_every_n_steps = 500
     cost = "≤ max_iter HVPs (20); warm-started ~3–8; Adam: a second run for P⁻¹H"
     scalar_tags = {
         "lambda_max": "largest Hessian eigenvalue (Ritz value)",
@@ -170,7 +170,7 @@ class HessianTrace(Probe):
     name = "hessian_trace"
     group = "hessian"
     needs_hessian = True
-    default_every_n_steps = 500
+    default_every_n_steps = 2000
     cost = "num_matvecs HVPs (12)"
     scalar_tags = {
         "trace": "Hessian trace (sum of eigenvalues)",
@@ -218,7 +218,7 @@ class HessianDensity(Probe):
     name = "hessian_density"
     group = "hessian"
     needs_hessian = True
-    default_every_n_steps = 2000
+    default_every_n_steps = 10000
     cost = "num_probes × num_steps HVPs (2 × 40)"
     scalar_tags = {
         "negative_mass": "fraction of the spectral density below zero (SLQ); > 0 away from a minimum",
