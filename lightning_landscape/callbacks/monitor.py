@@ -91,7 +91,8 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         on_error: ``"warn"`` — a failing probe warns and is disabled after ``max_failures`` failures;
             ``"raise"`` — exceptions propagate (debugging).
         max_failures: failures after which a probe is disabled.
-        measure_first_step: also measure after the first optimizer step (a baseline).
+        measure_first_step: also measure after the first optimizer step (a baseline; probes with
+            ``measure_at_first_step = False``, the expensive density and slices, skip it).
         seed: seed of the probes' private random generators (the global RNG is never used).
         log_prefix: first part of every tag (``<log_prefix>/<group>/<name>``).
         alerts: an :class:`~lightning_landscape.alerts.AlertManager` (rules on the measured streams and
@@ -275,7 +276,11 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
             return  # no optimizer step since the last call (gradient accumulation), or nothing to do
         previous, self._last_step = self._last_step, step
         first = self.measure_first_step and previous < 1 <= step
-        due = [p for p in self.probes if p.name not in self._disabled_probes and (first or p.is_due(step, previous))]
+        due = [
+            p for p in self.probes
+            if p.name not in self._disabled_probes
+            and ((first and p.measure_at_first_step) or p.is_due(step, previous))
+        ]
         if due:
             self.measure(trainer, pl_module, due, step, batch)
 

@@ -86,6 +86,8 @@ class Probe(ABC):
     needs_hessian: ClassVar[bool] = False
     default_every_n_steps: ClassVar[int] = 100
     scalar_tags: ClassVar[dict[str, str]] = {}
+    #: Whether ``measure_first_step`` includes this probe (expensive ones skip the step-1 baseline).
+    measure_at_first_step: ClassVar[bool] = True
     #: One-line cost of a measurement, for the README table (e.g. "≤ max_iter HVPs").
     cost: ClassVar[str] = ""
     #: Optional TensorBoard charts: title -> keys drawn together (default: one chart of all tags).

@@ -279,6 +279,7 @@ class LandscapeSlice(Probe):
     name = "landscape_slice"
     group = "flatness"
     default_every_n_steps = 5000
+    measure_at_first_step = False  # hundreds of forward passes + rendering: no step-1 baseline
     cost = "31 + 15×15 forward passes + figure rendering"
     scalar_tags = {
         "slice_descent": "L(θ) minus the lowest loss seen on the slices (> 0: lower ground within the slice)",

@@ -219,6 +219,7 @@ class HessianDensity(Probe):
     group = "hessian"
     needs_hessian = True
     default_every_n_steps = 10000
+    measure_at_first_step = False  # ≈ 100 training steps: no step-1 baseline
     cost = "num_probes × num_steps HVPs (2 × 40)"
     scalar_tags = {
         "negative_mass": "fraction of the spectral density below zero (SLQ); > 0 away from a minimum",
