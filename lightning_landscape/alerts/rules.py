@@ -21,34 +21,10 @@ import math
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Mapping, Sequence
 
+from lightning_landscape.validation import check_choice, check_number, check_positive_int
 from lightning_landscape.alerts.events import Event, as_event, check_severity
 
 # ----------------------------------------------------------------------------- validation helpers
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return value
-
-
-def _check_float(name: str, value: Any, low: float | None = None, strict: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if low is not None and (value <= low if strict else value < low):
-        raise ValueError(f"{name} must be {'>' if strict else '>='} {low}, got {value}")
-    return value
-
-
-def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
-    return value
 
 
 def _check_name(name: str, value: Any) -> str:
@@ -295,8 +271,8 @@ class Rule(ABC):
         cls = type(self).__name__
         self.name = _check_name(f"{cls}.name", name if name is not None else self.default_name)
         self.severity = check_severity(f"{cls}.severity", severity)
-        self.warmup_steps = _check_int(f"{cls}.warmup_steps", warmup_steps, 0)
-        self.cooldown_steps = _check_int(f"{cls}.cooldown_steps", cooldown_steps, 0)
+        self.warmup_steps = check_positive_int(f"{cls}.warmup_steps", warmup_steps, 0)
+        self.cooldown_steps = check_positive_int(f"{cls}.cooldown_steps", cooldown_steps, 0)
         self._last_fire: dict[str, int] = {}  # key -> step of the last event fired
         self._step = -1  # step of the latest observation (for `active`)
 
@@ -374,14 +350,14 @@ class Threshold(Rule):
         if not isinstance(tag, str) or not tag:
             raise ValueError(f"{cls}.tag must be a non-empty tag string, got {tag!r}")
         self.tag = tag
-        self.direction = _check_choice(f"{cls}.direction", direction, ("above", "below"))
-        self.level = _check_float(f"{cls}.level", level)
-        self.rearm = self.level if rearm is None else _check_float(f"{cls}.rearm", rearm)
+        self.direction = check_choice(f"{cls}.direction", direction, ("above", "below"))
+        self.level = check_number(f"{cls}.level", level)
+        self.rearm = self.level if rearm is None else check_number(f"{cls}.rearm", rearm)
         if direction == "above" and self.rearm > self.level:
             raise ValueError(f"{cls}.rearm must be <= level ({self.level}) for direction='above', got {self.rearm}")
         if direction == "below" and self.rearm < self.level:
             raise ValueError(f"{cls}.rearm must be >= level ({self.level}) for direction='below', got {self.rearm}")
-        self.k = _check_int(f"{cls}.k", k, 1)
+        self.k = check_positive_int(f"{cls}.k", k, 1)
         self.message = message
         default = f"{tag.rstrip('/').rsplit('/', 1)[-1]}_{direction}"
         super().__init__(name if name is not None else (self.default_name or default), severity,
@@ -450,15 +426,15 @@ class ChangePoint(Rule):
             raise ValueError(f"{cls}.tag must be a non-empty tag string, got {tag!r}")
         self.tag = tag
         self.detector = CusumDetector(
-            direction=_check_choice(f"{cls}.direction", direction, ("up", "down", "both")),
-            drift=_check_float(f"{cls}.drift", drift, 0.0),
-            threshold=_check_float(f"{cls}.threshold", threshold, 0.0, strict=True),
-            warmup=_check_int(f"{cls}.warmup", warmup, 2),
-            smoothing=_check_float(f"{cls}.smoothing", smoothing, 0.0),
+            direction=check_choice(f"{cls}.direction", direction, ("up", "down", "both")),
+            drift=check_number(f"{cls}.drift", drift, 0.0),
+            threshold=check_number(f"{cls}.threshold", threshold, 0.0, strict=True),
+            warmup=check_positive_int(f"{cls}.warmup", warmup, 2),
+            smoothing=check_number(f"{cls}.smoothing", smoothing, 0.0),
             log_scale=bool(log_scale),
-            min_relative_change=_check_float(f"{cls}.min_relative_change", min_relative_change, 0.0),
-            min_scale=_check_float(f"{cls}.min_scale", min_scale, 0.0),
-            min_relative_scale=_check_float(f"{cls}.min_relative_scale", min_relative_scale, 0.0),
+            min_relative_change=check_number(f"{cls}.min_relative_change", min_relative_change, 0.0),
+            min_scale=check_number(f"{cls}.min_scale", min_scale, 0.0),
+            min_relative_scale=check_number(f"{cls}.min_relative_scale", min_relative_scale, 0.0),
             trend=bool(trend),
         )
         if self.detector.smoothing > 1:
@@ -613,23 +589,23 @@ class L2Threshold(Rule):
         super().__init__(name, severity, warmup_steps, cooldown_steps)
         if margin_below is None and collapse_fraction is None:
             raise ValueError(f"{cls}: margin_below and collapse_fraction cannot both be None")
-        self.k = _check_int(f"{cls}.k", k, 1)
+        self.k = check_positive_int(f"{cls}.k", k, 1)
         self.margin_tag, self.collapse_tag = margin_tag, collapse_tag
         self.collapse_severity = check_severity(f"{cls}.collapse_severity", collapse_severity)
-        self.min_best_collapse_ratio = _check_float(f"{cls}.min_best_collapse_ratio", min_best_collapse_ratio, 0.0)
+        self.min_best_collapse_ratio = check_number(f"{cls}.min_best_collapse_ratio", min_best_collapse_ratio, 0.0)
         self.margin: HysteresisDetector | None = None
         if margin_below is not None:
-            on = _check_float(f"{cls}.margin_below", margin_below, 0.0, strict=True)
-            off = round(1.2 * on, 12) if margin_rearm is None else _check_float(f"{cls}.margin_rearm", margin_rearm)
+            on = check_number(f"{cls}.margin_below", margin_below, 0.0, strict=True)
+            off = round(1.2 * on, 12) if margin_rearm is None else check_number(f"{cls}.margin_rearm", margin_rearm)
             if off < on:
                 raise ValueError(f"{cls}.margin_rearm must be >= margin_below ({on}), got {off}")
             self.margin = HysteresisDetector(on, off, "below", self.k)
         self.collapse: HysteresisDetector | None = None
         if collapse_fraction is not None:
-            on = _check_float(f"{cls}.collapse_fraction", collapse_fraction, 0.0, strict=True)
+            on = check_number(f"{cls}.collapse_fraction", collapse_fraction, 0.0, strict=True)
             if on >= 1:
                 raise ValueError(f"{cls}.collapse_fraction must be in (0, 1), got {on}")
-            off = (1 + on) / 2 if collapse_rearm is None else _check_float(f"{cls}.collapse_rearm", collapse_rearm)
+            off = (1 + on) / 2 if collapse_rearm is None else check_number(f"{cls}.collapse_rearm", collapse_rearm)
             if not on <= off <= 1:
                 raise ValueError(f"{cls}.collapse_rearm must be in [collapse_fraction ({on}), 1], got {off}")
             self.collapse = HysteresisDetector(on, off, "below", self.k)  # on ratio / best
@@ -710,7 +686,7 @@ class EdgeOfStability(Threshold):
         severity: str = "warning",
         name: str | None = None,
     ) -> None:
-        level = _check_float("EdgeOfStability.level", level, 0.0, strict=True)
+        level = check_number("EdgeOfStability.level", level, 0.0, strict=True)
         super().__init__(tag, level, 0.9 * level if rearm is None else rearm, "above", k, warmup_steps,
                          cooldown_steps, severity, name)
 

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
+from lightning_landscape.validation import check_choice, check_number, check_positive_float, check_positive_int  # noqa: F401
+
 if TYPE_CHECKING:
     from lightning_landscape.probes.context import ProbeContext
 
@@ -45,32 +47,6 @@ class ProbeResult:
         self.images.update(other.images)
         self.texts.update(other.texts)
         self.events.extend(other.events)
-
-
-def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    """Validate an integer argument, naming it in the error."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return value
-
-
-def check_positive_float(name: str, value: Any, allow_zero: bool = False) -> float:
-    """Validate a real argument (> 0, or >= 0 with ``allow_zero``), naming it in the error."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    ok = value >= 0 if allow_zero else value > 0
-    if not ok or not np.isfinite(value):
-        raise ValueError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got {value}")
-    return value
-
-
-def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
-    return value
 
 
 class Probe(ABC):

@@ -1,0 +1,50 @@
+"""Argument validation shared by probes, rules and the callback: every error names the argument.
+
+>>> check_positive_int("every_n_steps", 0)
+Traceback (most recent call last):
+...
+ValueError: every_n_steps must be an int >= 1, got 0
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    """Validate an integer argument, naming it in the error."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return value
+
+
+def check_positive_float(name: str, value: Any, allow_zero: bool = False) -> float:
+    """Validate a real argument (> 0, or >= 0 with ``allow_zero``), naming it in the error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got {value}")
+    return value
+
+
+def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
+def check_number(name: str, value: Any, low: float | None = None, strict: bool = False) -> float:
+    """A finite real, optionally ``>= low`` (``> low`` with ``strict``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if low is not None and (value <= low if strict else value < low):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {low}, got {value}")
+    return value
