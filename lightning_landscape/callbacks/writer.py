@@ -61,9 +61,9 @@ class MetricWriter:
             metrics[tag] = torch.tensor(float(value))
         if not self.is_global_zero:
             return
-        finite = {k: float(v) for k, v in values.items()}
+        as_floats = {k: float(v) for k, v in values.items()}  # plain floats: no dict/tensor values reach loggers
         for logger in getattr(self.trainer, "loggers", []):
-            logger.log_metrics(finite, step=step)
+            logger.log_metrics(as_floats, step=step)
 
     def histograms(self, values: dict[str, Histogram], step: int) -> None:
         for tb in self._tensorboards():
