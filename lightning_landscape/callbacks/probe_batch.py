@@ -57,6 +57,35 @@ def detach_batch(batch: Any, max_samples: int | None = None, size: int | None = 
     return batch
 
 
+def _rows(batch: Any, start: int, stop: int, size: int) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch[start:stop] if batch.ndim > 0 and batch.shape[0] == size else batch
+    if isinstance(batch, dict):
+        return type(batch)((k, _rows(v, start, stop, size)) for k, v in batch.items())
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
+        return type(batch)(*(_rows(v, start, stop, size) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_rows(v, start, stop, size) for v in batch)
+    return batch
+
+
+def split_batch(batch: Any, parts: int) -> list[tuple[float, Any]]:
+    """``batch`` as up to ``parts`` row slices (views), each with its fraction of the rows.
+
+    Slices every tensor whose first dimension equals the batch size (the rule of :func:`detach_batch`);
+    a batch whose size cannot be found comes back whole.
+
+    >>> [(w, tuple(b[0].shape)) for w, b in split_batch((torch.ones(5, 2), torch.zeros(5)), 2)]
+    [(0.6, (3, 2)), (0.4, (2, 2))]
+    """
+    size = _batch_size(batch)
+    if size is None or size < 2 or parts < 2:
+        return [(1.0, batch)]
+    parts = min(parts, size)
+    bounds = [(i * size + parts - 1) // parts for i in range(parts + 1)]  # ceil: earlier slices are the larger
+    return [((stop - start) / size, _rows(batch, start, stop, size)) for start, stop in zip(bounds, bounds[1:])]
+
+
 class ProbeBatchCache:
     """Keeps the probe batches according to ``mode``.
 

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from lightning_landscape.hessian import HessianOperator, Reduce
+from lightning_landscape.hessian import ChunkedHessianOperator, HessianOperator, LossChunk, Reduce
 from lightning_landscape.optim_info import OptimizerInfo
 from lightning_landscape.parameters import ParameterSpace
 
@@ -22,7 +22,8 @@ class NonFiniteLossError(FloatingPointError):
 class ProbeContext:
     """The module, its loss on the probe batch, and a Hessian operator built on first use.
 
-    All probes that run at the same step share one gradient graph. Random vectors come from
+    All probes that run at the same step share one gradient graph (or, given ``loss_chunks`` —
+    ``(weight, closure)`` pieces of the loss — a :class:`ChunkedHessianOperator` that keeps none). Random vectors come from
     :meth:`generator`, seeded from ``(seed, step, name)``, so every DDP rank draws the same vectors and
     the global RNG streams are never touched.
 
@@ -46,6 +47,7 @@ class ProbeContext:
         epoch: int = 0,
         batch: Any = None,
         extras: dict[str, Any] | None = None,
+        loss_chunks: list[LossChunk] | None = None,
     ) -> None:
         self.module = module
         self.loss_closure = loss_closure
@@ -58,7 +60,9 @@ class ProbeContext:
         self.seed = seed
         self.batch = batch
         self.extras = extras or {}  # values one probe publishes for later ones (e.g. Ritz vectors)
-        self._operator: HessianOperator | None = None
+        # Memory-light mode: (weight, closure) pieces of the loss; the Hessian then keeps no graph.
+        self.loss_chunks = loss_chunks
+        self._operator: HessianOperator | ChunkedHessianOperator | None = None
         self._operator_versions: tuple[int, ...] = ()
         self._spent = 0  # HVPs of operators rebuilt during this measurement
         self._loss: float | None = None
@@ -109,7 +113,7 @@ class ProbeContext:
     def _parameter_versions(self) -> tuple[int, ...]:
         return tuple(p._version for p in self.space.params)
 
-    def hessian(self) -> HessianOperator:
+    def hessian(self) -> HessianOperator | ChunkedHessianOperator:
         """The shared Hessian operator; raises :class:`NonFiniteLossError` on a NaN/Inf loss or gradient.
 
         A probe that moved the weights and restored them (in place) invalidates the saved graph, so the
@@ -120,11 +124,15 @@ class ProbeContext:
             self._operator.release()
             self._operator = None
         if self._operator is None:
-            loss = self.evaluate_loss()
-            reduced = self.reduce_mean(loss.detach().float())
+            if self.loss_chunks:
+                op = ChunkedHessianOperator(self.loss_chunks, self.space, self.reduce_mean, seed=self.seed)
+                reduced = self.reduce_mean(op.loss.detach().float())
+            else:
+                loss = self.evaluate_loss()
+                reduced = self.reduce_mean(loss.detach().float())
+                op = HessianOperator(loss, self.space, self.reduce_mean)
             if not torch.isfinite(reduced):
                 raise NonFiniteLossError(f"probe-batch loss is {float(reduced)}")
-            op = HessianOperator(loss, self.space, self.reduce_mean)
             op.loss = reduced
             if not torch.isfinite(op.gradient).all():
                 raise NonFiniteLossError("probe-batch gradient has NaN/Inf entries")
