@@ -9,7 +9,7 @@ dataloader, so the sampler's RNG and the data order are never touched.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 
@@ -32,6 +32,24 @@ def _batch_size(batch: Any) -> int | None:
     return None
 
 
+def _map_tensors(batch: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``batch`` with ``fn`` applied to every tensor inside (dicts, lists, tuples, namedtuples kept)."""
+    if isinstance(batch, torch.Tensor):
+        return fn(batch)
+    if isinstance(batch, dict):
+        return type(batch)((k, _map_tensors(v, fn)) for k, v in batch.items())
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
+        return type(batch)(*(_map_tensors(v, fn) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_map_tensors(v, fn) for v in batch)
+    return batch
+
+
+def _rows(batch: Any, start: int, stop: int, size: int) -> Any:
+    """Rows ``start:stop`` of every tensor whose first dimension is the batch size (views)."""
+    return _map_tensors(batch, lambda t: t[start:stop] if t.ndim > 0 and t.shape[0] == size else t)
+
+
 def detach_batch(batch: Any, max_samples: int | None = None, size: int | None = None) -> Any:
     """A detached copy of ``batch`` (tensors cloned), optionally truncated to ``max_samples`` rows.
 
@@ -43,30 +61,9 @@ def detach_batch(batch: Any, max_samples: int | None = None, size: int | None = 
     """
     if size is None:
         size = _batch_size(batch)
-    if isinstance(batch, torch.Tensor):
-        out = batch.detach()
-        if max_samples is not None and size is not None and out.ndim > 0 and out.shape[0] == size:
-            out = out[:max_samples]
-        return out.clone()
-    if isinstance(batch, dict):
-        return type(batch)((k, detach_batch(v, max_samples, size)) for k, v in batch.items())
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
-        return type(batch)(*(detach_batch(v, max_samples, size) for v in batch))
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(detach_batch(v, max_samples, size) for v in batch)
-    return batch
-
-
-def _rows(batch: Any, start: int, stop: int, size: int) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch[start:stop] if batch.ndim > 0 and batch.shape[0] == size else batch
-    if isinstance(batch, dict):
-        return type(batch)((k, _rows(v, start, stop, size)) for k, v in batch.items())
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
-        return type(batch)(*(_rows(v, start, stop, size) for v in batch))
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_rows(v, start, stop, size) for v in batch)
-    return batch
+    if max_samples is not None and size is not None:
+        batch = _rows(batch, 0, max_samples, size)
+    return _map_tensors(batch, lambda t: t.detach().clone())
 
 
 def split_batch(batch: Any, parts: int) -> list[tuple[float, Any]]:
