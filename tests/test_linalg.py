@@ -90,6 +90,51 @@ def test_lanczos_rejects_bad_arguments() -> None:
         lanczos_extremes(lambda v: v * float("nan"), torch.ones(3))
 
 
+@pytest.mark.parametrize("max_basis, extra_cost", [(3, 4.0), (4, 2.0), (8, 1.5)])
+def test_thick_restart_keeps_the_basis_small_and_the_answer_exact(max_basis: int, extra_cost: float, monkeypatch) -> None:
+    """A capped basis restarts from the two extreme Ritz vectors; values and residuals stay honest."""
+    spectrum = torch.cat([torch.tensor([50.0, 20.0, -8.0]), torch.linspace(-1, 1, 397)]).double()
+    A = _matrix(400, 5, spectrum)
+    v0 = torch.randn(400, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    rows = []
+    original_empty = torch.empty
+
+    def watching_empty(*size, **kwargs):  # record every basis allocation
+        out = original_empty(*size, **kwargs)
+        if out.ndim == 2 and out.shape[1] == 400:
+            rows.append(out.shape[0])
+        return out
+
+    monkeypatch.setattr(torch, "empty", watching_empty)
+    r = lanczos_extremes(lambda v: A @ v, v0, max_iter=300, tol=1e-8, max_basis=max_basis)
+    monkeypatch.undo()
+    assert rows == [max_basis]  # one basis of max_basis vectors, never grown
+    assert r.converged and r.num_matvecs > max_basis  # it did restart
+    assert r.lambda_max == pytest.approx(50.0, rel=1e-9)
+    assert r.lambda_min == pytest.approx(-8.0, rel=1e-9)
+    for lam, vec, res in ((r.lambda_max, r.vector_max, r.residual_max), (r.lambda_min, r.vector_min, r.residual_min)):
+        true_res = float(torch.linalg.vector_norm(A @ vec - lam * vec))
+        assert true_res == pytest.approx(res, rel=1e-3, abs=1e-9)  # |β s| is the true residual after restarts
+    full = lanczos_extremes(lambda v: A @ v, v0, max_iter=300, tol=1e-8)
+    assert r.num_matvecs <= extra_cost * full.num_matvecs  # restarts cost few extra products
+
+
+def test_thick_restart_at_loose_tolerance_and_on_small_operators() -> None:
+    spectrum = torch.cat([torch.tensor([50.0, 20.0, -8.0]), torch.linspace(-1, 1, 497)]).double()
+    A = _matrix(500, 0, spectrum)
+    v0 = torch.randn(500, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    r = lanczos_extremes(lambda v: A @ v, v0, max_iter=60, tol=1e-2, max_basis=4)
+    assert r.converged and r.relative_residual <= 1e-2
+    assert abs(r.lambda_max - 50.0) <= r.residual_max + 1e-9 and abs(r.lambda_min + 8.0) <= r.residual_min + 1e-9
+    small = torch.diag(torch.tensor([3.0, 1.0, -2.0, 5.0, 0.5], dtype=torch.float64))
+    r = lanczos_extremes(lambda v: small @ v, torch.ones(5, dtype=torch.float64), max_iter=50, tol=1e-12, max_basis=3)
+    assert r.converged and (r.lambda_min, r.lambda_max) == (pytest.approx(-2.0), pytest.approx(5.0))
+    with pytest.raises(ValueError, match="max_basis"):
+        lanczos_extremes(lambda v: v, torch.ones(3), max_basis=2)
+    with pytest.raises(FloatingPointError):
+        lanczos_extremes(lambda v: v * float("nan"), torch.ones(10), max_iter=20, max_basis=4)
+
+
 def test_tridiagonal_is_orthonormal_projection() -> None:
     A = _matrix(40, 4)
     T, Q, mv = lanczos_tridiagonal(lambda v: A @ v, torch.randn(40, dtype=torch.float64, generator=torch.Generator().manual_seed(2)), 15)

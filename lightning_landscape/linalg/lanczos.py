@@ -195,11 +195,16 @@ def lanczos_extremes(
     max_iter: int = 30,
     tol: float = 1e-2,
     min_iter: int = 2,
+    max_basis: int | None = None,
 ) -> LanczosResult:
     """Largest and smallest eigenpairs of the symmetric operator ``matvec`` from one Krylov space.
 
     Stops once both extreme Ritz pairs satisfy ``|A u - θ u| <= tol * max(|θ_max|, |θ_min|)``, after
     ``max_iter`` steps, or when an invariant subspace is found (then the values are exact).
+
+    ``max_basis`` caps the vectors kept (memory: that many parameter-sized vectors instead of up to
+    ``max_iter + 1``): when the basis is full the run thick-restarts from the two extreme Ritz vectors and
+    the residual direction (see :func:`_lanczos_thick_restart`).
 
     >>> A = torch.diag(torch.tensor([-2.0, 0.5, 1.0, 3.0]))
     >>> r = lanczos_extremes(lambda v: A @ v, torch.ones(4), max_iter=4, tol=1e-8)
@@ -210,6 +215,11 @@ def lanczos_extremes(
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
     if tol <= 0:
         raise ValueError(f"tol must be > 0, got {tol}")
+    if max_basis is not None:
+        if max_basis < 3:
+            raise ValueError(f"max_basis must be >= 3 (two Ritz vectors and a new direction), got {max_basis}")
+        if max_basis <= min(max_iter, v0.numel()):
+            return _lanczos_thick_restart(matvec, v0, max_iter, tol, min_iter, max_basis)
     state = _LanczosState(matvec, v0, max_iter)
     converged = False
     while True:
@@ -240,6 +250,87 @@ def lanczos_extremes(
         residual_min=res_min,
         relative_residual=rel,
         num_matvecs=state.matvecs,
+        converged=converged,
+        ritz_values=evals,
+    )
+
+
+def _start_vector(v0: torch.Tensor) -> torch.Tensor:
+    if v0.ndim != 1:
+        raise ValueError(f"start vector must be 1-D, got shape {tuple(v0.shape)}")
+    norm = torch.linalg.vector_norm(v0)
+    if not torch.isfinite(norm) or norm == 0:
+        raise ValueError("start vector must be finite and non-zero")
+    return norm
+
+
+def _lanczos_thick_restart(
+    matvec: Matvec, v0: torch.Tensor, max_iter: int, tol: float, min_iter: int, max_basis: int
+) -> LanczosResult:
+    """Lanczos for both extremes in a basis of at most ``max_basis`` vectors (thick restart).
+
+    The projected matrix ``T = Vᵀ A V`` is kept dense and filled column by column from the Gram–Schmidt
+    coefficients (two classical passes: "twice is enough"), so the same loop serves before and after a
+    restart. At a restart the basis becomes ``[y_min, y_max, r/|r|]``: the two extreme Ritz vectors and
+    the normalised residual direction, along which both Ritz residuals lie (Wu & Simon 2000, TRLan); then
+    ``T`` restarts as ``diag(θ_min, θ_max)`` and the next column supplies the couplings ``β s``. The
+    relation ``A V = V T + r eₖᵀ`` holds throughout, so the Ritz residual is ``|β Sₖᵢ|`` as without restarts.
+    """
+    dim = v0.numel()
+    m = min(max_basis, dim)
+    basis = torch.empty((m, dim), dtype=v0.dtype, device=v0.device)
+    torch.div(v0, _start_vector(v0), out=basis[0])
+    T = torch.zeros((m, m), dtype=torch.float64)
+    applied, matvecs, converged, spectral = 0, 0, False, 0.0
+    while True:
+        views = basis[: applied + 1]
+        w = matvec(basis[applied])
+        matvecs += 1
+        coeffs = views @ w
+        w = torch.addmv(w, views.T, coeffs, alpha=-1.0)
+        again = views @ w
+        w = torch.addmv(w, views.T, again, alpha=-1.0)
+        beta_t = torch.linalg.vector_norm(w)
+        column = torch.cat([(coeffs + again).to(beta_t.dtype), beta_t.reshape(1)]).double().cpu()  # one host sync
+        if not torch.isfinite(column).all():
+            raise FloatingPointError("operator returned non-finite values (NaN/Inf) in Lanczos")
+        beta = float(column[-1])
+        T[: applied + 1, applied] = column[:-1]
+        T[applied, : applied + 1] = column[:-1]
+        applied += 1
+        evals, evecs = torch.linalg.eigh(T[:applied, :applied])
+        res_min, res_max = abs(beta * float(evecs[-1, 0])), abs(beta * float(evecs[-1, -1]))
+        scale = max(abs(float(evals[0])), abs(float(evals[-1])), 1e-30)
+        rel = max(res_min, res_max) / scale
+        spectral = max(spectral, scale)
+        if beta <= 1e-10 * spectral or applied >= dim:  # invariant subspace: the Ritz values are exact
+            res_min = res_max = rel = 0.0
+            converged = True
+            break
+        if matvecs >= min(min_iter, dim) and rel <= tol:
+            converged = True
+            break
+        if matvecs >= max_iter:
+            break
+        if applied < m:
+            torch.div(w, beta_t, out=basis[applied])
+            continue
+        ends = evecs[:, [0, -1]].T.to(dtype=basis.dtype, device=basis.device) @ basis[:applied]  # (2, dim)
+        basis[:2] = ends
+        torch.div(w, beta_t, out=basis[2])
+        T.zero_()
+        T[0, 0], T[1, 1] = evals[0], evals[-1]
+        applied = 2
+    vec_min, vec_max = evecs[:, [0, -1]].T.to(dtype=basis.dtype, device=basis.device) @ basis[:applied]
+    return LanczosResult(
+        lambda_max=float(evals[-1]),
+        lambda_min=float(evals[0]),
+        vector_max=vec_max / torch.linalg.vector_norm(vec_max),
+        vector_min=vec_min / torch.linalg.vector_norm(vec_min),
+        residual_max=res_max,
+        residual_min=res_min,
+        relative_residual=rel,
+        num_matvecs=matvecs,
         converged=converged,
         ritz_values=evals,
     )
