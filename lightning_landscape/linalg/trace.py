@@ -4,15 +4,19 @@ Hutch++ (Meyer, Musco, Musco & Woodruff 2021) takes ``tr(Qᵀ A Q)`` exactly on 
 dominant range and runs Hutchinson only on the deflated remainder ``(I - QQᵀ) A (I - QQᵀ)``. The default
 sketch here is a Krylov (Lanczos) basis whose size is chosen from the spectrum it sees: deflation pays
 when a few outliers carry much of ``‖A‖_F`` and costs budget when the bulk dominates (as in the
-Hessians of trained MLPs, where classic Hutch++ is *worse* than Hutchinson at equal HVPs). The reported standard error is the sample standard error of the Hutchinson
-part (the exact part contributes none).
+Hessians of trained MLPs, where classic Hutch++ is *worse* than Hutchinson at equal HVPs). The start
+vector of the Lanczos run is itself a Rademacher vector, so its quadratic form is one more Hutchinson
+sample, mixed in with a fixed weight (see ``hutchpp_trace`` for why that keeps the estimate unbiased).
+The reported standard error estimates the standard deviation of the returned value from the samples
+of the stochastic parts (the exact part contributes none).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 
@@ -24,12 +28,18 @@ Matvec = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass
 class TraceEstimate:
-    """A trace estimate, its standard error and the number of operator applications spent."""
+    """A trace estimate, its standard error and the number of operator applications spent.
+
+    ``samples`` are the quadratic forms behind the stochastic part (for pooling / diagnostics): for
+    Hutchinson ``value == samples.mean()``; for Hutch++ they are the deflated forms, and the Krylov
+    default also mixes in its start vector's form (``value`` is not ``exact + samples.mean()`` there).
+    """
 
     value: float
     stderr: float
     num_matvecs: int
-    samples: torch.Tensor  # the quadratic forms behind the stochastic part (for pooling / diagnostics)
+    samples: torch.Tensor
+    sketch_matvecs: int = 0  # operator applications spent on the Hutch++ sketch (0 for Hutchinson)
 
 
 def _stderr(samples: torch.Tensor) -> float:
@@ -75,15 +85,36 @@ def hutchpp_trace(
 
     Budget: ``num_matvecs`` operator applications (at least 3). ``sketch`` chooses the subspace Q:
 
-    * ``"krylov"`` (default): a Lanczos run from one Rademacher vector. Its ``k`` HVPs give both the
-      basis and ``QᵀAQ = T`` (so ``tr(QᵀAQ) = Σα`` costs nothing extra, where the classic sketch pays
-      ``2k``), and Krylov vectors align with the extreme eigenvectors far better than one power step.
-      ``k`` is chosen on the fly: Lanczos continues while one more vector is predicted to remove more
-      of the Hutchinson variance (∝ the deflated Frobenius norm ``‖A‖²_F − ‖T‖²_F − 2β²``, with
-      ``‖A‖²_F`` estimated by ``‖A s‖²``) than one more Hutchinson sample would; a flat spectrum
-      therefore costs one or two HVPs of sketch and the estimate is essentially Hutchinson's, a
-      spiky one is deflated. ``k`` depends only on the start vector, never on the Hutchinson vectors,
-      so the estimate stays unbiased.
+    * ``"krylov"`` (default): a Lanczos run from one Rademacher vector ``s``. Its ``k`` HVPs give both
+      the basis and ``QᵀAQ = T`` (so ``tr(QᵀAQ) = Σα`` costs nothing extra, where the classic sketch
+      pays ``2k``), and Krylov vectors align with the extreme eigenvectors far better than one power
+      step. ``k`` is chosen on the fly (``_continue_sketch``): Lanczos continues while one more vector
+      is predicted to remove more of the Hutchinson variance (∝ the deflated Frobenius norm
+      ``‖A‖²_F − ‖T‖²_F − 2β_k²``) than one more Hutchinson sample would. A flat spectrum therefore
+      costs two HVPs of sketch and a spiky one is deflated until its outliers have converged.
+
+      The returned value is ``c·y + (1 − c)·x`` where ``x = Σα + mean(uᵢᵀ A uᵢ)`` is the deflated
+      Hutch++ estimate (``uᵢ = (I − QQᵀ) gᵢ`` for fresh Rademacher ``gᵢ``), ``y = sᵀAs = dim·α₁`` is the
+      start vector's own Hutchinson sample, and ``c`` is a fixed weight that depends on
+      ``num_matvecs`` only (``_start_weight``). Why this is exactly unbiased:
+
+      1. ``k`` and ``Q`` are functions of ``s`` alone, and the ``gᵢ`` are drawn independently of ``s``,
+         so ``E[x | s] = tr(QᵀAQ) + tr((I−QQᵀ)A(I−QQᵀ)) = tr(A)`` for *every* ``s``: stopping Lanczos
+         on what it has seen cannot bias ``x``. Deciding ``k`` from the ``gᵢ`` would.
+      2. ``E[y] = tr(A)`` (Rademacher ``s``), and ``y`` is uncorrelated with ``x``:
+         ``Cov(x, y) = E[(E[x | s] − tr A)(y − tr A)] = 0``.
+      3. Hence ``E[c·y + (1−c)·x] = tr(A)`` for any constant ``c``, with variance
+         ``c²·Var(y) + (1−c)²·Var(x)``. A weight that depends on the data would not do: ``c(s)`` is
+         correlated with ``y`` (both depend on ``s``) and ``c(gᵢ)`` with ``x``.
+
+      The fixed ``c`` trades the two regimes: on a flat spectrum ``Var(x) ≈ Var(y)/(m−2)`` and
+      ``c = 1/(m−1)`` gives the variance of ``m − 1`` Hutchinson samples instead of ``m − 2`` (the
+      sketch's second HVP is the price of finding out that the spectrum is flat); on a spiky one
+      ``Var(x)`` is tiny and ``c²·Var(y)`` would become the floor. ``c`` is therefore ``1/(m−1)`` at
+      the default budget of 12 HVPs and below, and falls as ``(12/m)²/(m−1)`` above it, faster than
+      Hutch++'s own error, so that large budgets keep their gains on spiky spectra. The same floor
+      applies when the sketch captures the whole range of ``A`` (rank below the sketch size): ``x`` is
+      then exact and the error is ``c·(y − tr A)``, about ``1/(m−1)`` of one Hutchinson sample's.
     * ``"random"``: the original algorithm (Meyer et al. 2021): ``m/3`` Rademacher sketch vectors,
       ``Q = orth(A S)``, ``tr(QᵀAQ)`` with ``m/3`` more HVPs, Hutchinson on the last third.
 
@@ -93,6 +124,11 @@ def hutchpp_trace(
     >>> est = hutchpp_trace(lambda v: A @ v, 50, 30, torch.Generator().manual_seed(0), torch.float64)
     >>> abs(est.value - float(torch.trace(A))) < 4 * est.stderr + 1e-9
     True
+
+    The standard error: ``Var(x)`` is estimated by the sample variance of the deflated forms over
+    their number, ``Var(y)`` by the sample variance of the *undeflated* forms ``gᵢᵀAgᵢ`` of the same
+    vectors (free: ``A gᵢ`` is computed anyway), so ``stderr² = c²·s²_raw + (1−c)²·s²_defl / n``
+    is an unbiased estimate of the variance of the returned value.
     """
     if num_matvecs < 3:
         raise ValueError(f"num_matvecs must be >= 3 for Hutch++, got {num_matvecs}")
@@ -103,38 +139,76 @@ def hutchpp_trace(
     return _hutchpp_krylov(matvec, dim, num_matvecs, generator, dtype, device)
 
 
+_START_WEIGHT_BUDGET = 12  # the HessianTrace default; the start sample's weight decays above it
+_CONVERGED = 0.1  # Ritz pairs with |A z − θ z| ≤ 0.1 |θ| count as single eigenvalues in the ‖A‖²_F estimate
+_REMAINING_FLOOR = 0.05  # never assume less than 5 % of the captured mass is left (outliers yet unseen)
+
+
+def _start_weight(budget: int) -> float:
+    """Fixed weight of the start vector's quadratic form (depends on the budget only: see ``hutchpp_trace``)."""
+    return min(1.0, (_START_WEIGHT_BUDGET / budget) ** 2) / (budget - 1)
+
+
+def _frobenius_estimate(state: _LanczosState, dim: int) -> float:
+    """``‖A‖²_F`` from the Lanczos run: each Ritz value weighted by the number of eigenvalues it stands for.
+
+    Gauss quadrature of the start vector's spectral measure gives ``‖A s‖² = dim·Σ τⱼ² θⱼ²`` (``τⱼ`` the
+    first component of Ritz vector ``j``). Where a converged Ritz pair is one isolated eigenvalue,
+    ``dim·τⱼ²`` is a χ²₁-like count that is often far below 1 (the start vector barely touches the
+    outlier), so the one-vector estimate misses most of a spiky spectrum's mass; counting converged
+    pairs once and every other pair at least once fixes that.
+    """
+    k = len(state.alphas)
+    T = torch.diag(torch.tensor(state.alphas, dtype=torch.float64))
+    if k > 1:
+        off = torch.tensor(state.betas[: k - 1], dtype=torch.float64)
+        T += torch.diag(off, 1) + torch.diag(off, -1)
+    theta, Y = torch.linalg.eigh(T)
+    residual = state.betas[k - 1] * Y[-1].abs()
+    count = torch.where(residual <= _CONVERGED * theta.abs(), 1.0, (dim * Y[0] ** 2).clamp(min=1.0))
+    return float((count * theta**2).sum())
+
+
+def _continue_sketch(state: _LanczosState, dim: int, budget: int, captured: list[float]) -> bool:
+    """Whether one more Lanczos vector is predicted to beat one more Hutchinson sample.
+
+    ``captured[j]`` is ``‖A‖²_F − ‖(I−P)A(I−P)‖²_F = ‖T‖²_F + 2β²`` after ``j + 1`` vectors; the
+    Hutchinson variance is ∝ the rest. One more sample divides the remaining variance by ``n + 1``
+    instead of ``n`` (worth ≈ remaining / n); one more vector removes its capture. Captures come in
+    bursts as Ritz values converge onto outliers, so the gain is averaged over the last two steps.
+    Uses the Krylov data only (never the Hutchinson vectors), so stopping here keeps the estimate unbiased.
+    """
+    k = len(captured)
+    if k < 2:  # the first, random vector captures ~1/dim of the mass by construction
+        return True
+    fro = max(_frobenius_estimate(state, dim), captured[-1])
+    remaining = max(fro - captured[-1], _REMAINING_FLOOR * captured[-1])
+    window = min(2, k - 1)
+    gain = (captured[-1] - captured[-1 - window]) / window
+    return gain > remaining / (budget - k)
+
+
 def _hutchpp_krylov(
     matvec: Matvec, dim: int, budget: int, generator: torch.Generator, dtype: torch.dtype, device: torch.device | str | None
 ) -> TraceEstimate:
     k_max = max(1, min(dim, (2 * budget) // 3))
     state = _LanczosState(matvec, rademacher(dim, generator, dtype, device), min(k_max + 1, dim))
-    fro = None  # ‖A‖²_F estimate: ‖A s‖² = dim·(α₁² + β₁²) for the Rademacher start s = √dim·q₁
-    captured_prev = 0.0
+    captured: list[float] = []
     while True:
         more = state.step()
+        a, b = state.alphas[-1], state.betas[-1]
+        captured.append((captured[-1] if captured else 0.0) + a * a + 2 * b * b)
         k = len(state.alphas)
-        if fro is None:
-            fro = dim * (state.alphas[0] ** 2 + state.betas[0] ** 2)
-        captured = sum(a * a for a in state.alphas) + 2 * sum(b * b for b in state.betas)  # ‖AQ‖²_F + β_k²
-        if captured >= fro:
-            fro = 2 * captured  # the one-vector estimate was low: assume at least as much is left
-        remaining = fro - captured  # ‖(I−P)A(I−P)‖²_F = ‖A‖²_F − ‖T‖²_F − 2β_k²
-        gain = captured - captured_prev  # α_k² + 2β_k²: what the k-th vector removed
-        captured_prev = captured
-        if not more or state.broke_down or k >= k_max:
-            break
-        # From the second vector on (the first, random one captures ~1/dim of the mass by construction):
-        # stop when one more Hutchinson sample is worth more than one more Krylov vector.
-        if k >= 2 and gain <= remaining / (budget - k):
+        if not more or state.broke_down or k >= k_max or not _continue_sketch(state, dim, budget, captured):
             break
     exact = float(sum(state.alphas))
     used = state.matvecs
     if k >= dim:
-        return TraceEstimate(exact, 0.0, used, torch.zeros(0, dtype=torch.float64))
+        return TraceEstimate(exact, 0.0, used, torch.zeros(0, dtype=torch.float64), used)
     Q = state.basis_rows(k)  # (k, dim), orthonormal rows
     beta = 0.0 if state.broke_down else state.betas[k - 1]
     q_next = state.basis_rows(k + 1)[k] if beta else None
-    samples = []
+    deflated, raw = [], []
     for _ in range(budget - used):
         g = rademacher(dim, generator, dtype, device)
         Ag = matvec(g)
@@ -144,11 +218,17 @@ def _hutchpp_krylov(
         z = torch.dot(u, Ag)
         if q_next is not None:
             z = z - beta * torch.dot(u, q_next) * c[-1]
-        samples.append(z.double())
-    if not samples:
-        return TraceEstimate(exact, float("nan"), used, torch.zeros(0, dtype=torch.float64))
-    s = torch.stack(samples).cpu()
-    return TraceEstimate(exact + float(s.mean()), _stderr(s), used + len(samples), s)
+        deflated.append(z)
+        raw.append(torch.dot(g, Ag))
+    if not deflated:
+        return TraceEstimate(exact, float("nan"), used, torch.zeros(0, dtype=torch.float64), used)
+    forms = torch.stack(deflated + raw).double().cpu()  # one host sync
+    s, r = forms[: len(deflated)], forms[len(deflated) :]
+    w = _start_weight(budget)
+    value = w * dim * state.alphas[0] + (1 - w) * (exact + float(s.mean()))  # sᵀAs = dim·α₁ for s = √dim·q₁
+    n = s.numel()
+    stderr = math.sqrt(w * w * float(r.var()) + (1 - w) ** 2 * float(s.var()) / n) if n > 1 else float("nan")
+    return TraceEstimate(value, stderr, used + n, s, used)
 
 
 def _hutchpp_random(
@@ -162,7 +242,7 @@ def _hutchpp_random(
     exact = float(sum(torch.dot(Q[:, i], matvec(Q[:, i])) for i in range(sketch)))  # one host sync
     used = 2 * sketch
     if remaining <= 0 or sketch >= dim:
-        return TraceEstimate(exact, 0.0, used, torch.zeros(0, dtype=torch.float64))
+        return TraceEstimate(exact, 0.0, used, torch.zeros(0, dtype=torch.float64), used)
     samples = []
     for _ in range(remaining):
         g = rademacher(dim, generator, dtype, device)
@@ -171,4 +251,4 @@ def _hutchpp_random(
         Ag = Ag - Q @ (Q.T @ Ag)
         samples.append(torch.dot(g, Ag).double())
     s = torch.stack(samples).cpu()
-    return TraceEstimate(exact + float(s.mean()), _stderr(s), used + remaining, s)
+    return TraceEstimate(exact + float(s.mean()), _stderr(s), used + remaining, s, used)
