@@ -1,4 +1,4 @@
-"""Shared set-up for the benchmarks: the MLP benchmark, timing helpers, the PyHessian peer, tables.
+"""Shared set-up for the benchmarks: the MLP and ResNet-18 benchmarks, timing helpers, the PyHessian peer, tables.
 
 Every benchmark runs both sides in one process, on the same model, data and seeds, and interleaves
 them so that load from other processes hits both alike; costs are medians, reported as ratios to the
@@ -13,10 +13,12 @@ import statistics
 import sys
 import time
 import traceback
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
+from _resnet import ResNet18, make_cifar_like
 from torch import nn
 
 from lightning_landscape.guards import isolated_rng
@@ -44,7 +46,11 @@ def sync(device: torch.device) -> None:
 
 @dataclass
 class Bench:
-    """The MLP benchmark: model, optimizer, training data, the fixed probe batch, one SGD step."""
+    """A benchmark: model, optimizer, training data, the fixed probe batch, one SGD step.
+
+    The model stays in train mode: the probes measure the Hessian of the training loss, with BatchNorm
+    using batch statistics (PyHessian switches to eval mode, i.e. running statistics: another loss).
+    """
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -62,10 +68,14 @@ class Bench:
         yb = self.probe_y if yb is None else yb
         return F.cross_entropy(self.model(xb), yb)
 
-    def train_step(self) -> float:
-        """One SGD step on a random batch; returns its wall time (seconds, synchronised)."""
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A random training batch (drawn with the bench's own generator)."""
         idx = torch.randint(0, self.x.shape[0], (self.batch,), generator=self.generator).to(self.device)
-        xb, yb = self.x[idx], self.y[idx]
+        return self.x[idx], self.y[idx]
+
+    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
+        """One SGD step on ``batch`` (default: a random one); returns its wall time (seconds, synchronised)."""
+        xb, yb = self.next_batch() if batch is None else batch
         sync(self.device)
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
@@ -96,6 +106,34 @@ def make_mlp_bench(
     dims = "-".join(str(d) for d in (input_dim, *hidden, 10))
     n = sum(p.numel() for p in model.parameters())
     desc = f"MLP {dims} ({activation}, {n:,} parameters), batch {batch}, SGD lr {lr} momentum {momentum}, {device}"
+    return Bench(model, opt, x, y, x[:batch], y[:batch], batch, device, desc, torch.Generator().manual_seed(seed + 1))
+
+
+def make_resnet_bench(
+    batch: int = 32,
+    num_samples: int = 4096,
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    widths: Sequence[int] = (64, 128, 256, 512),
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> Bench:
+    """CIFAR ResNet-18 (11.17M parameters) on synthetic CIFAR-shaped teacher data, SGD with momentum.
+
+    ``widths`` smaller than the default give a narrow ResNet-18 for smoke runs. Weight decay acts in the
+    optimizer only; the measured Hessian is that of the cross-entropy (the library's convention).
+    """
+    device = torch.device(device)
+    x, y = make_cifar_like(num_samples=num_samples, classes=10, seed=seed)
+    torch.manual_seed(seed)
+    model = ResNet18(10, tuple(widths)).to(device).train()
+    x, y = x.to(device), y.to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    n = sum(p.numel() for p in model.parameters())
+    name = "ResNet-18 (CIFAR)" if tuple(widths) == (64, 128, 256, 512) else f"ResNet-18 (CIFAR, widths {'/'.join(map(str, widths))})"
+    desc = (f"{name}, {n:,} parameters, BatchNorm in train mode, 3×32×32 synthetic teacher data ({num_samples:,} samples), "
+            f"batch {batch}, SGD lr {lr} momentum {momentum} weight decay {weight_decay:g}, {device}")
     return Bench(model, opt, x, y, x[:batch], y[:batch], batch, device, desc, torch.Generator().manual_seed(seed + 1))
 
 
@@ -157,6 +195,29 @@ def pyhessian_sandbox(model: nn.Module) -> Iterator[None]:
             m.train(mode)
         for p, g in grads:
             p.grad = g
+
+
+def pyhessian_top(hessian_cls: Any, model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], device: torch.device,
+                  maxiter: int) -> tuple[float, torch.Tensor, int]:
+    """PyHessian's top eigenvalue/vector and the number of HVPs it spent (counted by wrapping its HVP)."""
+    ph = sys.modules["pyhessian.hessian"]  # the package re-exports the class under the module's name
+
+    count = [0]
+    original = ph.hessian_vector_product
+
+    def counting(*a, **k):
+        count[0] += 1
+        return original(*a, **k)
+
+    ph.hessian_vector_product = counting
+    try:
+        with pyhessian_sandbox(model):
+            h = hessian_cls(model, F.cross_entropy, data=data, cuda=device.type == "cuda")
+            values, vectors = h.eigenvalues(maxIter=maxiter)
+    finally:
+        ph.hessian_vector_product = original
+    flat = torch.cat([v.reshape(-1) for v in vectors[0]]).detach()
+    return float(values[0]), flat / flat.norm(), count[0]
 
 
 def error_text(err: BaseException) -> str:

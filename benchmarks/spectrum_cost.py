@@ -3,6 +3,7 @@
     python benchmarks/spectrum_cost.py                 # MLP 784-256-256-10, batch 512, 2000 SGD steps (CPU ≈ 4 min)
     python benchmarks/spectrum_cost.py --quick         # smoke run (MLP 64-64-64-10, 300 steps)
     python benchmarks/spectrum_cost.py --device cuda   # the same on a GPU
+    python benchmarks/spectrum_cost.py --model resnet18 --batch 16   # CIFAR ResNet-18, 150 steps, every 50 (CPU ≈ 25 min)
 
 One process, one model, one data stream, one seed. Every ``--every`` SGD steps the Hessian of the
 cross-entropy on a fixed probe batch is measured by
@@ -12,6 +13,11 @@ cross-entropy on a fixed probe batch is measured by
 * the same Lanczos from a random start (cold), for what the warm start buys;
 * PyHessian 0.1: ``hessian(model, criterion, data).eigenvalues(maxIter=20)`` (power iteration, top |λ|);
 * a reference: Lanczos from a random start to a 1e-5 residual (up to ``--ref-iter`` steps).
+
+PyHessian puts the model in eval mode, so on a model with BatchNorm (ResNet-18) it measures the
+Hessian of another loss (running statistics) than ours (train mode, batch statistics, the loss that
+training minimises). There a second reference, Lanczos on the eval-mode loss (``--eval-ref-iter``
+steps), is computed, and each method's error is against the reference of the loss it measures.
 
 Both sides are timed with the construction of their gradient graph (one forward + ``create_graph``
 backward) included, in the order alternating between measurements; costs are in training-step
@@ -23,66 +29,53 @@ iteration reports where |λmin| > λmax.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import torch
-from torch import nn
-
 from _common import (
+    Bench,
     F,
-    error_text,
+    device_of,
     environment,
+    error_text,
     import_pyhessian,
     make_mlp_bench,
+    make_resnet_bench,
     median,
     pyhessian_sandbox,
+    pyhessian_top,
     set_threads,
     sync,
     table,
     timed,
-    device_of,
 )
+from torch import nn
+
 from lightning_landscape import HessianSpectrum, ProbeContext
-from lightning_landscape.guards import probe_guard
+from lightning_landscape.guards import preserved_buffers, probe_guard
 from lightning_landscape.hessian import HessianOperator
 from lightning_landscape.linalg import lanczos_extremes
 from lightning_landscape.parameters import ParameterSpace
 
 
-def pyhessian_top(hessian_cls, model, data, device, maxiter: int):
-    """PyHessian's top eigenvalue/vector and the number of HVPs it spent (counted by wrapping its HVP)."""
-    ph = sys.modules["pyhessian.hessian"]  # the package re-exports the class under the module's name
+def hvp_costs(bench: Bench, repeats: int, hessian_cls) -> tuple[list[tuple[str, float]], dict[str, str]]:
+    """Median seconds of one training step and of one HVP by each route (interleaved repeats).
 
-    count = [0]
-    original = ph.hessian_vector_product
-
-    def counting(*a, **k):
-        count[0] += 1
-        return original(*a, **k)
-
-    ph.hessian_vector_product = counting
-    try:
-        with pyhessian_sandbox(model):
-            h = hessian_cls(model, F.cross_entropy, data=data, cuda=device.type == "cuda")
-            values, vectors = h.eigenvalues(maxIter=maxiter)
-    finally:
-        ph.hessian_vector_product = original
-    flat = torch.cat([v.reshape(-1) for v in vectors[0]]).detach()
-    return float(values[0]), flat / flat.norm(), count[0]
-
-
-def hvp_costs(bench, repeats: int, hessian_cls) -> list[tuple[str, float]]:
-    """Median seconds of one training step and of one HVP by each route (interleaved repeats)."""
+    Returns the timings and, for each route that raised, why (the route is then dropped).
+    """
     model, dev = bench.model, bench.device
     space = ParameterSpace.from_module(model)
     v = torch.randn(space.dim, generator=torch.Generator().manual_seed(0)).to(dev)
     parts = space.unflatten(v)
     names = [n for n, _ in model.named_parameters()]
+    buffers = dict(model.named_buffers())
     from torch.func import functional_call, grad, jvp
 
     def loss_of(params):
-        return F.cross_entropy(functional_call(model, dict(zip(names, params)), (bench.probe_x,)), bench.probe_y)
+        # Train-mode BatchNorm updates its running statistics in place, which torch.func refuses on a
+        # captured tensor: give it fresh copies of the buffers (created inside the transform).
+        state = {**{n: b.clone() for n, b in buffers.items()}, **dict(zip(names, params))}
+        return F.cross_entropy(functional_call(model, state, (bench.probe_x,)), bench.probe_y)
 
     holder: dict[str, HessianOperator] = {}
 
@@ -105,28 +98,37 @@ def hvp_costs(bench, repeats: int, hessian_cls) -> list[tuple[str, float]]:
         vs = [p.unsqueeze(0).expand(8, *p.shape) for p in parts]
         torch.autograd.grad(op._grads, space.params, grad_outputs=vs, retain_graph=True, is_grads_batched=True)
 
-    routes = {"train": None, "build": build, "reused": reused, "fresh": fresh, "fwdrev": fwd_over_rev, "batched8": batched8}
+    # The saved graph is used before any other train-mode forward: BatchNorm's in-place update of its running
+    # statistics would invalidate it (they are saved for the backward pass).
+    routes = {"train": None, "build": build, "reused": reused, "batched8": batched8, "fresh": fresh, "fwdrev": fwd_over_rev}
     times: dict[str, list[float]] = {k: [] for k in routes}
     if hessian_cls is not None:
         routes["pyhessian"] = None
         times["pyhessian"] = []
+    failed: dict[str, str] = {}
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     for _ in range(repeats):
         times["train"].append(bench.train_step())
-        model.load_state_dict(state)  # every route sees the same weights
+        model.load_state_dict(state)  # every route sees the same weights (and BatchNorm statistics)
         for key, fn in routes.items():
-            if key == "train":
+            if key == "train" or key in failed:
                 continue
-            if key == "pyhessian":
-                import pyhessian.utils as pu
+            try:
+                if key == "pyhessian":
+                    import pyhessian.utils as pu
 
-                with pyhessian_sandbox(model):  # its graph, rebuilt after the training step (not timed)
-                    h = hessian_cls(model, F.cross_entropy, data=(bench.probe_x, bench.probe_y), cuda=dev.type == "cuda")
-                    dt, _ = timed(lambda: pu.hessian_vector_product(h.gradsH, h.params, parts), dev)
-                    del h
-            else:
-                dt, _ = timed(fn, dev)
+                    with pyhessian_sandbox(model):  # its graph, rebuilt after the training step (not timed)
+                        h = hessian_cls(model, F.cross_entropy, data=(bench.probe_x, bench.probe_y), cuda=dev.type == "cuda")
+                        dt, _ = timed(lambda: pu.hessian_vector_product(h.gradsH, h.params, parts), dev)
+                        del h
+                else:
+                    dt, _ = timed(fn, dev)
+            except Exception as err:  # e.g. a route that does not support this model's layers
+                failed[key] = error_text(err)
+                times.pop(key)
+                continue
             times[key].append(dt / 8 if key == "batched8" else dt)
+    model.load_state_dict(state)
     step = median(times["train"])
     labels = {
         "build": "build the gradient graph (forward + create_graph backward), once per measurement",
@@ -136,9 +138,10 @@ def hvp_costs(bench, repeats: int, hessian_cls) -> list[tuple[str, float]]:
         "batched8": "one HVP inside an 8-vector batched call (is_grads_batched), per vector",
         "pyhessian": "one HVP, PyHessian 0.1 hessian_vector_product (graph reused)",
     }
-    return [("one training step (SGD, forward + backward + update)", step)] + [
+    costs = [("one training step (SGD, forward + backward + update)", step)] + [
         (labels[k], median(times[k])) for k in labels if k in times
     ]
+    return costs, {labels[k]: why for k, why in failed.items()}
 
 
 def saddle_demo(hessian_cls) -> list[list[str]]:
@@ -180,32 +183,93 @@ def saddle_demo(hessian_cls) -> list[list[str]]:
     return rows
 
 
+def print_hvp_costs(bench: Bench, args: argparse.Namespace, hessian_cls, two_modes: bool) -> None:
+    """The table of :func:`hvp_costs`, with the routes that failed and why."""
+    print(f"{environment()}; {args.hvp_repeats} interleaved repeats\n")
+    costs, failed = hvp_costs(bench, args.hvp_repeats, hessian_cls)
+    base = costs[0][1]
+    print(table(["operation", "median ms", "training steps"], [[k, f"{t * 1e3:.1f}", f"{t / base:.2f}"] for k, t in costs]))
+    for label, why in failed.items():
+        print(f"\n{label}: failed, `{why}`")
+    if two_modes:
+        print("\nPyHessian's HVP runs in eval mode (BatchNorm as a fixed affine map), ours in train mode (batch statistics).")
+
+
+def mode_sensitive(model: nn.Module) -> bool:
+    """Whether train and eval mode give different losses (BatchNorm or dropout present)."""
+    return any(isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)) for m in model.modules())
+
+
+def reference(bench: Bench, space: ParameterSpace, step: int, max_iter: int, eval_mode: bool = False):
+    """Lanczos from a random start to a 1e-5 residual, on the train-mode (or eval-mode) probe loss."""
+    with probe_guard(bench.model):  # restores modes and BatchNorm buffers
+        if eval_mode:
+            bench.model.eval()
+        op = HessianOperator(bench.loss(), space)
+        v0 = torch.randn(space.dim, generator=torch.Generator().manual_seed(step)).to(bench.device)
+        ref = lanczos_extremes(op.matvec, v0, max_iter=max_iter, tol=1e-5)
+        op.release()
+    return ref
+
+
+def make_bench(args: argparse.Namespace, device: torch.device) -> Bench:
+    """The benchmark of ``--model``; fills in the model's defaults for the run-length arguments."""
+    quick = args.quick
+    if args.model == "resnet18":
+        defaults = {"steps": 150, "every": 50, "ref_iter": 60, "hvp_repeats": 3, "batch": 32}
+        if quick:
+            defaults.update({"steps": 30, "every": 10, "ref_iter": 30, "hvp_repeats": 2, "batch": 8})
+    else:
+        defaults = {"steps": 2000, "every": 200, "ref_iter": 120, "hvp_repeats": 9, "batch": 512}
+        if quick:
+            defaults.update({"steps": 300, "every": 50, "ref_iter": 80, "hvp_repeats": 5, "batch": 256})
+    for key, value in defaults.items():
+        if getattr(args, key) is None or (quick and key != "batch"):
+            setattr(args, key, value)
+    if args.eval_ref_iter is None:
+        args.eval_ref_iter = max(args.ref_iter // 2, 20)
+    if args.model == "resnet18":
+        widths = (8, 16, 32, 64) if quick else (64, 128, 256, 512)
+        return make_resnet_bench(batch=args.batch, num_samples=1024 if quick else 4096, widths=widths, device=device)
+    if quick:
+        return make_mlp_bench(64, (64, 64), batch=args.batch, num_samples=4096, device=device)
+    return make_mlp_bench(batch=args.batch, device=device)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=2000, help="SGD steps of the training run")
-    parser.add_argument("--every", type=int, default=200, help="measure every this many steps (HessianSpectrum default)")
+    parser.add_argument("--model", choices=("mlp", "resnet18"), default="mlp")
+    parser.add_argument("--batch", type=int, default=None, help="training and probe batch (MLP 512, ResNet-18 32)")
+    parser.add_argument("--steps", type=int, default=None, help="SGD steps of the training run (MLP 2000, ResNet-18 150)")
+    parser.add_argument("--every", type=int, default=None, help="measure every this many steps (MLP 200, ResNet-18 50)")
     parser.add_argument("--tol", type=float, default=1e-2, help="relative Ritz residual to converge to")
     parser.add_argument("--max-iter", type=int, default=40, help="Lanczos step cap (ours)")
     parser.add_argument("--pyhessian-iter", type=int, default=20, help="PyHessian eigenvalues(maxIter=...)")
-    parser.add_argument("--ref-iter", type=int, default=120, help="reference Lanczos step cap")
+    parser.add_argument("--ref-iter", type=int, default=None, help="reference Lanczos step cap (MLP 120, ResNet-18 60)")
+    parser.add_argument("--eval-ref-iter", type=int, default=None,
+                        help="eval-mode reference Lanczos step cap, BatchNorm/dropout models only (default ref-iter / 2)")
     parser.add_argument("--no-cold", action="store_true", help="skip the cold-start Lanczos row")
-    parser.add_argument("--hvp-repeats", type=int, default=9)
+    parser.add_argument("--hvp-repeats", type=int, default=None, help="interleaved repeats of the HVP table (MLP 9, ResNet-18 3)")
+    parser.add_argument("--hvp-only", action="store_true", help="train --steps steps unmeasured, then only the HVP table")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch default)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     parser.add_argument("--quick", action="store_true", help="small model, short run (smoke test)")
     args = parser.parse_args()
     set_threads(args.threads)
     device = device_of(args.device)
-    if args.quick:
-        bench = make_mlp_bench(64, (64, 64), batch=256, num_samples=4096, device=device)
-        args.steps, args.every, args.ref_iter, args.hvp_repeats = 300, 50, 80, 5
-    else:
-        bench = make_mlp_bench(device=device)
+    bench = make_bench(args, device)
     hessian_cls, ph_version = import_pyhessian()
     model = bench.model
     space = ParameterSpace.from_module(model)
+    two_modes = mode_sensitive(model)  # PyHessian's eval-mode loss differs from the training loss
     warm = HessianSpectrum(max_iter=args.max_iter, tol=args.tol)
     cold = HessianSpectrum(max_iter=args.max_iter, tol=args.tol, warm_start=False)
+    if args.hvp_only:
+        for _ in range(args.steps):
+            bench.train_step()
+        print(f"## One Hessian-vector product — {bench.description}, after {args.steps} steps")
+        print_hvp_costs(bench, args, hessian_cls, two_modes)
+        return
     step_times: list[float] = []
     rows = []
     ph_failure = ""
@@ -240,91 +304,116 @@ def main() -> None:
                 ph_failure = error_text(err)
                 return
             rec["ph_s"], rec["ph_val"], rec["ph_hvps"] = t, val, hvps
-            with probe_guard(model):  # its Ritz residual |Hv − λv| / |λ|, by our operator (not timed)
+            with probe_guard(model):  # its Ritz residual |Hv − λv| / |λ| on the loss it measures (not timed)
+                model.eval()  # PyHessian's mode; the same loss as train mode for a model without BatchNorm/dropout
                 op = HessianOperator(bench.loss(), space)
                 rec["ph_res"] = float((op.matvec(vec.to(space.dtype)) - val * vec).norm()) / abs(val)
+                op.release()
 
         sides = [lambda: ours(warm, "warm"), peer] + ([] if args.no_cold else [lambda: ours(cold, "cold")])
         if (step // args.every) % 2:
             sides.reverse()  # alternate the order between measurements
         for side in sides:
             side()
-        with probe_guard(model):
-            op = HessianOperator(bench.loss(), space)
-            v0 = torch.randn(space.dim, generator=torch.Generator().manual_seed(step)).to(device)
-            ref = lanczos_extremes(op.matvec, v0, max_iter=args.ref_iter, tol=1e-5)
-            op.release()
+        ref = reference(bench, space, step, args.ref_iter)
         rec["ref_max"], rec["ref_min"], rec["ref_res"] = ref.lambda_max, ref.lambda_min, ref.relative_residual
+        if two_modes and "ph_s" in rec:
+            ref = reference(bench, space, step, args.eval_ref_iter, eval_mode=True)
+            rec["eref_max"], rec["eref_min"], rec["eref_res"] = ref.lambda_max, ref.lambda_min, ref.relative_residual
         rows.append(rec)
-        print(f"  step {step}: ref λmax {ref.lambda_max:.4g} λmin {ref.lambda_min:.4g}; warm {rec['warm_hvps']:.0f} HVPs"
-              + (f"; PyHessian {rec.get('ph_hvps', 0):.0f} HVPs" if "ph_hvps" in rec else ""), flush=True)
+        print(f"  step {step}: ref λmax {rec['ref_max']:.4g} λmin {rec['ref_min']:.4g}; warm {rec['warm_hvps']:.0f} HVPs"
+              + (f"; PyHessian {rec.get('ph_hvps', 0):.0f} HVPs, {rec['ph_val']:.4g}" if "ph_hvps" in rec else "")
+              + (f" (eval-mode ref λmax {rec['eref_max']:.4g})" if "eref_max" in rec else ""), flush=True)
 
     train = median(step_times)
     print(f"\n## λmax + λmin per measurement — {bench.description}")
     print(f"{environment()}; {args.steps} steps, measured every {args.every} (and at step 1); "
           f"training step {train * 1e3:.1f} ms (median); PyHessian {ph_version}\n")
+    ph_ref = "eref" if two_modes else "ref"  # the reference of the loss PyHessian measures
+    if two_modes:
+        print("PyHessian switches the model to eval mode (BatchNorm running statistics): it measures the Hessian of "
+              "another loss than the training loss (batch statistics) that our probes measure. Its errors and residuals "
+              f"are against an eval-mode reference (Lanczos, ≤ {args.eval_ref_iter} steps); ours against the train-mode "
+              f"reference (≤ {args.ref_iter} steps).\n")
 
-    def err_max(r, key):
-        return abs(r[key] - r["ref_max"]) / abs(r["ref_max"])
+    def err_max(r, key, ref="ref"):
+        return abs(r[key] - r[f"{ref}_max"]) / abs(r[f"{ref}_max"])
 
-    def err_min(r, key):
-        return abs(r[key] - r["ref_min"]) / max(abs(r["ref_max"]), abs(r["ref_min"]))
+    def err_min(r, key, ref="ref"):
+        return abs(r[key] - r[f"{ref}_min"]) / max(abs(r[f"{ref}_max"]), abs(r[f"{ref}_min"]))
 
     detail = []
     for r in rows:
-        line = [r["step"], f"{r['ref_max']:.4g}", f"{r['ref_min']:.3g}",
+        line = [r["step"], f"{r['ref_max']:.4g}", f"{r['ref_min']:.3g}", f"{r['ref_res']:.0e}",
                 f"{r['warm_hvps']:.0f}", f"{r['warm_s'] / r['unit']:.1f}", f"{err_max(r, 'warm_max'):.1e}", f"{err_min(r, 'warm_min'):.1e}"]
         if "cold_s" in r:
             line += [f"{r['cold_hvps']:.0f}", f"{r['cold_s'] / r['unit']:.1f}"]
+        if "eref_max" in r:
+            line += [f"{r['eref_max']:.4g}", f"{r['eref_res']:.0e}"]
         if "ph_s" in r:
-            line += [f"{r['ph_hvps']}", f"{r['ph_s'] / r['unit']:.1f}", f"{err_max(r, 'ph_val'):.1e}", f"{r['ph_res']:.1e}"]
+            line += [f"{r['ph_val']:.4g}", f"{r['ph_hvps']}", f"{r['ph_s'] / r['unit']:.1f}", f"{err_max(r, 'ph_val', ph_ref):.1e}",
+                     f"{r['ph_res']:.1e}"]
         detail.append(line)
-    header = ["step", "ref λmax", "ref λmin", "warm HVPs", "warm cost", "warm err λmax", "warm err λmin"]
+    header = ["step", "ref λmax", "ref λmin", "ref residual", "warm HVPs", "warm cost", "warm err λmax", "warm err λmin"]
     if not args.no_cold:
         header += ["cold HVPs", "cold cost"]
+    if any("eref_max" in r for r in rows):
+        header += ["eval-mode ref λmax", "eval-mode ref residual"]
     if any("ph_s" in r for r in rows):
-        header += ["PyHessian HVPs", "PyHessian cost", "PyHessian err λmax", "PyHessian residual"]
+        header += ["PyHessian λ", "PyHessian HVPs", "PyHessian cost", "PyHessian err λmax", "PyHessian residual"]
     print(table(header, detail))
     print("\ncost: wall time / median of the 50 preceding training steps, graph construction included; err λmax = |Δλmax|/|λmax|, "
-          "err λmin = |Δλmin|/max|λ| against the reference; residual = |Hv − λv|/|λ| of PyHessian's vector.\n")
+          "err λmin = |Δλmin|/max|λ| against the reference; residual = |Hv − λv|/|λ| of PyHessian's vector"
+          + (" (eval-mode Hessian)" if two_modes else "") + ". The first warm measurement has nothing to start from (a cold start): "
+          "the warm row below summarises the later ones.\n")
 
     summary = []
 
-    def add(name, key, returns_min, res_key):
-        sel = [r for r in rows if f"{key}_s" in r]
+    def add(name, key, returns_min, res_key, ref="ref", sel=None):
+        sel = [r for r in (rows if sel is None else sel) if f"{key}_s" in r]
         if not sel:
             return
         val_key = "ph_val" if key == "ph" else f"{key}_max"
-        e_max = [err_max(r, val_key) for r in sel]
-        e_min = [err_min(r, f"{key}_min") for r in sel] if returns_min else []
+        e_max = [err_max(r, val_key, ref) for r in sel]
+        e_min = [err_min(r, f"{key}_min", ref) for r in sel] if returns_min else []
         summary.append([
-            name, f"{median([r[f'{key}_hvps'] for r in sel]):.0f}", f"{median([r[f'{key}_s'] / r['unit'] for r in sel]):.1f}",
+            name, len(sel), f"{median([r[f'{key}_hvps'] for r in sel]):.0f}", f"{median([r[f'{key}_s'] / r['unit'] for r in sel]):.1f}",
             f"{median([r[res_key] for r in sel]):.1e}", f"{median(e_max):.1e} / {max(e_max):.1e}",
             f"{median(e_min):.1e} / {max(e_min):.1e}" if e_min else "not computed",
         ])
 
-    add(f"ours, warm-started Lanczos (tol {args.tol:g})", "warm", True, "warm_res")
+    later = rows[1:] or rows
+    add(f"ours, warm-started Lanczos (tol {args.tol:g}), measurements after the first", "warm", True, "warm_res", sel=later)
     if not args.no_cold:
         add(f"ours, cold Lanczos (tol {args.tol:g})", "cold", True, "cold_res")
-    add(f"PyHessian 0.1 eigenvalues(maxIter={args.pyhessian_iter})", "ph", False, "ph_res")
-    print(table(["method", "median HVPs", "median cost (training steps)", "median relative residual",
+    else:
+        add("ours, first measurement (a cold start: nothing to warm-start from)", "warm", True, "warm_res", sel=rows[:1])
+    if two_modes:
+        add(f"PyHessian 0.1 eigenvalues(maxIter={args.pyhessian_iter}), eval mode, vs the eval-mode reference", "ph", False, "ph_res", "eref")
+        add(f"PyHessian 0.1 eigenvalues(maxIter={args.pyhessian_iter}), eval mode, vs the train-mode reference (the training loss)",
+            "ph", False, "ph_res")
+    else:
+        add(f"PyHessian 0.1 eigenvalues(maxIter={args.pyhessian_iter})", "ph", False, "ph_res")
+    print(table(["method", "measurements", "median HVPs", "median cost (training steps)", "median relative residual",
                  "error λmax median / max", "error λmin median / max"], summary))
+    refs = [r["ref_res"] for r in rows]
+    print(f"\nreference (train mode, ≤ {args.ref_iter} Lanczos steps) relative residual: median {median(refs):.1e}, max {max(refs):.1e}"
+          + (f"; eval-mode reference (≤ {args.eval_ref_iter} steps): median {median([r['eref_res'] for r in rows if 'eref_res' in r]):.1e}"
+             if any("eref_res" in r for r in rows) else ""))
     if ph_failure:
         print(f"\nPyHessian eigenvalues() failed: {ph_failure}")
     elif hessian_cls is None:
         print(f"\nPyHessian not available: {ph_version}")
 
-    print(f"\n## One Hessian-vector product — same model after training, {args.hvp_repeats} interleaved repeats\n")
-    costs = hvp_costs(bench, args.hvp_repeats, hessian_cls)
-    base = costs[0][1]
-    print(table(["operation", "median ms", "training steps"], [[k, f"{t * 1e3:.1f}", f"{t / base:.2f}"] for k, t in costs]))
+    print("\n## One Hessian-vector product — same model after training")
+    print_hvp_costs(bench, args, hessian_cls, two_modes)
 
     print("\n## PyHessian 0.1 density() (stochastic Lanczos quadrature)\n")
     if hessian_cls is None:
         print(f"not available: {ph_version}")
     else:
         try:
-            with pyhessian_sandbox(model):
+            with pyhessian_sandbox(model), preserved_buffers(model):
                 h = hessian_cls(model, F.cross_entropy, data=(bench.probe_x, bench.probe_y), cuda=device.type == "cuda")
                 h.density(iter=5, n_v=1)
             print("density(iter=5) ran")
