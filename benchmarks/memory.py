@@ -42,6 +42,7 @@ CASES = {
     "density": "HessianDensity (2 × 40 Lanczos steps)",
     "default_suite": "all three default probes at one measurement (shared graph)",
     "pyhessian": "PyHessian 0.1 eigenvalues(maxIter=20) (eval mode)",
+    "spectrum_light": "HessianSpectrum, warm, memory-light: hvp_chunks=4 (no graph kept), max_basis=4",
 }
 
 
@@ -96,6 +97,7 @@ def child(case: str, model: str, batch: int | None, device_name: str, threads: i
         HessianTrace,
         ProbeContext,
     )
+    from lightning_landscape.callbacks.probe_batch import split_batch
     from lightning_landscape.guards import probe_guard
 
     set_threads(threads)
@@ -107,7 +109,10 @@ def child(case: str, model: str, batch: int | None, device_name: str, threads: i
         "spectrum_warm": [spectrum], "spectrum_cold": [HessianSpectrum(max_iter=20, warm_start=False)],
         "trace": [HessianTrace()], "density": [HessianDensity()],
         "default_suite": [spectrum, HessianTrace(), HessianDensity()],
+        "spectrum_light": [HessianSpectrum(max_iter=20, max_basis=4)],
     }
+    # hvp_chunks=4 as LandscapeMonitor builds it: the probe batch as four row slices, no graph kept.
+    chunks = [(w, lambda b=b: bench.loss(*b)) for w, b in split_batch((bench.probe_x, bench.probe_y), 4)]
     # The unmeasured run only has to touch the same code paths (and give the spectrum its warm start).
     light = {**probes, "density": [HessianDensity(num_probes=1, num_steps=4)],
              "default_suite": [spectrum, HessianTrace(), HessianDensity(num_probes=1, num_steps=4)]}
@@ -123,7 +128,7 @@ def child(case: str, model: str, batch: int | None, device_name: str, threads: i
             _, _, hvps = pyhessian_top(hessian_cls, bench.model, (bench.probe_x, bench.probe_y), device, 20)
             return {"hvps": hvps}
         with probe_guard(bench.model):
-            ctx = ProbeContext(bench.model, bench.loss, step=2)
+            ctx = ProbeContext(bench.model, bench.loss, step=2, loss_chunks=chunks if case == "spectrum_light" else None)
             for p in suite[case]:
                 p.run(ctx)
             hvps = ctx.num_matvecs
