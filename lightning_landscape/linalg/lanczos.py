@@ -86,11 +86,7 @@ class _LanczosState:
     _BLOCK = 4
 
     def __init__(self, matvec: Matvec, v0: torch.Tensor, max_steps: int) -> None:
-        if v0.ndim != 1:
-            raise ValueError(f"start vector must be 1-D, got shape {tuple(v0.shape)}")
-        norm = torch.linalg.vector_norm(v0)
-        if not torch.isfinite(norm) or norm == 0:
-            raise ValueError("start vector must be finite and non-zero")
+        norm = _start_vector(v0)
         self.matvec = matvec
         self.max_steps = min(max_steps, v0.numel())
         self._blocks: list[torch.Tensor] = []
@@ -240,7 +236,15 @@ def lanczos_extremes(
             break
         if not more:
             break
-    vec_min, vec_max = state.combine(evecs[:, [0, -1]])  # both Ritz vectors in one pass over the basis
+    ends = state.combine(evecs[:, [0, -1]])  # both Ritz vectors in one pass over the basis
+    return _result(evals, ends, res_max, res_min, rel, state.matvecs, converged)
+
+
+def _result(
+    evals: torch.Tensor, ends: torch.Tensor, res_max: float, res_min: float, rel: float, matvecs: int, converged: bool
+) -> LanczosResult:
+    """Package the extreme Ritz pairs; ``ends`` holds the (unnormalised) min and max Ritz vectors as rows."""
+    vec_min, vec_max = ends
     return LanczosResult(
         lambda_max=float(evals[-1]),
         lambda_min=float(evals[0]),
@@ -249,13 +253,14 @@ def lanczos_extremes(
         residual_max=res_max,
         residual_min=res_min,
         relative_residual=rel,
-        num_matvecs=state.matvecs,
+        num_matvecs=matvecs,
         converged=converged,
         ritz_values=evals,
     )
 
 
 def _start_vector(v0: torch.Tensor) -> torch.Tensor:
+    """The norm of a valid start vector (1-D, finite, non-zero); raises otherwise."""
     if v0.ndim != 1:
         raise ValueError(f"start vector must be 1-D, got shape {tuple(v0.shape)}")
     norm = torch.linalg.vector_norm(v0)
@@ -321,16 +326,5 @@ def _lanczos_thick_restart(
         T.zero_()
         T[0, 0], T[1, 1] = evals[0], evals[-1]
         applied = 2
-    vec_min, vec_max = evecs[:, [0, -1]].T.to(dtype=basis.dtype, device=basis.device) @ basis[:applied]
-    return LanczosResult(
-        lambda_max=float(evals[-1]),
-        lambda_min=float(evals[0]),
-        vector_max=vec_max / torch.linalg.vector_norm(vec_max),
-        vector_min=vec_min / torch.linalg.vector_norm(vec_min),
-        residual_max=res_max,
-        residual_min=res_min,
-        relative_residual=rel,
-        num_matvecs=matvecs,
-        converged=converged,
-        ritz_values=evals,
-    )
+    ends = evecs[:, [0, -1]].T.to(dtype=basis.dtype, device=basis.device) @ basis[:applied]
+    return _result(evals, ends, res_max, res_min, rel, matvecs, converged)
