@@ -21,6 +21,29 @@ def _identity(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _live(grads: tuple[torch.Tensor | None, ...]) -> list[int]:
+    """Indices of the gradient entries that themselves depend on the parameters (the rest have zero rows)."""
+    return [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+
+
+def _differentiate(
+    grads: list[torch.Tensor], live: list[int], space: ParameterSpace, vector: torch.Tensor, retain_graph: bool
+) -> torch.Tensor:
+    """``∂(gradᵀ v)/∂θ`` as one flat vector: the second backward of a Hessian-vector product."""
+    parts = space.unflatten(vector)
+    hv = torch.autograd.grad(
+        grads,
+        [space.params[i] for i in live],
+        grad_outputs=[parts[i].to(space.params[i].dtype) for i in live],
+        retain_graph=retain_graph,
+        allow_unused=True,
+    )
+    full: list[torch.Tensor | None] = [None] * len(space.params)
+    for i, h in zip(live, hv):
+        full[i] = None if h is None else h.detach()
+    return space.flatten(full)
+
+
 class HessianOperator:
     """``v -> H v`` for ``H = ∇² loss`` with respect to ``space.params``.
 
@@ -42,8 +65,7 @@ class HessianOperator:
         self.reduce = reduce or _identity
         self.loss = loss.detach()
         grads = torch.autograd.grad(loss, space.params, create_graph=True, allow_unused=True)
-        # Only gradient entries that themselves depend on the parameters take part in HVPs.
-        self._live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+        self._live = _live(grads)
         self._grads = [grads[i] for i in self._live]
         self.gradient = self.reduce(space.flatten([None if g is None else g.detach() for g in grads]))
         self.num_matvecs = 0
@@ -57,16 +79,7 @@ class HessianOperator:
         self.num_matvecs += 1
         if not self._grads:
             return self.reduce(torch.zeros_like(vector))
-        parts = self.space.unflatten(vector)
-        live_params = [self.space.params[i] for i in self._live]
-        outputs = [parts[i].to(self.space.params[i].dtype) for i in self._live]
-        hv = torch.autograd.grad(
-            self._grads, live_params, grad_outputs=outputs, retain_graph=True, allow_unused=True
-        )
-        full: list[torch.Tensor | None] = [None] * len(self.space.params)
-        for i, h in zip(self._live, hv):
-            full[i] = None if h is None else h.detach()
-        return self.reduce(self.space.flatten(full))
+        return self.reduce(_differentiate(self._grads, self._live, self.space, vector, retain_graph=True))
 
     __call__ = matvec
 
@@ -138,24 +151,13 @@ class ChunkedHessianOperator:
     def matvec(self, vector: torch.Tensor) -> torch.Tensor:
         """One Hessian-vector product (counted in ``num_matvecs``), one chunk graph at a time."""
         self.num_matvecs += 1
-        parts = self.space.unflatten(vector)
         out = torch.zeros(self.space.dim, dtype=self.space.dtype, device=self.space.device)
         for index, (weight, _) in enumerate(self._chunks):
             grads = torch.autograd.grad(self._forward(index), self.space.params, create_graph=True, allow_unused=True)
-            live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
-            if not live:
-                continue
-            hv = torch.autograd.grad(
-                [grads[i] for i in live],
-                [self.space.params[i] for i in live],
-                grad_outputs=[parts[i].to(self.space.params[i].dtype) for i in live],
-                allow_unused=True,
-            )
-            full: list[torch.Tensor | None] = [None] * len(self.space.params)
-            for i, h in zip(live, hv):
-                full[i] = None if h is None else h.detach()
-            out.add_(self.space.flatten(full), alpha=weight)
-            del grads, hv, full  # free this chunk's graph before the next chunk's forward
+            live = _live(grads)
+            if live:  # the graph is freed with `grads` before the next chunk's forward
+                out.add_(_differentiate([grads[i] for i in live], live, self.space, vector, retain_graph=False), alpha=weight)
+            del grads
         return self.reduce(out)
 
     __call__ = matvec

@@ -20,7 +20,7 @@ from typing import Literal
 
 import torch
 
-from lightning_landscape.linalg.lanczos import _LanczosState
+from lightning_landscape.linalg.lanczos import _LanczosState, _tridiagonal
 from lightning_landscape.linalg.random import rademacher
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
@@ -158,13 +158,8 @@ def _frobenius_estimate(state: _LanczosState, dim: int) -> float:
     outlier), so the one-vector estimate misses most of a spiky spectrum's mass; counting converged
     pairs once and every other pair at least once fixes that.
     """
-    k = len(state.alphas)
-    T = torch.diag(torch.tensor(state.alphas, dtype=torch.float64))
-    if k > 1:
-        off = torch.tensor(state.betas[: k - 1], dtype=torch.float64)
-        T += torch.diag(off, 1) + torch.diag(off, -1)
-    theta, Y = torch.linalg.eigh(T)
-    residual = state.betas[k - 1] * Y[-1].abs()
+    theta, Y = torch.linalg.eigh(_tridiagonal(state.alphas, state.betas))
+    residual = state.betas[-1] * Y[-1].abs()
     count = torch.where(residual <= _CONVERGED * theta.abs(), 1.0, (dim * Y[0] ** 2).clamp(min=1.0))
     return float((count * theta**2).sum())
 
