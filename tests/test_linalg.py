@@ -108,7 +108,7 @@ def test_thick_restart_keeps_the_basis_small_and_the_answer_exact(max_basis: int
     monkeypatch.setattr(torch, "empty", watching_empty)
     r = lanczos_extremes(lambda v: A @ v, v0, max_iter=300, tol=1e-8, max_basis=max_basis)
     monkeypatch.undo()
-    assert rows == [max_basis]  # one basis of max_basis vectors, never grown
+    assert sum(rows) == max_basis and max(rows) <= 4  # blocks of 4 up to max_basis vectors, never more
     assert r.converged and r.num_matvecs > max_basis  # it did restart
     assert r.lambda_max == pytest.approx(50.0, rel=1e-9)
     assert r.lambda_min == pytest.approx(-8.0, rel=1e-9)
@@ -117,6 +117,32 @@ def test_thick_restart_keeps_the_basis_small_and_the_answer_exact(max_basis: int
         assert true_res == pytest.approx(res, rel=1e-3, abs=1e-9)  # |β s| is the true residual after restarts
     full = lanczos_extremes(lambda v: A @ v, v0, max_iter=300, tol=1e-8)
     assert r.num_matvecs <= extra_cost * full.num_matvecs  # restarts cost few extra products
+
+
+def test_basis_memory_follows_the_steps_taken(monkeypatch) -> None:
+    """A run that converges in 3 products allocates one block of 4 vectors, whatever max_basis is."""
+    spectrum = torch.cat([torch.tensor([50.0, -8.0]), torch.linspace(-1, 1, 398)]).double()
+    A = _matrix(400, 2, spectrum)
+    evals, evecs = torch.linalg.eigh(A)
+    v0 = evecs[:, -1] + evecs[:, 0] + 1e-4 * torch.randn(400, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for max_basis in (None, 8, 16):
+        rows = []
+        original_empty = torch.empty
+
+        def watching_empty(*size, **kwargs):
+            out = original_empty(*size, **kwargs)
+            if out.ndim == 2 and out.shape[1] == 400:
+                rows.append(out.shape[0])
+            return out
+
+        monkeypatch.setattr(torch, "empty", watching_empty)
+        r = lanczos_extremes(lambda v: A @ v, v0, max_iter=40, tol=1e-2, max_basis=max_basis)
+        monkeypatch.undo()
+        assert r.converged and r.num_matvecs <= 3
+        assert rows == [4], (max_basis, rows)
+        assert r.vector_max.data_ptr() != r.vector_min.data_ptr()
+        assert float(torch.linalg.vector_norm(r.vector_max)) == pytest.approx(1.0, rel=1e-12)
+        assert float(torch.linalg.vector_norm(r.vector_min)) == pytest.approx(1.0, rel=1e-12)
 
 
 def test_thick_restart_at_loose_tolerance_and_on_small_operators() -> None:

@@ -73,25 +73,89 @@ def lanczos_tridiagonal(
 _DGKS = 0.5**0.5  # re-orthogonalise again when one pass shrinks w below |w|/√2 (Daniel et al. 1976)
 
 
+class _Basis:
+    """Orthonormal vectors kept as rows in blocks of ``BLOCK``, allocated only as the run needs them.
+
+    Memory follows the steps actually taken rather than the cap: a warm-started run that converges in 3
+    steps holds 4 vectors, not ``max_iter + 1`` or ``max_basis``. Every operation works block by block
+    on views, so no block is ever copied.
+    """
+
+    BLOCK = 4
+
+    def __init__(self, dim: int, capacity: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.dim, self.capacity, self.dtype, self.device = dim, capacity, dtype, device
+        self._blocks: list[torch.Tensor] = []
+
+    def row(self, j: int) -> torch.Tensor:
+        return self._blocks[j // self.BLOCK][j % self.BLOCK]
+
+    def store(self, j: int, vector: torch.Tensor, scale: torch.Tensor | None = None) -> None:
+        """Row ``j`` = ``vector / scale``, written in place (no temporary vector)."""
+        while j >= len(self._blocks) * self.BLOCK:
+            start = len(self._blocks) * self.BLOCK
+            rows = min(self.BLOCK, self.capacity - start)
+            self._blocks.append(torch.empty((rows, self.dim), dtype=self.dtype, device=self.device))
+        row = self.row(j)
+        if scale is None:
+            row.copy_(vector)
+        else:
+            torch.div(vector, scale, out=row)
+
+    def views(self, k: int) -> list[torch.Tensor]:
+        """The first ``k`` rows as row blocks (views, no copy)."""
+        out = []
+        for b, block in enumerate(self._blocks):
+            rows = min(k - b * self.BLOCK, block.shape[0])
+            if rows <= 0:
+                break
+            out.append(block[:rows])
+        return out
+
+    def rows(self, k: int) -> torch.Tensor:
+        """The first ``k`` rows as one tensor (a view when they lie in one block)."""
+        views = self.views(k)
+        return views[0] if len(views) == 1 else torch.cat(views)
+
+    def project_out(self, w: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One classical Gram–Schmidt pass against the first ``k`` rows: ``(w - Qᵀ Q w, Q w)``."""
+        views = self.views(k)
+        coeffs = [block @ w for block in views]
+        for block, c in zip(views, coeffs):
+            w = torch.addmv(w, block.T, c, alpha=-1.0)
+        return w, torch.cat(coeffs)
+
+    def combine(self, coeffs: torch.Tensor) -> torch.Tensor:
+        """``coeffsᵀ @ Q`` for a ``(k, m)`` coefficient matrix: ``m`` new vectors as rows.
+
+        Computed as ``(m, k) @ (k, dim)`` so the output is written row-major; the transposed form
+        ``Qᵀ @ coeffs`` is ~10× slower on CPU for the thin shapes used here.
+        """
+        coeffs = coeffs.to(dtype=self.dtype, device=self.device)
+        out = None
+        for b, block in enumerate(self.views(coeffs.shape[0])):
+            part = coeffs[b * self.BLOCK : b * self.BLOCK + block.shape[0]].T @ block
+            out = part if out is None else out.add_(part)
+        return out
+
+
 class _LanczosState:
-    """The incremental iteration, shared by the extreme-eigenpair solver and SLQ.
+    """The incremental iteration, shared by the extreme-eigenpair solver, SLQ and Hutch++.
 
     Cost per step besides the matvec: the three-term recurrence, one classical Gram–Schmidt pass
     against the whole basis (a second only when the DGKS test asks for it) and one host
-    synchronisation (α and the norms travel together). The basis grows in
-    blocks of ``_BLOCK`` rows, so memory follows the steps actually taken rather than ``max_steps``
-    (a warm-started run that converges in 3 steps holds 4 vectors, not 20 or 40).
+    synchronisation (α and the norms travel together). The basis is a :class:`_Basis`, so memory
+    follows the steps taken.
     """
 
-    _BLOCK = 4
-
-    def __init__(self, matvec: Matvec, v0: torch.Tensor, max_steps: int) -> None:
+    def __init__(self, matvec: Matvec, v0: torch.Tensor, max_steps: int, keep_residual: bool = False) -> None:
         norm = _start_vector(v0)
+        self.keep_residual = keep_residual
+        self.residual: tuple[torch.Tensor, torch.Tensor] | None = None  # (w, |w|) when stopped by max_steps
         self.matvec = matvec
         self.max_steps = min(max_steps, v0.numel())
-        self._blocks: list[torch.Tensor] = []
-        self._dtype, self._device, self._dim = v0.dtype, v0.device, v0.numel()
-        self._append(v0, 0, norm)
+        self.basis = _Basis(v0.numel(), self.max_steps, v0.dtype, v0.device)
+        self.basis.store(0, v0, norm)
         self.alphas: list[float] = []
         self.betas: list[float] = []
         self.matvecs = 0
@@ -99,55 +163,18 @@ class _LanczosState:
         self._max_alpha = self._max_beta = 0.0
         self.second_passes = 0
 
-    def _append(self, vector: torch.Tensor, j: int, scale: torch.Tensor | None = None) -> None:
-        """Store basis vector ``j`` = ``vector / scale`` (allocating a new block when the last one is full)."""
-        if j == len(self._blocks) * self._BLOCK:
-            rows = min(self._BLOCK, self.max_steps - j)
-            self._blocks.append(torch.empty((rows, self._dim), dtype=self._dtype, device=self._device))
-        row = self._blocks[-1][j % self._BLOCK]
-        if scale is None:
-            row.copy_(vector)
-        else:
-            torch.div(vector, scale, out=row)  # written in place: no temporary vector
-
-    def _views(self, k: int) -> list[torch.Tensor]:
-        """The first ``k`` basis vectors as row blocks (views, no copy)."""
-        out = []
-        for b, block in enumerate(self._blocks):
-            rows = min(k - b * self._BLOCK, block.shape[0])
-            if rows <= 0:
-                break
-            out.append(block[:rows])
-        return out
-
     def basis_rows(self, k: int | None = None) -> torch.Tensor:
         """The first ``k`` (default: all computed) basis vectors as the rows of one tensor."""
-        views = self._views(len(self.alphas) if k is None else k)
-        return views[0] if len(views) == 1 else torch.cat(views)
+        return self.basis.rows(len(self.alphas) if k is None else k)
 
     def combine(self, coeffs: torch.Tensor) -> torch.Tensor:
-        """``coeffsᵀ @ basis`` for a ``(k, m)`` coefficient matrix: ``m`` vectors as rows, block by block.
-
-        Computed as ``(m, k) @ (k, dim)`` so the output is written row-major; the transposed form
-        ``basisᵀ @ coeffs`` is ~10× slower on CPU for the thin shapes used here.
-        """
-        coeffs = coeffs.to(dtype=self._dtype, device=self._device)
-        out = None
-        for b, block in enumerate(self._views(coeffs.shape[0])):
-            part = coeffs[b * self._BLOCK : b * self._BLOCK + block.shape[0]].T @ block
-            out = part if out is None else out.add_(part)
-        return out
-
-    def _project_out(self, w: torch.Tensor, views: list[torch.Tensor]) -> torch.Tensor:
-        coeffs = [block @ w for block in views]
-        for block, c in zip(views, coeffs):
-            w = torch.addmv(w, block.T, c, alpha=-1.0)
-        return w
+        """``coeffsᵀ @ basis`` for a ``(k, m)`` coefficient matrix (see :meth:`_Basis.combine`)."""
+        return self.basis.combine(coeffs)
 
     def step(self) -> bool:
         """One Lanczos step; returns whether another step is possible."""
         j = len(self.alphas)
-        q = self._blocks[j // self._BLOCK][j % self._BLOCK]
+        q = self.basis.row(j)
         w = self.matvec(q)
         self.matvecs += 1
         alpha_t = torch.dot(w, q)
@@ -155,20 +182,19 @@ class _LanczosState:
         # matvec may return a tensor it keeps.
         w = torch.addcmul(w, q, alpha_t, value=-1.0)
         if j > 0:
-            w.sub_(self._blocks[(j - 1) // self._BLOCK][(j - 1) % self._BLOCK], alpha=self.betas[j - 1])
-        views = self._views(j + 1)
+            w.sub_(self.basis.row(j - 1), alpha=self.betas[j - 1])
         before = torch.linalg.vector_norm(w)
         # Full re-orthogonalisation (classical Gram–Schmidt, one pass against the whole basis). The
         # three-term recurrence has already removed the large components, so one pass normally
         # suffices; a second runs only when the first removed a lot (the DGKS criterion |w'| < |w|/√2).
-        w = self._project_out(w, views)
+        w, _ = self.basis.project_out(w, j + 1)
         beta_t = torch.linalg.vector_norm(w)
         alpha, before, beta = torch.stack([alpha_t.to(beta_t.dtype), before, beta_t]).tolist()  # one host sync
         if not (math.isfinite(alpha) and math.isfinite(before) and math.isfinite(beta)):
             # A NaN/Inf anywhere in A q propagates into α and the norms.
             raise FloatingPointError("operator returned non-finite values (NaN/Inf) in Lanczos")
         if beta < _DGKS * before:
-            w = self._project_out(w, views)
+            w, _ = self.basis.project_out(w, j + 1)
             beta_t = torch.linalg.vector_norm(w)
             beta = float(beta_t)
             self.second_passes += 1
@@ -180,8 +206,10 @@ class _LanczosState:
             self.broke_down = True  # invariant subspace: Ritz values are exact eigenvalues
             return False
         if j + 1 >= self.max_steps:
+            if self.keep_residual:
+                self.residual = (w, beta_t)  # the next direction, for a thick restart
             return False
-        self._append(w, j + 1, beta_t)
+        self.basis.store(j + 1, w, beta_t)
         return True
 
 
@@ -200,7 +228,7 @@ def lanczos_extremes(
 
     ``max_basis`` caps the vectors kept (memory: that many parameter-sized vectors instead of up to
     ``max_iter + 1``): when the basis is full the run thick-restarts from the two extreme Ritz vectors and
-    the residual direction (see :func:`_lanczos_thick_restart`).
+    the residual direction (see :func:`_thick_restart`).
 
     >>> A = torch.diag(torch.tensor([-2.0, 0.5, 1.0, 3.0]))
     >>> r = lanczos_extremes(lambda v: A @ v, torch.ones(4), max_iter=4, tol=1e-8)
@@ -211,12 +239,11 @@ def lanczos_extremes(
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
     if tol <= 0:
         raise ValueError(f"tol must be > 0, got {tol}")
-    if max_basis is not None:
-        if max_basis < 3:
-            raise ValueError(f"max_basis must be >= 3 (two Ritz vectors and a new direction), got {max_basis}")
-        if max_basis <= min(max_iter, v0.numel()):
-            return _lanczos_thick_restart(matvec, v0, max_iter, tol, min_iter, max_basis)
-    state = _LanczosState(matvec, v0, max_iter)
+    if max_basis is not None and max_basis < 3:
+        raise ValueError(f"max_basis must be >= 3 (two Ritz vectors and a new direction), got {max_basis}")
+    capped = max_basis is not None and max_basis < min(max_iter, v0.numel())
+    state = _LanczosState(matvec, v0, max_basis if capped else max_iter, keep_residual=capped)
+    del v0  # the basis holds a copy; the caller's expression need not stay alive
     converged = False
     while True:
         more = state.step()
@@ -236,6 +263,8 @@ def lanczos_extremes(
             break
         if not more:
             break
+    if not converged and state.residual is not None:
+        return _thick_restart(state, evals, evecs, max_iter, tol, min_iter)
     ends = state.combine(evecs[:, [0, -1]])  # both Ritz vectors in one pass over the basis
     return _result(evals, ends, res_max, res_min, rel, state.matvecs, converged)
 
@@ -244,12 +273,13 @@ def _result(
     evals: torch.Tensor, ends: torch.Tensor, res_max: float, res_min: float, rel: float, matvecs: int, converged: bool
 ) -> LanczosResult:
     """Package the extreme Ritz pairs; ``ends`` holds the (unnormalised) min and max Ritz vectors as rows."""
+    ends = ends.div_(torch.linalg.vector_norm(ends, dim=1, keepdim=True))  # in place: no third and fourth vector
     vec_min, vec_max = ends
     return LanczosResult(
         lambda_max=float(evals[-1]),
         lambda_min=float(evals[0]),
-        vector_max=vec_max / torch.linalg.vector_norm(vec_max),
-        vector_min=vec_min / torch.linalg.vector_norm(vec_min),
+        vector_max=vec_max,
+        vector_min=vec_min,
         residual_max=res_max,
         residual_min=res_min,
         relative_residual=rel,
@@ -269,62 +299,66 @@ def _start_vector(v0: torch.Tensor) -> torch.Tensor:
     return norm
 
 
-def _lanczos_thick_restart(
-    matvec: Matvec, v0: torch.Tensor, max_iter: int, tol: float, min_iter: int, max_basis: int
+def _thick_restart(
+    state: _LanczosState, evals: torch.Tensor, evecs: torch.Tensor, max_iter: int, tol: float, min_iter: int
 ) -> LanczosResult:
-    """Lanczos for both extremes in a basis of at most ``max_basis`` vectors (thick restart).
+    """Continue a Lanczos run whose basis is full, in that basis (thick restart).
 
-    The projected matrix ``T = Vᵀ A V`` is kept dense and filled column by column from the Gram–Schmidt
-    coefficients (two classical passes: "twice is enough"), so the same loop serves before and after a
-    restart. At a restart the basis becomes ``[y_min, y_max, r/|r|]``: the two extreme Ritz vectors and
-    the normalised residual direction, along which both Ritz residuals lie (Wu & Simon 2000, TRLan); then
-    ``T`` restarts as ``diag(θ_min, θ_max)`` and the next column supplies the couplings ``β s``. The
-    relation ``A V = V T + r eₖᵀ`` holds throughout, so the Ritz residual is ``|β Sₖᵢ|`` as without restarts.
+    The first ``max_basis`` steps are plain Lanczos (tridiagonal, DGKS re-orthogonalisation: the path every
+    warm-started run that converges early takes). Then the basis becomes ``[y_min, y_max, r/|r|]``: the two
+    extreme Ritz vectors and the normalised residual direction, along which both Ritz residuals lie (Wu &
+    Simon 2000, TRLan), and ``T`` restarts as ``diag(θ_min, θ_max)``. From there ``T = Vᵀ A V`` is kept dense,
+    filled column by column from the Gram–Schmidt coefficients (two classical passes: "twice is enough"),
+    and the next column supplies the couplings ``β s``. The relation ``A V = V T + r eₖᵀ`` holds throughout,
+    so the Ritz residual is ``|β Sₖᵢ|`` as without restarts.
     """
-    dim = v0.numel()
-    m = min(max_basis, dim)
-    basis = torch.empty((m, dim), dtype=v0.dtype, device=v0.device)
-    torch.div(v0, _start_vector(v0), out=basis[0])
+    basis, matvec = state.basis, state.matvec
+    m, dim = basis.capacity, basis.dim
+    w, beta_t = state.residual
+    state.residual = None
+    matvecs = state.matvecs
+    spectral = max(state._max_alpha, max(abs(float(evals[0])), abs(float(evals[-1]))))
     T = torch.zeros((m, m), dtype=torch.float64)
-    applied, matvecs, converged, spectral = 0, 0, False, 0.0
-    while True:
-        views = basis[: applied + 1]
-        w = matvec(basis[applied])
-        matvecs += 1
-        coeffs = views @ w
-        w = torch.addmv(w, views.T, coeffs, alpha=-1.0)
-        again = views @ w
-        w = torch.addmv(w, views.T, again, alpha=-1.0)
-        beta_t = torch.linalg.vector_norm(w)
-        column = torch.cat([(coeffs + again).to(beta_t.dtype), beta_t.reshape(1)]).double().cpu()  # one host sync
-        if not torch.isfinite(column).all():
-            raise FloatingPointError("operator returned non-finite values (NaN/Inf) in Lanczos")
-        beta = float(column[-1])
-        T[: applied + 1, applied] = column[:-1]
-        T[applied, : applied + 1] = column[:-1]
-        applied += 1
-        evals, evecs = torch.linalg.eigh(T[:applied, :applied])
-        res_min, res_max = abs(beta * float(evecs[-1, 0])), abs(beta * float(evecs[-1, -1]))
-        scale = max(abs(float(evals[0])), abs(float(evals[-1])), 1e-30)
-        rel = max(res_min, res_max) / scale
-        spectral = max(spectral, scale)
-        if beta <= 1e-10 * spectral or applied >= dim:  # invariant subspace: the Ritz values are exact
-            res_min = res_max = rel = 0.0
-            converged = True
-            break
-        if matvecs >= min(min_iter, dim) and rel <= tol:
-            converged = True
-            break
-        if matvecs >= max_iter:
-            break
-        if applied < m:
-            torch.div(w, beta_t, out=basis[applied])
-            continue
-        ends = evecs[:, [0, -1]].T.to(dtype=basis.dtype, device=basis.device) @ basis[:applied]  # (2, dim)
-        basis[:2] = ends
-        torch.div(w, beta_t, out=basis[2])
+    while True:  # one restart per pass
+        ends = basis.combine(evecs[:, [0, -1]])  # (2, dim)
+        basis.store(0, ends[0])
+        basis.store(1, ends[1])
+        del ends
+        basis.store(2, w, beta_t)
         T.zero_()
         T[0, 0], T[1, 1] = evals[0], evals[-1]
         applied = 2
-    ends = evecs[:, [0, -1]].T.to(dtype=basis.dtype, device=basis.device) @ basis[:applied]
+        while True:
+            w = matvec(basis.row(applied))
+            matvecs += 1
+            w, coeffs = basis.project_out(w, applied + 1)
+            w, again = basis.project_out(w, applied + 1)
+            beta_t = torch.linalg.vector_norm(w)
+            column = torch.cat([(coeffs + again).to(beta_t.dtype), beta_t.reshape(1)]).double().cpu()  # one host sync
+            if not torch.isfinite(column).all():
+                raise FloatingPointError("operator returned non-finite values (NaN/Inf) in Lanczos")
+            beta = float(column[-1])
+            T[: applied + 1, applied] = column[:-1]
+            T[applied, : applied + 1] = column[:-1]
+            applied += 1
+            evals, evecs = torch.linalg.eigh(T[:applied, :applied])
+            res_min, res_max = abs(beta * float(evecs[-1, 0])), abs(beta * float(evecs[-1, -1]))
+            scale = max(abs(float(evals[0])), abs(float(evals[-1])), 1e-30)
+            rel = max(res_min, res_max) / scale
+            spectral = max(spectral, scale)
+            if beta <= 1e-10 * spectral or applied >= dim:  # invariant subspace: the Ritz values are exact
+                return _finish(basis, evals, evecs, 0.0, 0.0, 0.0, matvecs, True)
+            if matvecs >= min(min_iter, dim) and rel <= tol:
+                return _finish(basis, evals, evecs, res_max, res_min, rel, matvecs, True)
+            if matvecs >= max_iter:
+                return _finish(basis, evals, evecs, res_max, res_min, rel, matvecs, False)
+            if applied == m:
+                break  # basis full: restart
+            basis.store(applied, w, beta_t)
+
+
+def _finish(basis: _Basis, evals: torch.Tensor, evecs: torch.Tensor, res_max: float, res_min: float, rel: float,
+            matvecs: int, converged: bool) -> LanczosResult:
+    """The result of a restarted run: both extreme Ritz vectors in one pass over the basis."""
+    ends = basis.combine(evecs[:, [0, -1]])
     return _result(evals, ends, res_max, res_min, rel, matvecs, converged)

@@ -27,8 +27,11 @@ def _warm_start(previous: list[torch.Tensor], dim: int, noise: float, generator:
     fresh = gaussian(dim, generator, dtype, device)
     if not previous or any(v.numel() != dim for v in previous):
         return fresh
-    v0 = sum(v.to(device=device, dtype=dtype) for v in previous)
-    return v0 + noise * torch.linalg.vector_norm(v0) * fresh / torch.linalg.vector_norm(fresh)
+    # In place: two parameter-sized vectors at most (this runs while the gradient graph is alive).
+    v0 = previous[0].to(device=device, dtype=dtype, copy=True)
+    for v in previous[1:]:
+        v0.add_(v.to(device=device, dtype=dtype))
+    return v0.add_(fresh.mul_(noise * torch.linalg.vector_norm(v0) / torch.linalg.vector_norm(fresh)))
 
 
 class HessianSpectrum(Probe):
@@ -106,9 +109,10 @@ class HessianSpectrum(Probe):
         space = ctx.space
         gen = ctx.generator(self.name)
         prev = self._vectors if self.warm_start else []
-        v0 = _warm_start(prev, space.dim, self.warm_noise, gen, space.dtype, space.device)
-        res = lanczos_extremes(
-            op.matvec, v0, max_iter=self.max_iter, tol=self.tol, min_iter=2, max_basis=self.max_basis
+        res = lanczos_extremes(  # start vector passed straight in: the basis keeps the only copy
+            op.matvec,
+            _warm_start(prev, space.dim, self.warm_noise, gen, space.dtype, space.device),
+            max_iter=self.max_iter, tol=self.tol, min_iter=2, max_basis=self.max_basis,
         )
         self._vectors = [res.vector_max.detach(), res.vector_min.detach()]
         ctx.extras["hessian_top_vector"] = res.vector_max
@@ -148,11 +152,12 @@ class HessianSpectrum(Probe):
             return inv_sqrt * op.matvec(inv_sqrt * v)
 
         prev = self._precond_vectors if self.warm_start else []
-        v0 = _warm_start(prev, ctx.space.dim, self.warm_noise, gen, ctx.space.dtype, ctx.space.device)
         res = lanczos_extremes(
-            precond_matvec, v0, max_iter=self.max_iter, tol=self.tol, min_iter=2, max_basis=self.max_basis
+            precond_matvec,
+            _warm_start(prev, ctx.space.dim, self.warm_noise, gen, ctx.space.dtype, ctx.space.device),
+            max_iter=self.max_iter, tol=self.tol, min_iter=2, max_basis=self.max_basis,
         )
-        self._precond_vectors = [res.vector_max.detach()]
+        self._precond_vectors = [res.vector_max.detach().clone()]  # not the view that keeps vector_min alive
         return {
             "preconditioned_lambda_max": res.lambda_max,
             "eos_ratio": res.lambda_max / info.eos_threshold(),
