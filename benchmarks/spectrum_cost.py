@@ -183,8 +183,8 @@ def saddle_demo(hessian_cls) -> list[list[str]]:
     return rows
 
 
-def print_hvp_costs(bench: Bench, args: argparse.Namespace, hessian_cls, two_modes: bool) -> None:
-    """The table of :func:`hvp_costs`, with the routes that failed and why."""
+def print_hvp_costs(bench: Bench, args: argparse.Namespace, hessian_cls, two_modes: bool) -> dict[str, float]:
+    """The table of :func:`hvp_costs`, with the routes that failed and why; returns {label: training steps}."""
     print(f"{environment()}; {args.hvp_repeats} interleaved repeats\n")
     costs, failed = hvp_costs(bench, args.hvp_repeats, hessian_cls)
     base = costs[0][1]
@@ -193,6 +193,21 @@ def print_hvp_costs(bench: Bench, args: argparse.Namespace, hessian_cls, two_mod
         print(f"\n{label}: failed, `{why}`")
     if two_modes:
         print("\nPyHessian's HVP runs in eval mode (BatchNorm as a fixed affine map), ours in train mode (batch statistics).")
+    return {k: t / base for k, t in costs}
+
+
+def print_floor(units: dict[str, float], warm_rows: list[dict]) -> None:
+    """What exact HVPs allow: a measurement with k products cannot cost less than graph + k × (graph-reused HVP)."""
+    graph = next((v for k, v in units.items() if k.startswith("build the gradient graph")), None)
+    hvp = next((v for k, v in units.items() if k.startswith("one HVP, gradient graph reused")), None)
+    if graph is None or hvp is None or not warm_rows:
+        return
+    k = median([r["warm_hvps"] for r in warm_rows])
+    cost = median([r["warm_s"] / r["unit"] for r in warm_rows])
+    print(f"\nFloor of a warm measurement: graph {graph:.2f} + {k:.0f} HVPs × {hvp:.2f} = {graph + k * hvp:.2f} training "
+          f"steps; measured median {cost:.2f} (the rest: Lanczos vector work, the warm start's noise, Python). Both "
+          f"extremes need ≥ 2 products, so ≤ 5 steps needs an HVP ≤ {(5 - graph) / 2:.2f} steps at 2 products, "
+          f"≤ {(5 - graph) / 3:.2f} at 3.")
 
 
 def mode_sensitive(model: nn.Module) -> bool:
@@ -406,7 +421,7 @@ def main() -> None:
         print(f"\nPyHessian not available: {ph_version}")
 
     print("\n## One Hessian-vector product — same model after training")
-    print_hvp_costs(bench, args, hessian_cls, two_modes)
+    print_floor(print_hvp_costs(bench, args, hessian_cls, two_modes), later)
 
     print("\n## PyHessian 0.1 density() (stochastic Lanczos quadrature)\n")
     if hessian_cls is None:

@@ -70,6 +70,11 @@ def lanczos_tridiagonal(
     return _tridiagonal(state.alphas, state.betas), state.basis_rows(), state.matvecs
 
 
+def _breaks_down(beta: float, max_alpha: float, max_beta: float) -> bool:
+    """Whether a Lanczos step found an invariant subspace (β negligible against the spectral scale seen)."""
+    return beta <= 1e-10 * max(max_alpha + max_beta, 1e-30)
+
+
 _DGKS = 0.5**0.5  # re-orthogonalise again when one pass shrinks w below |w|/√2 (Daniel et al. 1976)
 
 
@@ -202,7 +207,7 @@ class _LanczosState:
         self.betas.append(beta)
         self._max_alpha = max(self._max_alpha, abs(alpha))
         self._max_beta = max(self._max_beta, beta)
-        if beta <= 1e-10 * max(self._max_alpha + self._max_beta, 1e-30):
+        if _breaks_down(beta, self._max_alpha, self._max_beta):
             self.broke_down = True  # invariant subspace: Ritz values are exact eigenvalues
             return False
         if j + 1 >= self.max_steps:
