@@ -90,24 +90,31 @@ def test_lanczos_rejects_bad_arguments() -> None:
         lanczos_extremes(lambda v: v * float("nan"), torch.ones(3))
 
 
-@pytest.mark.parametrize("max_basis, extra_cost", [(3, 4.0), (4, 2.0), (8, 1.5)])
-def test_thick_restart_keeps_the_basis_small_and_the_answer_exact(max_basis: int, extra_cost: float, monkeypatch) -> None:
-    """A capped basis restarts from the two extreme Ritz vectors; values and residuals stay honest."""
-    spectrum = torch.cat([torch.tensor([50.0, 20.0, -8.0]), torch.linspace(-1, 1, 397)]).double()
-    A = _matrix(400, 5, spectrum)
-    v0 = torch.randn(400, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    rows = []
+def _basis_allocations(monkeypatch, run):
+    """Rows of every (rows, 400) tensor allocated by ``run()`` (the Lanczos basis blocks), and its result."""
+    rows: list[int] = []
     original_empty = torch.empty
 
-    def watching_empty(*size, **kwargs):  # record every basis allocation
+    def watching_empty(*size, **kwargs):
         out = original_empty(*size, **kwargs)
         if out.ndim == 2 and out.shape[1] == 400:
             rows.append(out.shape[0])
         return out
 
     monkeypatch.setattr(torch, "empty", watching_empty)
-    r = lanczos_extremes(lambda v: A @ v, v0, max_iter=300, tol=1e-8, max_basis=max_basis)
-    monkeypatch.undo()
+    try:
+        return rows, run()
+    finally:
+        monkeypatch.undo()
+
+
+@pytest.mark.parametrize("max_basis, extra_cost", [(3, 4.0), (4, 2.0), (8, 1.5)])
+def test_thick_restart_keeps_the_basis_small_and_the_answer_exact(max_basis: int, extra_cost: float, monkeypatch) -> None:
+    """A capped basis restarts from the two extreme Ritz vectors; values and residuals stay honest."""
+    spectrum = torch.cat([torch.tensor([50.0, 20.0, -8.0]), torch.linspace(-1, 1, 397)]).double()
+    A = _matrix(400, 5, spectrum)
+    v0 = torch.randn(400, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    rows, r = _basis_allocations(monkeypatch, lambda: lanczos_extremes(lambda v: A @ v, v0, max_iter=300, tol=1e-8, max_basis=max_basis))
     assert sum(rows) == max_basis and max(rows) <= 4  # blocks of 4 up to max_basis vectors, never more
     assert r.converged and r.num_matvecs > max_basis  # it did restart
     assert r.lambda_max == pytest.approx(50.0, rel=1e-9)
@@ -126,18 +133,7 @@ def test_basis_memory_follows_the_steps_taken(monkeypatch) -> None:
     evals, evecs = torch.linalg.eigh(A)
     v0 = evecs[:, -1] + evecs[:, 0] + 1e-4 * torch.randn(400, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     for max_basis in (None, 8, 16):
-        rows = []
-        original_empty = torch.empty
-
-        def watching_empty(*size, **kwargs):
-            out = original_empty(*size, **kwargs)
-            if out.ndim == 2 and out.shape[1] == 400:
-                rows.append(out.shape[0])
-            return out
-
-        monkeypatch.setattr(torch, "empty", watching_empty)
-        r = lanczos_extremes(lambda v: A @ v, v0, max_iter=40, tol=1e-2, max_basis=max_basis)
-        monkeypatch.undo()
+        rows, r = _basis_allocations(monkeypatch, lambda: lanczos_extremes(lambda v: A @ v, v0, max_iter=40, tol=1e-2, max_basis=max_basis))
         assert r.converged and r.num_matvecs <= 3
         assert rows == [4], (max_basis, rows)
         assert r.vector_max.data_ptr() != r.vector_min.data_ptr()
