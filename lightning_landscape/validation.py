@@ -32,6 +32,13 @@ def check_positive_float(name: str, value: Any, allow_zero: bool = False) -> flo
     return value
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """A real bool: ``bool(x)`` would let ``"false"`` or ``0.5`` pass silently."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return value
+
+
 def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")

@@ -172,10 +172,6 @@ class _LanczosState:
         """The first ``k`` (default: all computed) basis vectors as the rows of one tensor."""
         return self.basis.rows(len(self.alphas) if k is None else k)
 
-    def combine(self, coeffs: torch.Tensor) -> torch.Tensor:
-        """``coeffsᵀ @ basis`` for a ``(k, m)`` coefficient matrix (see :meth:`_Basis.combine`)."""
-        return self.basis.combine(coeffs)
-
     def step(self) -> bool:
         """One Lanczos step; returns whether another step is possible."""
         j = len(self.alphas)
@@ -254,11 +250,7 @@ def lanczos_extremes(
         more = state.step()
         k = len(state.alphas)
         evals, evecs = torch.linalg.eigh(_tridiagonal(state.alphas, state.betas))
-        beta_last = state.betas[-1]
-        res_min = abs(beta_last * float(evecs[-1, 0]))
-        res_max = abs(beta_last * float(evecs[-1, -1]))
-        scale = max(abs(float(evals[0])), abs(float(evals[-1])), 1e-30)
-        rel = max(res_min, res_max) / scale
+        res_min, res_max, rel, _ = _ritz_residuals(evals, evecs, state.betas[-1])
         if state.broke_down:
             res_min = res_max = rel = 0.0
             converged = True
@@ -270,14 +262,22 @@ def lanczos_extremes(
             break
     if not converged and state.residual is not None:
         return _thick_restart(state, evals, evecs, max_iter, tol, min_iter)
-    ends = state.combine(evecs[:, [0, -1]])  # both Ritz vectors in one pass over the basis
-    return _result(evals, ends, res_max, res_min, rel, state.matvecs, converged)
+    return _result(state.basis, evals, evecs, res_max, res_min, rel, state.matvecs, converged)
+
+
+def _ritz_residuals(evals: torch.Tensor, evecs: torch.Tensor, beta: float) -> tuple[float, float, float, float]:
+    """``(|r_min|, |r_max|, relative residual, spectral scale)`` of the extreme Ritz pairs: ``|r| = |β sₖ|``."""
+    res_min, res_max = abs(beta * float(evecs[-1, 0])), abs(beta * float(evecs[-1, -1]))
+    scale = max(abs(float(evals[0])), abs(float(evals[-1])), 1e-30)
+    return res_min, res_max, max(res_min, res_max) / scale, scale
 
 
 def _result(
-    evals: torch.Tensor, ends: torch.Tensor, res_max: float, res_min: float, rel: float, matvecs: int, converged: bool
+    basis: _Basis, evals: torch.Tensor, evecs: torch.Tensor, res_max: float, res_min: float, rel: float,
+    matvecs: int, converged: bool,
 ) -> LanczosResult:
-    """Package the extreme Ritz pairs; ``ends`` holds the (unnormalised) min and max Ritz vectors as rows."""
+    """Package the extreme Ritz pairs (both Ritz vectors in one pass over the basis)."""
+    ends = basis.combine(evecs[:, [0, -1]])  # (2, dim): min and max as rows
     ends = ends.div_(torch.linalg.vector_norm(ends, dim=1, keepdim=True))  # in place: no third and fourth vector
     vec_min, vec_max = ends
     return LanczosResult(
@@ -347,23 +347,15 @@ def _thick_restart(
             T[applied, : applied + 1] = column[:-1]
             applied += 1
             evals, evecs = torch.linalg.eigh(T[:applied, :applied])
-            res_min, res_max = abs(beta * float(evecs[-1, 0])), abs(beta * float(evecs[-1, -1]))
-            scale = max(abs(float(evals[0])), abs(float(evals[-1])), 1e-30)
-            rel = max(res_min, res_max) / scale
+            res_min, res_max, rel, scale = _ritz_residuals(evals, evecs, beta)
             spectral = max(spectral, scale)
-            if beta <= 1e-10 * spectral or applied >= dim:  # invariant subspace: the Ritz values are exact
-                return _finish(basis, evals, evecs, 0.0, 0.0, 0.0, matvecs, True)
+            if _breaks_down(beta, spectral, 0.0) or applied >= dim:  # invariant subspace: the Ritz values are exact
+                return _result(basis, evals, evecs, 0.0, 0.0, 0.0, matvecs, True)
             if matvecs >= min(min_iter, dim) and rel <= tol:
-                return _finish(basis, evals, evecs, res_max, res_min, rel, matvecs, True)
+                return _result(basis, evals, evecs, res_max, res_min, rel, matvecs, True)
             if matvecs >= max_iter:
-                return _finish(basis, evals, evecs, res_max, res_min, rel, matvecs, False)
+                return _result(basis, evals, evecs, res_max, res_min, rel, matvecs, False)
             if applied == m:
                 break  # basis full: restart
             basis.store(applied, w, beta_t)
 
-
-def _finish(basis: _Basis, evals: torch.Tensor, evecs: torch.Tensor, res_max: float, res_min: float, rel: float,
-            matvecs: int, converged: bool) -> LanczosResult:
-    """The result of a restarted run: both extreme Ritz vectors in one pass over the basis."""
-    ends = basis.combine(evecs[:, [0, -1]])
-    return _result(evals, ends, res_max, res_min, rel, matvecs, converged)

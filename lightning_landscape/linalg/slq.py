@@ -22,6 +22,7 @@ import torch
 
 from lightning_landscape.linalg.lanczos import _breaks_down, _LanczosState, _start_vector, _tridiagonal
 from lightning_landscape.linalg.random import rademacher
+from lightning_landscape.validation import check_bool
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
 Coefficients = tuple[list[float], list[float], int]  # (alphas, betas, matvecs)
@@ -152,8 +153,7 @@ def spectral_density(
     """
     if num_probes < 1 or num_steps < 1:
         raise ValueError("num_probes and num_steps must be >= 1")
-    if not isinstance(reorthogonalize, bool):
-        raise TypeError(f"reorthogonalize must be a bool, got {type(reorthogonalize).__name__} {reorthogonalize!r}")
+    check_bool("reorthogonalize", reorthogonalize)
     coefficients = _reorthogonalized_coefficients if reorthogonalize else _lanczos_coefficients
     nodes, weights, used = [], [], 0
     steps = min(num_steps, dim)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
-from lightning_landscape.validation import check_choice, check_number, check_positive_float, check_positive_int  # noqa: F401
+from lightning_landscape.validation import check_bool, check_choice, check_number, check_positive_float, check_positive_int  # noqa: F401
 
 if TYPE_CHECKING:
     from lightning_landscape.probes.context import ProbeContext

@@ -126,11 +126,9 @@ class ProbeContext:
         if self._operator is None:
             if self.loss_chunks:
                 op = ChunkedHessianOperator(self.loss_chunks, self.space, self.reduce_mean, seed=self.seed)
-                reduced = self.reduce_mean(op.loss.detach().float())
             else:
-                loss = self.evaluate_loss()
-                reduced = self.reduce_mean(loss.detach().float())
-                op = HessianOperator(loss, self.space, self.reduce_mean)
+                op = HessianOperator(self.evaluate_loss(), self.space, self.reduce_mean)
+            reduced = self.reduce_mean(op.loss.detach().float())
             if not torch.isfinite(reduced):
                 raise NonFiniteLossError(f"probe-batch loss is {float(reduced)}")
             op.loss = reduced

@@ -13,6 +13,7 @@ from lightning_landscape.probes.base import (
     Histogram,
     Probe,
     ProbeResult,
+    check_bool,
     check_choice,
     check_positive_float,
     check_positive_int,
@@ -256,11 +257,7 @@ class HessianDensity(Probe):
         self.num_probes = check_positive_int("HessianDensity.num_probes", num_probes)
         self.num_steps = check_positive_int("HessianDensity.num_steps", num_steps, 2)
         self.bins = check_positive_int("HessianDensity.bins", bins, 2)
-        if not isinstance(reorthogonalize, bool):  # not bool(x): "false" or 0.5 would pass silently
-            raise TypeError(
-                f"HessianDensity.reorthogonalize must be a bool, got {type(reorthogonalize).__name__} {reorthogonalize!r}"
-            )
-        self.reorthogonalize = reorthogonalize
+        self.reorthogonalize = check_bool("HessianDensity.reorthogonalize", reorthogonalize)
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "num_probes": self.num_probes, "num_steps": self.num_steps,
