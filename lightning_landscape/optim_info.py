@@ -107,3 +107,16 @@ def adam_preconditioner(optimizer: torch.optim.Optimizer, space: ParameterSpace)
         v_hat = state["exp_avg_sq"].detach().to(space.dtype) / (1.0 - b2**t)
         parts.append(((1.0 - b1**t) * (v_hat.sqrt() + group["eps"])).reshape(-1))
     return torch.cat(parts) if any_state else None
+
+
+def adam_steps(optimizer: torch.optim.Optimizer) -> int:
+    """The largest ``step`` count in an Adam-style optimizer's state (0 before the first step).
+
+    >>> p = torch.nn.Parameter(torch.zeros(2)); opt = torch.optim.Adam([p])
+    >>> adam_steps(opt)
+    0
+    >>> p.grad = torch.ones(2); opt.step(); adam_steps(opt)
+    1
+    """
+    steps = [float(st["step"]) for st in optimizer.state.values() if isinstance(st, dict) and "step" in st]
+    return int(max(steps)) if steps else 0

@@ -7,6 +7,7 @@ All hook logic is framework-free: it only touches duck-typed trainer attributes.
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from collections import defaultdict
@@ -33,8 +34,21 @@ from lightning_landscape.probes import PROBES, NonFiniteLossError, Probe, ProbeC
 from lightning_landscape.probes.base import check_choice, check_positive_int
 
 
+_log = logging.getLogger("lightning_landscape")
+
+
 class LandscapeMonitorWarning(UserWarning):
     """Something went wrong in monitoring; training continues."""
+
+
+def _should_log(trainer: Any) -> bool:
+    """Whether Lightning writes the user's own ``self.log`` values at this step (``log_every_n_steps``)."""
+    connector = getattr(trainer, "_logger_connector", None)
+    flag = getattr(connector, "should_update_logs", None)
+    if isinstance(flag, bool):
+        return flag
+    every = int(getattr(trainer, "log_every_n_steps", 50) or 1)
+    return int(getattr(trainer, "global_step", 0)) % every == 0
 
 
 def _is_out_of_memory(err: BaseException) -> bool:
@@ -173,6 +187,10 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         self._loss_of_batch: Callable[[Any], torch.Tensor] | None = None
         self.loss_source = ""
         self.last_values: dict[str, float] = {}
+        #: tag -> why it is logged but not judged yet (see ``ProbeResult.warming_up``).
+        self.warming_up: dict[str, str] = {}
+        #: tag -> why it could not be measured (it is then absent from the logs, never 0).
+        self.not_measured: dict[str, str] = {}
         self.total_hvps = 0
         self.num_measurements = 0
         self.probe_seconds = 0.0
@@ -195,6 +213,8 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
             "num_measurements": self.num_measurements,
             "probe_seconds": self.probe_seconds,
             "last_values": dict(self.last_values),
+            "warming_up": dict(self.warming_up),
+            "not_measured": dict(self.not_measured),
             **({"alerts": self.alerts.state_dict()} if self.alerts is not None else {}),
             **({"weight_decay": self.weight_decay.state_dict()} if self.weight_decay is not None else {}),
         }
@@ -209,6 +229,8 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         self.num_measurements = int(state_dict.get("num_measurements", 0))
         self.probe_seconds = float(state_dict.get("probe_seconds", 0.0))
         self.last_values = dict(state_dict.get("last_values", {}))
+        self.warming_up = dict(state_dict.get("warming_up", {}))
+        self.not_measured = dict(state_dict.get("not_measured", {}))
         if self.alerts is not None and "alerts" in state_dict:
             self.alerts.load_state_dict(state_dict["alerts"])
         if self.weight_decay is not None and "weight_decay" in state_dict:
@@ -291,6 +313,9 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         ]
         if due:
             self.measure(trainer, pl_module, due, step, batch)
+        tracking = [p for p in self.probes if p not in due and p.name not in self._disabled_probes]
+        if tracking:
+            self._track(trainer, tracking, step)
 
     # ------------------------------------------------------------------ measuring
     def _reduce_mean(self, trainer: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -381,7 +406,7 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
                         )
                     self._probe_failed(probe, err, step)
                     continue
-                self._merge(logged, probe.group, result)
+                self._merge(logged, probe.group, result, probe)
             hvps = ctx.num_matvecs
             ctx.release()
         if nonfinite:
@@ -396,20 +421,49 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         if self._fit_start is not None:
             train_time = max(time.perf_counter() - self._fit_start - self.probe_seconds, 1e-9)
             logged.scalars[f"{self.log_prefix}/monitor/overhead"] = self.probe_seconds / train_time
+        self._report_states(logged, step)
         self._act(trainer, logged)
         self._write(trainer, logged)
         return logged
 
-    def _act(self, trainer: Any, logged: ProbeResult) -> None:
+    def _track(self, trainer: Any, probes: list[Probe], step: int) -> None:
+        """Free estimates between measurements (e.g. the edge-of-stability ratio at the current learning
+        rate): to the rules at every step, to the loggers at the trainer's logging cadence."""
+        optimizer = trainer.optimizers[0] if getattr(trainer, "optimizers", None) else None
+        info = describe_optimizer(optimizer)
+        logged = ProbeResult()
+        for probe in probes:
+            try:
+                result = probe.track(step, info)
+            except Exception as err:  # noqa: BLE001 - tracking must never take training down
+                self._probe_failed(probe, err, step)
+                continue
+            if result is not None:
+                self._merge(logged, probe.group, result, probe)
+        if not logged.scalars:
+            return
+        # Tracked values are functions of state every rank holds identically: no broadcast needed.
+        self._act(trainer, logged, broadcast=False)
+        if _should_log(trainer):
+            self._write(trainer, logged)
+        else:
+            self.last_values.update(logged.scalars)
+
+    def _judged(self, logged: ProbeResult) -> dict[str, float]:
+        """The scalars a verdict may be drawn from: everything measured except what is warming up."""
+        return {k: v for k, v in logged.scalars.items() if k not in logged.warming_up}
+
+    def _act(self, trainer: Any, logged: ProbeResult, broadcast: bool = True) -> None:
         """Rules, sinks and the weight-decay controller: one decision, identical on every rank."""
         if self.alerts is None and self.weight_decay is None:
             return
         step, epoch = int(trainer.global_step), int(getattr(trainer, "current_epoch", 0))
         # Rules and the controller address tags as "landscape/<group>/<key>" whatever our log_prefix.
         head = f"{self.log_prefix}/"
-        scalars = {(f"landscape/{k[len(head):]}" if k.startswith(head) else k): v for k, v in logged.scalars.items()}
+        scalars = {(f"landscape/{k[len(head):]}" if k.startswith(head) else k): v
+                   for k, v in self._judged(logged).items()}
         events = [as_event(e, step, epoch).to_dict() for e in logged.events]
-        if int(getattr(trainer, "world_size", 1)) > 1:  # every rank decides on rank 0's inputs
+        if broadcast and int(getattr(trainer, "world_size", 1)) > 1:  # every rank decides on rank 0's inputs
             scalars, events = trainer.strategy.broadcast((scalars, events), src=0)
         parsed = [Event.from_dict(e) for e in events]
         emit = bool(getattr(trainer, "is_global_zero", True))  # state on every rank, side effects on rank 0
@@ -428,12 +482,41 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         if self.alerts is not None and self.alerts.should_stop:
             trainer.should_stop = True
 
-    def _merge(self, logged: ProbeResult, group: str, result: ProbeResult) -> None:
+    def _merge(self, logged: ProbeResult, group: str, result: ProbeResult, probe: Probe | None = None) -> None:
         logged.scalars.update(prefixed(self.log_prefix, group, result.scalars))
         logged.histograms.update(prefixed(self.log_prefix, group, result.histograms))
         logged.images.update(prefixed(self.log_prefix, group, result.images))
         logged.texts.update(prefixed(self.log_prefix, group, result.texts))
         logged.events.extend(result.events)
+        warming = prefixed(self.log_prefix, group, result.warming_up)
+        logged.warming_up.update(warming)
+        logged.not_measured.update(prefixed(self.log_prefix, group, result.not_measured))
+        if probe is not None:  # readiness of the keys this probe may hold back, logged next to them
+            for key in probe.gated_keys:
+                if key in result.scalars:
+                    logged.scalars[f"{self.log_prefix}/{group}/ready/{key}"] = float(key not in result.warming_up)
+
+    def _report_states(self, logged: ProbeResult, step: int) -> None:
+        """Keep :attr:`warming_up` / :attr:`not_measured` current; say each new reason once (TensorBoard
+        text and an INFO log line; a probe that finds nothing to measure at all warns by itself)."""
+        lines = []
+        measured = set(logged.scalars)
+        for tag, why in logged.warming_up.items():
+            if self.warming_up.get(tag) is None:
+                lines.append(f"`{tag}`: warming up — logged, not judged yet ({why})")
+            self.warming_up[tag] = why
+        for tag in [t for t in self.warming_up if t in measured and t not in logged.warming_up]:
+            lines.append(f"`{tag}`: ready from step {step} — rules and the controller now judge it")
+            del self.warming_up[tag]
+        for tag, why in logged.not_measured.items():
+            if self.not_measured.get(tag) != why:
+                lines.append(f"`{tag}`: not measured ({why})")
+                _log.info("LandscapeMonitor: %s is not measured: %s", tag, why)
+            self.not_measured[tag] = why
+        for tag in [t for t in self.not_measured if t in measured]:
+            del self.not_measured[tag]
+        if lines:
+            logged.texts[f"{self.log_prefix}/monitor/states"] = "\n\n".join(lines)
 
     def _probe_failed(self, probe: Probe, err: Exception, step: int) -> None:
         if self.on_error == "raise":
@@ -457,7 +540,9 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
 
     # ------------------------------------------------------------------ reporting
     def summary(self) -> dict[str, Any]:
-        """Totals of this run: measurements, HVPs, seconds spent and the overhead fraction."""
+        """Totals of this run: measurements, HVPs, seconds spent, the overhead fraction (time inside
+        measurements ÷ the rest of the fit), the last values, and what is warming up or not measured (tag ->
+        reason)."""
         train = max(self.fit_seconds - self.probe_seconds, 1e-9) if self.fit_seconds else float("nan")
         return {
             "measurements": self.num_measurements,
@@ -466,4 +551,6 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
             "fit_seconds": self.fit_seconds,
             "overhead": self.probe_seconds / train if self.fit_seconds else float("nan"),
             "last_values": dict(self.last_values),
+            "warming_up": dict(self.warming_up),
+            "not_measured": dict(self.not_measured),
         }

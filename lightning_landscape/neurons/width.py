@@ -191,12 +191,17 @@ def saddle_branch_indicator(widths: Sequence[WidthReport], grad_norm: float, los
 
 
 def saddle_indicator(lambda_min: float, lambda_max: float, grad_norm: float, grad_tol: float,
-                     ratio_tol: float) -> bool:
-    """A strict, escapable saddle: ``λmin < 0`` with ``|λmin|/λmax ≥ ratio_tol`` and a small gradient.
+                     ratio_tol: float, curvature_floor: float = 0.0) -> bool:
+    """A strict, escapable saddle: ``λmin < 0`` with ``|λmin|/λmax ≥ ratio_tol``, ``|λmin| >
+    curvature_floor`` (below it the eigenvalue is rounding noise) and a small gradient.
 
     >>> saddle_indicator(-0.1, 5.0, 1e-7, grad_tol=1e-4, ratio_tol=1e-3), saddle_indicator(-1e-6, 5.0, 1e-7, 1e-4, 1e-3)
     (True, False)
+    >>> saddle_indicator(-1e-13, 1e-13, 0.0, 1e-4, 1e-3, curvature_floor=1e-5)  # a vanished Hessian
+    False
     """
     if not (math.isfinite(lambda_min) and math.isfinite(lambda_max)) or lambda_min >= 0:
+        return False
+    if abs(lambda_min) <= curvature_floor:
         return False
     return abs(lambda_min) >= ratio_tol * max(abs(lambda_max), 1e-300) and grad_norm <= grad_tol

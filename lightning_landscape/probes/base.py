@@ -33,20 +33,24 @@ class Histogram:
 
 @dataclass
 class ProbeResult:
-    """What one probe measured at one step. Keys are relative to the probe's group."""
+    """What one probe measured at one step. Keys are relative to the probe's group.
+
+    Two kinds of "not yet" are kept apart from the values (DESIGN §7):
+
+    * ``warming_up``: key -> why. The value *is* in ``scalars`` and is logged, but it cannot carry a
+      verdict yet (an L2 margin before the model has learned, Adam's preconditioned sharpness before its
+      second-moment estimate has warmed up): rules and the weight-decay controller do not see it.
+    * ``not_measured``: key -> why. Nothing could be measured (no neuron layer found, a window still
+      filling), so the key is absent from ``scalars`` — never a 0 that reads as "healthy".
+    """
 
     scalars: dict[str, float] = field(default_factory=dict)
     histograms: dict[str, Histogram] = field(default_factory=dict)
     images: dict[str, np.ndarray] = field(default_factory=dict)  # HWC uint8
     texts: dict[str, str] = field(default_factory=dict)
     events: list[Any] = field(default_factory=list)
-
-    def merge(self, other: "ProbeResult") -> None:
-        self.scalars.update(other.scalars)
-        self.histograms.update(other.histograms)
-        self.images.update(other.images)
-        self.texts.update(other.texts)
-        self.events.extend(other.events)
+    warming_up: dict[str, str] = field(default_factory=dict)
+    not_measured: dict[str, str] = field(default_factory=dict)
 
 
 class Probe(ABC):
@@ -68,6 +72,9 @@ class Probe(ABC):
     cost: ClassVar[str] = ""
     #: Optional TensorBoard charts: title -> keys drawn together (default: one chart of all tags).
     charts: ClassVar[dict[str, list[str]] | None] = None
+    #: Keys whose verdict may be held back while they warm up (``ProbeResult.warming_up``): the monitor
+    #: logs ``<group>/ready/<key>`` (0/1) for them at every measurement.
+    gated_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -93,6 +100,15 @@ class Probe(ABC):
     @abstractmethod
     def run(self, ctx: "ProbeContext") -> ProbeResult:
         """Measure. Must not change the module (the caller guards RNG, buffers and modes)."""
+
+    def track(self, step: int, optimizer_info: Any) -> ProbeResult | None:
+        """Free estimates between measurements, called after every optimizer step that does not measure.
+
+        No forward pass, no gradient: only what the last measurement and the optimizer's current
+        hyper-parameters imply (e.g. the edge-of-stability ratio at the current learning rate). Values go
+        to the rules at every step and to the loggers at the trainer's logging cadence. Default: none.
+        """
+        return None
 
     def config(self) -> dict[str, Any]:
         """The constructor arguments that identify this probe (state keys, reports)."""

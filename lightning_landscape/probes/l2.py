@@ -8,12 +8,13 @@ from typing import Any, Literal
 import torch
 
 from lightning_landscape.l2.convention import CONVENTION_TEXT, group_decays
-from lightning_landscape.l2.order import collapse_ratio, parameter_norms, squared_norm, trivial_loss
+from lightning_landscape.l2.order import collapse_ratio, parameter_norms, scaled_loss, squared_norm, trivial_loss
 from lightning_landscape.l2.ray import ray_critical_beta
 from lightning_landscape.probes.base import (
     Probe,
     ProbeResult,
     check_choice,
+    check_number,
     check_positive_float,
     check_positive_int,
 )
@@ -41,22 +42,38 @@ class L2Transition(Probe):
         s_max: largest scale of the ray ``s·θ``.
         num_scales: points of the log-spaced grid ``s ∈ [s_max/64, s_max]``.
         refine_steps: extra forward passes refining the maximum.
+        ready_collapse_ratio: the margin is judged (by rules and the weight-decay controller) only once the
+            model has learned: ``collapse_ratio`` at least this. At initialisation the trained state is no
+            better than the collapsed one and the margin is ~0 by construction — true, but not news.
+        ready_balance: ... and only once the weights sit in radial equilibrium with the decay:
+            ``radial_balance = −(d/ds) L(sθ)|ₛ₌₁ / (2β‖θ‖²)`` at least this (1 at a stationary point of
+            ``L + β‖θ‖²``; ≈ 0 while weight decay is still draining norm the loss does not need, e.g.
+            initialisation noise, or on weights feeding a BatchNorm/LayerNorm, which are scale-invariant).
+            Off equilibrium the ray through θ is far from the best direction and ``critical_beta`` is a
+            loose bound that says nothing about the collapse. Costs 2 forward passes.
+
+    Until both hold, ``margin`` and ``critical_beta`` are logged with the state ``warming_up``
+    (``ready/margin`` = 0).
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8, bias=False), torch.nn.Linear(8, 1, bias=False))
         >>> opt = torch.optim.SGD(net.parameters(), lr=0.1, weight_decay=0.02)
         >>> x = torch.randn(64, 4); y = x @ torch.ones(4, 1)
         >>> ctx = ProbeContext(net, lambda: ((net(x) - y) ** 2).mean(), step=1, optimizer=opt)
-        >>> out = L2Transition().run(ctx).scalars
+        >>> result = L2Transition().run(ctx)
+        >>> out = result.scalars
         >>> out["beta/group0"], sorted(k for k in out if not k.startswith(("norm/", "beta/", "weight_decay/")))
-        (0.01, ['beta_eff', 'collapse_ratio', 'critical_beta', 'loss', 'loss_trivial', 'margin', 'ray_argmax_scale', 'theta_sq'])
+        (0.01, ['beta_eff', 'collapse_ratio', 'critical_beta', 'loss', 'loss_trivial', 'margin', 'radial_balance', 'ray_argmax_scale', 'theta_sq'])
+        >>> sorted(result.warming_up)  # untrained: logged, not judged
+        ['critical_beta', 'margin']
     """
 
     name = "l2_transition"
     group = "l2"
     needs_hessian = False
     default_every_n_steps = 50
-    cost = "≈ 13–21 forward passes, no gradients"
+    cost = "≈ 15–23 forward passes, no gradients"
+    gated_keys = ("margin", "critical_beta")
     scalar_tags = {
         "theta_sq": "‖θ‖² of the collapsing parameters (decayed ones by default)",
         "loss": "probe-batch loss (without the penalty)",
@@ -67,6 +84,9 @@ class L2Transition(Probe):
         "is worse than the collapsed model (e.g. at initialisation)",
         "margin": "critical_beta / beta_eff; < 1: collapse preferred along the ray (absent when β = 0)",
         "ray_argmax_scale": "s of the ray maximum: ≈ 0 continuous-type, interior (< 1) jump-type barrier",
+        "radial_balance": "−(d/ds)L(sθ) at s=1 over 2β‖θ‖²: 1 in equilibrium with the decay, ≈ 0 while decay drains "
+        "norm the loss does not need (the margin is judged only near equilibrium)",
+        "ready/margin": "1 once the margin can carry a verdict (model learned, weights in radial equilibrium), else 0",
         "beta_eff": "‖θ‖²-weighted mean penalty β over the collapsing parameters (what margin divides by)",
         "beta/group<i>": "penalty β of param group i (SGD/Adam: weight_decay/2; AdamW: frozen-preconditioner equivalent)",
         "weight_decay/group<i>": "raw optimizer weight_decay of param group i",
@@ -82,6 +102,8 @@ class L2Transition(Probe):
         s_max: float = 2.0,
         num_scales: int = 12,
         refine_steps: int = 8,
+        ready_collapse_ratio: float = 0.5,
+        ready_balance: float = 0.5,
     ) -> None:
         super().__init__(every_n_steps)
         self.params = check_choice("L2Transition.params", params, ("decayed", "all", "weights"))
@@ -90,6 +112,10 @@ class L2Transition(Probe):
         self.s_max = check_positive_float("L2Transition.s_max", s_max)
         self.num_scales = check_positive_int("L2Transition.num_scales", num_scales, 2)
         self.refine_steps = check_positive_int("L2Transition.refine_steps", refine_steps, 0)
+        self.ready_collapse_ratio = check_number("L2Transition.ready_collapse_ratio", ready_collapse_ratio)
+        if self.ready_collapse_ratio > 1:
+            raise ValueError(f"L2Transition.ready_collapse_ratio must be <= 1, got {self.ready_collapse_ratio}")
+        self.ready_balance = check_number("L2Transition.ready_balance", ready_balance)
         self._described: str | None = None
 
     def config(self) -> dict[str, Any]:
@@ -101,6 +127,8 @@ class L2Transition(Probe):
             "s_max": self.s_max,
             "num_scales": self.num_scales,
             "refine_steps": self.refine_steps,
+            "ready_collapse_ratio": self.ready_collapse_ratio,
+            "ready_balance": self.ready_balance,
         }
 
     def _select(self, ctx: ProbeContext, decays: list) -> tuple[list[tuple[str, torch.Tensor]], str]:
@@ -146,16 +174,42 @@ class L2Transition(Probe):
                                     loss_trivial=l_triv)
             if math.isfinite(est.critical_beta):
                 s["critical_beta"] = est.critical_beta
-                s["ray_argmax_scale"] = est.argmax_scale
+                if math.isfinite(est.argmax_scale):  # NaN when the loss is flat along the ray (collapsed)
+                    s["ray_argmax_scale"] = est.argmax_scale
                 ctx.extras["critical_beta"] = est.critical_beta
                 if beta_eff is not None and beta_eff > 0:
                     s["margin"] = est.critical_beta / beta_eff
                     ctx.extras["l2_margin"] = s["margin"]
+                    balance = self._radial_balance(params, loss_fn, beta_eff, theta_sq)
+                    if math.isfinite(balance):
+                        s["radial_balance"] = balance
+                    why = self._not_ready(s.get("collapse_ratio", math.nan), balance)
+                    if why:
+                        out.warming_up.update({"margin": why, "critical_beta": why})
         description = f"Collapsing set: {which} ({len(params)} tensors). {CONVENTION_TEXT}"
         if description != self._described:  # the text once, and again only if it changes
             out.texts["convention"] = description
             self._described = description
         return out
+
+    #: Step of the central difference for ``radial_balance`` (relative to the scale 1: O(h²) error).
+    BALANCE_STEP = 0.02
+
+    def _radial_balance(self, params: list[torch.Tensor], loss_fn: Any, beta_eff: float, theta_sq: float) -> float:
+        """``−(d/ds) L(sθ)|ₛ₌₁ / (2β‖θ‖²)`` by a central difference (2 forward passes)."""
+        h = self.BALANCE_STEP
+        slope = (scaled_loss(params, loss_fn, 1.0 + h) - scaled_loss(params, loss_fn, 1.0 - h)) / (2.0 * h)
+        return -slope / (2.0 * beta_eff * theta_sq)
+
+    def _not_ready(self, ratio: float, balance: float) -> str:
+        """Why the margin cannot carry a verdict now ("" when it can)."""
+        if not ratio >= self.ready_collapse_ratio:
+            return (f"the model has not learned enough for a collapse to be news: collapse_ratio {ratio:.3g} < "
+                    f"ready_collapse_ratio {self.ready_collapse_ratio:g}")
+        if not balance >= self.ready_balance:
+            return (f"the weights are not in equilibrium with the decay (radial_balance {balance:.3g} < "
+                    f"ready_balance {self.ready_balance:g}): the ray through them is a loose bound")
+        return ""
 
     @staticmethod
     def _beta_eff(decays: list, params: list[torch.Tensor], theta_sq: float, s: dict[str, float]) -> float | None:

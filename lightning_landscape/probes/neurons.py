@@ -63,10 +63,16 @@ class _NeuronLayers:
         self.spec = layers
         self._module_id: int | None = None
         self.layers: list[NeuronLayer] = []
+        self.why_none = ""
 
     def get(self, ctx: ProbeContext) -> list[NeuronLayer]:
         if self._module_id != id(ctx.module):
-            self.layers = discover_layers(ctx.module, forward=ctx.evaluate_loss, layers=self.spec).layers
+            found = discover_layers(ctx.module, forward=ctx.evaluate_loss, layers=self.spec)
+            self.layers = found.layers
+            skipped = "; ".join(f"{n}: {r}" for n, r in found.skipped)
+            self.why_none = (f"no neuron layer (Linear/Conv → activation → Linear/Conv) found in "
+                             f"{type(ctx.module).__name__}" + (f" ({skipped})" if skipped else "")
+                             + "; name them with layers=[[input, output, activation], ...]")
             self._module_id = id(ctx.module)
         return self.layers
 
@@ -224,8 +230,8 @@ class ChannelDetector(Probe):
         >>> x, y = torch.randn(16, 3), torch.randn(16, 1)
         >>> ctx = ProbeContext(net, lambda: ((net(x) - y) ** 2).mean(), step=1)
         >>> out = ChannelDetector().run(ctx)
-        >>> out.scalars["0/channel_score"], out.events  # one measurement: nothing to score yet
-        (0.0, [])
+        >>> "channel_score" in out.scalars, out.not_measured["channel_score"], out.events  # one measurement: nothing to score yet
+        (False, 'no layer has a full window yet', [])
     """
 
     name = "channels"
@@ -291,17 +297,22 @@ class ChannelDetector(Probe):
         lam = float(lam) if lam is not None else None
         info = ctx.optimizer_info
         eos = lam / info.eos_threshold() if lam is not None and info is not None and info.kind == "sgd" and info.lr > 0 else None
-        best_score = 0.0
-        for layer in self._neurons.get(ctx):
+        layers = self._neurons.get(ctx)
+        if not layers:
+            out.not_measured["channel_score"] = self._neurons.why_none
+            return out
+        best_score: float | None = None
+        for layer in layers:
             report = self.tracker.update(layer.name, ctx.step, loss, layer.input_weights(), layer.output_weights(),
                                          layer.symmetry, lam)
             out.scalars[f"{layer.name}/channel_eps"] = report.min_eps
             best = report.best
-            score = best.score if best is not None else 0.0
-            best_score = max(best_score, score)
-            out.scalars[f"{layer.name}/channel_score"] = score
-            if best is None:
+            if best is None:  # a pair is scored only over a window: absent (not 0) until it has filled
+                out.not_measured[f"{layer.name}/channel_score"] = (
+                    f"the window is filling (a pair is scored after min_points={self.min_points} measurements)")
                 continue
+            best_score = max(best.score, -math.inf if best_score is None else best_score)
+            out.scalars[f"{layer.name}/channel_score"] = best.score
             out.scalars[f"{layer.name}/channel_out_norm"] = best.out_norm
             out.scalars[f"{layer.name}/channel_slope"] = best.slope
             out.scalars[f"{layer.name}/channel_glu"] = best.glu
@@ -314,7 +325,10 @@ class ChannelDetector(Probe):
                     continue
                 self._announced.add(key)
                 out.events.append(self._event(ctx, layer, v, report, eos))
-        out.scalars["channel_score"] = best_score
+        if best_score is None:
+            out.not_measured["channel_score"] = "no layer has a full window yet"
+        else:
+            out.scalars["channel_score"] = best_score
         return out
 
     def _event(self, ctx: ProbeContext, layer: NeuronLayer, v: Any, report: Any, eos: float | None) -> Event:
@@ -463,6 +477,12 @@ class SaddleBranches(Probe):
         ctx.extras.setdefault("lambda_min", res.lambda_min)
         return res.lambda_max, res.lambda_min
 
+    @staticmethod
+    def _curvature_floor(ctx: ProbeContext, loss: float) -> float:
+        """Eigenvalues below this are rounding noise (e.g. ~1e-13 at θ = 0 after a collapse, where the
+        Hessian of a deep net vanishes): ``100 · eps(dtype) · max(|L|, 1)``."""
+        return 100.0 * torch.finfo(ctx.space.dtype).eps * max(abs(loss), 1.0)
+
     def run(self, ctx: ProbeContext) -> ProbeResult:
         out = ProbeResult()
         layers = self._neurons.get(ctx)
@@ -483,16 +503,16 @@ class SaddleBranches(Probe):
         loss = ctx.loss()
         lam_max, lam_min = self._spectrum(ctx)
         branch = saddle_branch_indicator(widths, grad_norm, loss - self.loss_floor, self.grad_tol, self.loss_tol)
-        saddle = saddle_indicator(lam_min, lam_max, grad_norm, self.grad_tol, self.ratio_tol)
+        saddle = saddle_indicator(lam_min, lam_max, grad_norm, self.grad_tol, self.ratio_tol,
+                                  curvature_floor=self._curvature_floor(ctx, loss))
         self._steps = (self._steps + [ctx.step])[-self.window:]
         self._losses = (self._losses + [loss])[-self.window:]
         state = classify_state(grad_norm, loss, self.loss_floor, branch, self.grad_tol, self.loss_tol)
-        out.scalars.update({
-            "saddle_branch": float(branch),
-            "saddle": float(saddle),
-            "grad_norm": grad_norm,
-            "recovery_state": float(STATES[state]),
-        })
+        out.scalars.update({"saddle": float(saddle), "grad_norm": grad_norm, "recovery_state": float(STATES[state])})
+        if widths:
+            out.scalars["saddle_branch"] = float(branch)
+        else:  # no width measured: "not a saddle branch" would be a claim we cannot make
+            out.not_measured["saddle_branch"] = self._neurons.why_none if not layers else "no layer's width measured"
         if math.isfinite(lam_min) and math.isfinite(lam_max) and lam_max != 0:
             out.scalars["lambda_min_ratio"] = lam_min / abs(lam_max)
         rate = convergence_rate(self._steps, self._losses, self.loss_floor)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
 
 from lightning_landscape.linalg import hutchinson_trace, hutchpp_trace, lanczos_extremes, spectral_density
 from lightning_landscape.linalg.random import gaussian
-from lightning_landscape.optim_info import adam_preconditioner
+from lightning_landscape.optim_info import adam_preconditioner, adam_steps
 from lightning_landscape.probes.base import (
     Histogram,
     Probe,
@@ -49,6 +50,20 @@ class HessianSpectrum(Probe):
         max_basis: most Lanczos vectors kept (parameter-sized each); a longer run thick-restarts from the
             two extreme Ritz vectors, which on trained-network Hessians costs about the same number of
             products. ``None``: keep all ``max_iter + 1``.
+        adam_warmup_steps: Adam/AdamW only: the preconditioned ratio is logged but not judged (state
+            ``warming_up``: no rule or controller sees it) until Adam has taken this many steps — its
+            second-moment estimate built from a handful of gradients is tiny and noisy, which inflates
+            ``λmax(P⁻¹H)`` by orders of magnitude. ``None``: ``max(20, ⌈0.1/(1−β2)⌉)`` (100 at β2 = 0.999).
+        fast_every_n_steps: measure this often instead while the edge-of-stability ratio (tracked at every
+            step from the last λmax and the current learning rate) is at or above ``fast_above``: the ratio
+            can go from 1 to 100 within ten steps, faster than the regular interval can see.
+        fast_above: the ratio at which the fast interval starts (``None`` or ``fast_every_n_steps=None``:
+            never).
+
+    Between measurements the probe reports ``eos_ratio_tracked`` at every optimizer step: the last
+    measured (preconditioned) sharpness over the stability threshold at the *current* learning rate and
+    momentum — free (no forward pass) and exact for the threshold's part; a warm-up, ramp or schedule
+    moves it at once. At a measurement it equals ``eos_ratio``.
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
@@ -74,10 +89,14 @@ class HessianSpectrum(Probe):
         "preconditioned_lambda_max": "Adam/AdamW only: λmax(P⁻¹H) with P the bias-corrected Adam preconditioner",
         "eos_ratio_unpreconditioned": "Adam/AdamW with preconditioned_eos=False, or another adaptive optimizer "
         "(NAdam, RAdam, RMSprop, ...): λmax·lr/2, the plain-GD ratio (not that optimizer's criterion)",
+        "eos_ratio_tracked": "eos_ratio at every step: the last measured sharpness over the stability threshold at "
+        "the current learning rate (free; equals eos_ratio at a measurement)",
+        "ready/<key>": "1 once <key> can carry a verdict (Adam: second-moment estimate warmed up), 0 while warming up",
     }
+    gated_keys = ("eos_ratio", "preconditioned_lambda_max", "eos_ratio_tracked")
     charts = {
         "extreme eigenvalues": ["lambda_max", "lambda_min"],
-        "edge of stability": ["eos_ratio", "eos_ratio_unpreconditioned"],
+        "edge of stability": ["eos_ratio", "eos_ratio_tracked", "eos_ratio_unpreconditioned"],
         "Lanczos cost": ["lanczos_hvps", "residual"],
     }
 
@@ -90,6 +109,9 @@ class HessianSpectrum(Probe):
         warm_noise: float = 0.01,
         preconditioned_eos: bool = True,
         max_basis: int | None = 8,
+        adam_warmup_steps: int | None = None,
+        fast_every_n_steps: int | None = 25,
+        fast_above: float | None = 0.5,
     ) -> None:
         super().__init__(every_n_steps)
         self.max_iter = check_positive_int("HessianSpectrum.max_iter", max_iter, 2)
@@ -98,12 +120,68 @@ class HessianSpectrum(Probe):
         self.warm_noise = check_positive_float("HessianSpectrum.warm_noise", warm_noise, allow_zero=True)
         self.preconditioned_eos = bool(preconditioned_eos)
         self.max_basis = None if max_basis is None else check_positive_int("HessianSpectrum.max_basis", max_basis, 3)
+        self.adam_warmup_steps = (None if adam_warmup_steps is None
+                                  else check_positive_int("HessianSpectrum.adam_warmup_steps", adam_warmup_steps, 0))
+        self.fast_every_n_steps = (None if fast_every_n_steps is None
+                                   else check_positive_int("HessianSpectrum.fast_every_n_steps", fast_every_n_steps))
+        self.fast_above = None if fast_above is None else check_positive_float("HessianSpectrum.fast_above", fast_above)
         self._vectors: list[torch.Tensor] = []
         self._precond_vectors: list[torch.Tensor] = []
+        # Edge-of-stability tracking between measurements: the sharpness the ratio divides (λmax, or
+        # λmax(P⁻¹H) for Adam), whether it may be judged, and the step of the last measurement.
+        self._sharpness: float | None = None
+        self._sharpness_kind = ""
+        self._eos_warming: str | None = None
+        self._last_measured = -1
+        self._hot = False
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "max_iter": self.max_iter, "tol": self.tol, "warm_start": self.warm_start,
-                "max_basis": self.max_basis}
+                "max_basis": self.max_basis, "adam_warmup_steps": self.adam_warmup_steps,
+                "fast_every_n_steps": self.fast_every_n_steps, "fast_above": self.fast_above}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sharpness": self._sharpness, "sharpness_kind": self._sharpness_kind,
+                "eos_warming": self._eos_warming, "last_measured": self._last_measured, "hot": self._hot}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        sharp = state.get("sharpness")
+        self._sharpness = None if sharp is None else float(sharp)
+        self._sharpness_kind = str(state.get("sharpness_kind", ""))
+        warming = state.get("eos_warming")
+        self._eos_warming = None if warming is None else str(warming)
+        self._last_measured = int(state.get("last_measured", -1))
+        self._hot = bool(state.get("hot", False))
+
+    # ------------------------------------------------------------------ scheduling and tracking
+    def is_due(self, step: int, previous: int | None = None) -> bool:
+        if super().is_due(step, previous):
+            return True
+        fast = self.fast_every_n_steps
+        return bool(self._hot and fast is not None and self._last_measured >= 0
+                    and step - self._last_measured >= fast)
+
+    def _ratio_now(self, info: Any) -> float | None:
+        if self._sharpness is None or info is None or info.lr <= 0:
+            return None
+        kind = "preconditioned" if info.is_adaptive else ("plain" if info.kind == "sgd" else "")
+        if kind != self._sharpness_kind:
+            return None  # optimizer changed kind since the measurement
+        return self._sharpness / info.eos_threshold()
+
+    def _update_hot(self, ratio: float | None) -> None:
+        self._hot = bool(ratio is not None and self.fast_above is not None and self._eos_warming is None
+                         and ratio >= self.fast_above)
+
+    def track(self, step: int, optimizer_info: Any) -> ProbeResult | None:
+        ratio = self._ratio_now(optimizer_info)
+        self._update_hot(ratio)
+        if ratio is None:
+            return None
+        out = ProbeResult(scalars={"eos_ratio_tracked": ratio})
+        if self._eos_warming is not None:
+            out.warming_up["eos_ratio_tracked"] = self._eos_warming
+        return out
 
     def run(self, ctx: ProbeContext) -> ProbeResult:
         op = ctx.hessian()
@@ -128,8 +206,20 @@ class HessianSpectrum(Probe):
                 "lanczos_hvps": float(res.num_matvecs),
             }
         )
+        self._last_measured = ctx.step
+        self._sharpness, self._sharpness_kind, self._eos_warming = None, "", None
         out.scalars.update(self._edge_of_stability(ctx, res.lambda_max, gen))
+        if "eos_ratio" in out.scalars:
+            out.scalars["eos_ratio_tracked"] = out.scalars["eos_ratio"]
+            if self._eos_warming is not None:
+                out.warming_up.update({k: self._eos_warming for k in self.gated_keys if k in out.scalars})
+        self._update_hot(out.scalars.get("eos_ratio"))
         return out
+
+    def _adam_warmup(self, info: Any) -> int:
+        if self.adam_warmup_steps is not None:
+            return self.adam_warmup_steps
+        return max(20, math.ceil(0.1 / max(1.0 - info.beta2, 1e-12)))
 
     def _edge_of_stability(self, ctx: ProbeContext, lambda_max: float, gen: torch.Generator) -> dict[str, float]:
         info = ctx.optimizer_info
@@ -140,12 +230,17 @@ class HessianSpectrum(Probe):
         if info.kind == "adaptive":
             return {"eos_ratio_unpreconditioned": lambda_max * info.lr / 2.0}
         if not info.is_adaptive:
+            self._sharpness, self._sharpness_kind = lambda_max, "plain"
             return {"eos_ratio": lambda_max / info.eos_threshold()}
         if not self.preconditioned_eos or ctx.optimizer is None:
             return {"eos_ratio_unpreconditioned": lambda_max * info.lr / 2.0}
         p = adam_preconditioner(ctx.optimizer, ctx.space)
         if p is None:  # no Adam state before the first step
             return {}
+        taken, needed = adam_steps(ctx.optimizer), self._adam_warmup(info)
+        if taken < needed:
+            self._eos_warming = (f"Adam's second-moment estimate is built from {taken} step(s); the preconditioned "
+                                 f"sharpness is judged from Adam step {needed} (adam_warmup_steps)")
         inv_sqrt = p.rsqrt()
         op = ctx.hessian()
 
@@ -159,6 +254,7 @@ class HessianSpectrum(Probe):
             max_iter=self.max_iter, tol=self.tol, min_iter=2, max_basis=self.max_basis,
         )
         self._precond_vectors = [res.vector_max.detach().clone()]  # not the view that keeps vector_min alive
+        self._sharpness, self._sharpness_kind = res.lambda_max, "preconditioned"
         return {
             "preconditioned_lambda_max": res.lambda_max,
             "eos_ratio": res.lambda_max / info.eos_threshold(),
