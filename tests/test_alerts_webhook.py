@@ -61,7 +61,7 @@ def server():
 
 def events(step):
     return [Event("l2_threshold", step, 1, {"landscape/l2/margin": 1.2, "bad": float("nan")}, "critical",
-                  "margin 1.2 <= 1.5", key="margin")]
+                  "margin 1.2 <= 1.5", key="margin", runbook="Lower the weight decay.")]
 
 
 def test_payload_received_and_well_formed(server):
@@ -74,11 +74,13 @@ def test_payload_received_and_well_formed(server):
     for i, req in enumerate(server.requests, start=1):
         assert req["content_type"] == "application/json" and req["path"] == "/hook"
         payload = json.loads(req["body"].decode("utf-8"), parse_constant=lambda c: pytest.fail(f"invalid JSON {c}"))
-        assert payload["text"] == f"[CRITICAL] l2_threshold [margin] (step {i}, epoch 1): margin 1.2 <= 1.5"
+        assert payload["text"] == (f"[CRITICAL] l2_threshold [margin] (step {i}, epoch 1): margin 1.2 <= 1.5"
+                                   " — what to do: Lower the weight decay.")
         assert payload["source"] == "lightning_landscape"
         (ev,) = payload["events"]
         assert ev == {"rule": "l2_threshold", "step": i, "epoch": 1, "severity": "critical", "key": "margin",
-                      "message": "margin 1.2 <= 1.5", "values": {"landscape/l2/margin": 1.2, "bad": "nan"}}
+                      "message": "margin 1.2 <= 1.5", "values": {"landscape/l2/margin": 1.2, "bad": "nan"},
+                      "runbook": "Lower the weight decay."}
         assert Event.from_dict({**ev, "values": {"landscape/l2/margin": 1.2}}).rule == "l2_threshold"
 
 

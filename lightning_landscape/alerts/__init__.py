@@ -27,9 +27,13 @@ from lightning_landscape.alerts.rules import (
 )
 from lightning_landscape.alerts.sinks import CallableSink, LoggingSink, Sink, TensorBoardPayload, TensorBoardSink
 from lightning_landscape.alerts.webhook import WebhookSink
+from lightning_landscape.alerts.runbook import RUNBOOK, RunbookEntry, runbook_action
 
 __all__ = [
     "RULES",
+    "RUNBOOK",
+    "RunbookEntry",
+    "runbook_action",
     "SEVERITIES",
     "AlertManager",
     "CallableSink",

@@ -46,6 +46,8 @@ class Event:
         message: one human-readable line.
         key: identity used for de-duplication (e.g. ``"layers.2:3-7"`` for a neuron pair); ``""`` if
             the rule has a single identity.
+        runbook: what to do about it (ready-made rules fill it from
+            :data:`~lightning_landscape.alerts.runbook.RUNBOOK`); shown after the message.
 
     >>> e = Event("edge_of_stability", step=120, epoch=1, values={"eos_ratio": 1.04}, severity="warning",
     ...           message="eos_ratio >= 1.0 for 3 measurements")
@@ -64,6 +66,7 @@ class Event:
     severity: str = "warning"
     message: str = ""
     key: str = ""
+    runbook: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.rule, str) or not self.rule:
@@ -82,6 +85,7 @@ class Event:
             "severity": self.severity,
             "message": self.message,
             "key": self.key,
+            "runbook": self.runbook,
         }
 
     @classmethod
@@ -95,13 +99,15 @@ class Event:
             severity=str(d.get("severity", "warning")),
             message=str(d.get("message", "")),
             key=str(d.get("key", "")),
+            runbook=str(d.get("runbook", "")),
         )
 
     def text(self) -> str:
-        """One line for logs, TensorBoard text and chat messages."""
+        """One line for logs, TensorBoard text and chat messages (with the runbook's action, if any)."""
         where = f"step {self.step}, epoch {self.epoch}"
         key = f" [{self.key}]" if self.key else ""
-        return f"[{self.severity.upper()}] {self.rule}{key} ({where}): {self.message}"
+        todo = f" — what to do: {self.runbook}" if self.runbook else ""
+        return f"[{self.severity.upper()}] {self.rule}{key} ({where}): {self.message}{todo}"
 
 
 def as_event(obj: Any, step: int | None = None, epoch: int | None = None) -> Event:

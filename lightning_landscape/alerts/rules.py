@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 from lightning_landscape.validation import check_choice, check_number, check_positive_int
 from lightning_landscape.alerts.events import Event, as_event, check_severity
+from lightning_landscape.alerts.runbook import runbook_action
 
 # ----------------------------------------------------------------------------- validation helpers
 
@@ -284,7 +285,8 @@ class Rule(ABC):
     def _event(self, step: int, epoch: int, values: dict[str, float], message: str, key: str = "",
                severity: str | None = None) -> Event:
         self._last_fire[key] = step
-        return Event(self.name, step, epoch, values, severity or self.severity, message, key)
+        return Event(self.name, step, epoch, values, severity or self.severity, message, key,
+                     runbook_action(self.default_name))
 
     # -- the interface
     def observe(self, step: int, epoch: int, scalars: Mapping[str, float], events: Sequence[Event]) -> list[Event]:
@@ -518,7 +520,8 @@ class EventRule(Rule):
                 continue  # same key in this batch, or reported recently: a duplicate
             self._last_fire[ev.key] = step
             out[ev.key] = Event(self.name, ev.step, ev.epoch, ev.values,
-                                ev.severity if self.keep_severity else self.severity, ev.message, ev.key)
+                                ev.severity if self.keep_severity else self.severity, ev.message, ev.key,
+                                ev.runbook or runbook_action(self.default_name or self.event))
         # forget keys that can no longer suppress anything (bounded state)
         horizon = step - self.cooldown_steps
         self._last_seen = {k: s for k, s in self._last_seen.items() if s > horizon or s == step}
@@ -834,7 +837,8 @@ class NonFinite(Rule):
                 self._last_fire[tag] = step
             names = ", ".join(sorted(new))
             out.append(Event(self.name, step, epoch, new, self.severity,
-                             f"non-finite values in {len(new)} tag(s): {names}", key=""))
+                             f"non-finite values in {len(new)} tag(s): {names}", key="",
+                             runbook=runbook_action(self.default_name)))
         out.extend(self._passthrough.observe(step, epoch, {}, events))
         self._fired_now = bool(out)
         return out

@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from lightning_landscape.alerts.events import Event, as_event
+from lightning_landscape.alerts.runbook import runbook_action
 
 
 def _num(name: str, value: Any, low: float, strict: bool, high: float | None = None) -> float:
@@ -208,7 +209,7 @@ class WeightDecayController:
             out.append(Event("weight_decay", step, epoch,
                              {"group": float(i), "old": old, "new": new, "margin": self.last_margin,
                               "initial": float(g["initial_weight_decay"])},
-                             "warning", msg, key=f"group_{i}"))
+                             "warning", msg, key=f"group_{i}", runbook=runbook_action("weight_decay")))
         return out
 
     def reapply(self, optimizer: torch.optim.Optimizer) -> None:
