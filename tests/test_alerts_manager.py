@@ -26,7 +26,7 @@ from lightning_landscape.alerts import (
 )
 from lightning_landscape.control import WeightDecayController
 
-EOS = "landscape/hessian/eos_ratio"
+EOS = "landscape/hessian/eos_ratio_tracked"
 MARGIN = "landscape/l2/margin"
 
 

@@ -288,10 +288,10 @@ def test_l2_threshold_noise_on_collapse_ratio_is_silent():
 def test_edge_of_stability_k_measurements_and_rearm():
     r = EdgeOfStability(level=1.0, k=3)
     s = [0.5, 1.1, 1.1, 0.95, 1.1, 1.1, 1.1, 1.2, 0.95, 1.1, 1.1, 1.1, 0.85, 1.1, 1.1, 1.1]
-    assert fire_steps(r, s, tag="landscape/hessian/eos_ratio") == [6, 15]
+    assert fire_steps(r, s, tag="landscape/hessian/eos_ratio_tracked") == [6, 15]
     for seed in range(10):
         r = EdgeOfStability()
-        assert fire_steps(r, [0.8 + 0.05 * e for e in noise(seed, 500)], tag="landscape/hessian/eos_ratio") == []
+        assert fire_steps(r, [0.8 + 0.05 * e for e in noise(seed, 500)], tag="landscape/hessian/eos_ratio_tracked") == []
 
 
 def test_nonfinite_latches_per_tag_and_passes_events_through():
@@ -337,7 +337,7 @@ def _streams():
         "landscape/hessian/lambda_max": lam,
         "landscape/l2/margin": margin,
         "landscape/l2/collapse_ratio": [0.9 if t < 90 else 0.1 for t in range(130)],
-        "landscape/hessian/eos_ratio": eos,
+        "landscape/hessian/eos_ratio_tracked": eos,
         "landscape/hessian/trace": nan,
         TAG: [1.2 + math.sin(t / 4) for t in range(130)],
     }

@@ -665,14 +665,16 @@ class L2Threshold(Rule):
 
 
 class EdgeOfStability(Threshold):
-    """``landscape/hessian/eos_ratio`` ≥ ``level`` for ``k`` consecutive measurements (re-arms below
-    ``rearm``, default ``0.9 * level``). A ratio near 1 is normal in large-learning-rate training
-    (progressive sharpening then self-stabilisation); raise ``k`` or ``level`` to hear only about
-    persistent excursions.
+    """``landscape/hessian/eos_ratio_tracked`` ≥ ``level`` for ``k`` consecutive observations (re-arms
+    below ``rearm``, default ``0.9 * level``). The tracked ratio is refreshed at every optimizer step from
+    the last measured sharpness and the current learning rate, so a learning-rate ramp or warm-up is seen
+    at once, not an interval later. A ratio near 1 is normal in large-learning-rate training (progressive
+    sharpening then self-stabilisation); raise ``k`` or ``level`` to hear only about persistent
+    excursions.
 
-    >>> r = EdgeOfStability(k=3)
+    >>> r = EdgeOfStability(level=1.0, k=3)
     >>> [s for s, x in enumerate([0.5, 1.01, 1.02, 0.99, 1.01, 1.02, 1.03, 1.1])
-    ...  if r.observe(s, 0, {"landscape/hessian/eos_ratio": x}, [])]
+    ...  if r.observe(s, 0, {"landscape/hessian/eos_ratio_tracked": x}, [])]
     [6]
     """
 
@@ -683,7 +685,7 @@ class EdgeOfStability(Threshold):
         level: float = 1.0,
         k: int = 3,
         rearm: float | None = None,
-        tag: str = "landscape/hessian/eos_ratio",
+        tag: str = "landscape/hessian/eos_ratio_tracked",
         warmup_steps: int = 0,
         cooldown_steps: int = 0,
         severity: str = "warning",

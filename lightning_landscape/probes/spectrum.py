@@ -55,8 +55,9 @@ class HessianSpectrum(Probe):
             second-moment estimate built from a handful of gradients is tiny and noisy, which inflates
             ``λmax(P⁻¹H)`` by orders of magnitude. ``None``: ``max(20, ⌈0.1/(1−β2)⌉)`` (100 at β2 = 0.999).
         fast_every_n_steps: measure this often instead while the edge-of-stability ratio (tracked at every
-            step from the last λmax and the current learning rate) is at or above ``fast_above``: the ratio
-            can go from 1 to 100 within ten steps, faster than the regular interval can see.
+            step from the last λmax and the current learning rate) is at or above ``fast_above``, and while
+            Adam's preconditioner warms up: the ratio can go from 1 to 100 within ten steps, faster than the
+            regular interval can see.
         fast_above: the ratio at which the fast interval starts (``None`` or ``fast_every_n_steps=None``:
             never).
 
@@ -111,7 +112,7 @@ class HessianSpectrum(Probe):
         max_basis: int | None = 8,
         adam_warmup_steps: int | None = None,
         fast_every_n_steps: int | None = 25,
-        fast_above: float | None = 0.5,
+        fast_above: float | None = 0.25,
     ) -> None:
         super().__init__(every_n_steps)
         self.max_iter = check_positive_int("HessianSpectrum.max_iter", max_iter, 2)
@@ -170,8 +171,10 @@ class HessianSpectrum(Probe):
         return self._sharpness / info.eos_threshold()
 
     def _update_hot(self, ratio: float | None) -> None:
-        self._hot = bool(ratio is not None and self.fast_above is not None and self._eos_warming is None
-                         and ratio >= self.fast_above)
+        # Fast while the ratio is near its threshold, and while Adam warms up (so that the first ratio that
+        # may be judged comes soon after the warm-up instead of a whole interval later).
+        self._hot = bool(ratio is not None and self.fast_above is not None
+                         and (self._eos_warming is not None or ratio >= self.fast_above))
 
     def track(self, step: int, optimizer_info: Any) -> ProbeResult | None:
         ratio = self._ratio_now(optimizer_info)
