@@ -226,9 +226,9 @@ class Task(L.LightningModule):
     """A normal LightningModule: ``training_step`` logs and returns the loss, ``configure_optimizers``
     returns the optimizer and, where the run has one, a per-step ``LambdaLR`` schedule."""
 
-    def __init__(self, net: nn.Module, loss: Literal["ce", "mse"], optim: Optim) -> None:
+    def __init__(self, net: nn.Module, loss: Literal["ce", "mse"], optim: Optim, label_smoothing: float = 0.0) -> None:
         super().__init__()
-        self.net, self.loss_kind, self.optim = net, loss, optim
+        self.net, self.loss_kind, self.optim, self.label_smoothing = net, loss, optim, label_smoothing
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -236,7 +236,9 @@ class Task(L.LightningModule):
     def compute_loss(self, batch: Batch) -> torch.Tensor:
         x, y = batch
         out = self.net(x)
-        return F.cross_entropy(out, y) if self.loss_kind == "ce" else F.mse_loss(out, y)
+        if self.loss_kind == "ce":
+            return F.cross_entropy(out, y, label_smoothing=self.label_smoothing)
+        return F.mse_loss(out, y)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss = self.compute_loss(batch)
@@ -258,5 +260,6 @@ class Task(L.LightningModule):
         out = torch.cat([self.net(x[i:i + 512]) for i in range(0, len(x), 512)])
         self.train(was)
         if self.loss_kind == "ce":
-            return float(F.cross_entropy(out, y)), float((out.argmax(1) == y).float().mean())
+            loss = F.cross_entropy(out, y, label_smoothing=self.label_smoothing)
+            return float(loss), float((out.argmax(1) == y).float().mean())
         return float(F.mse_loss(out, y)), None

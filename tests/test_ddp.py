@@ -12,7 +12,7 @@ from ddp_helpers import Recorder
 from lightning_landscape.alerts import AlertManager, EdgeOfStability, L2Threshold
 from lightning_landscape.control import WeightDecayController
 from lightning_helpers import loaders, small_task
-from lightning_landscape import HessianDensity, HessianSpectrum, HessianTrace, LandscapeMonitor, ProbeContext
+from lightning_landscape import HessianDensity, HessianSpectrum, HessianTrace, L2Transition, LandscapeMonitor, ProbeContext
 from lightning_landscape.guards import probe_guard
 from lightning_landscape.probes import PROBES
 from lightning_landscape.tags import load_all_probes
@@ -32,6 +32,8 @@ def _probes():
         "hessian_spectrum": HessianSpectrum(every_n_steps=1, max_iter=30, tol=1e-4),
         "hessian_trace": HessianTrace(every_n_steps=1, num_matvecs=12),
         "hessian_density": HessianDensity(every_n_steps=1, num_probes=1, num_steps=10),
+        # Judge the margin from step 1 (no readiness gate): the test needs an L2 decision on both ranks.
+        "l2_transition": L2Transition(every_n_steps=1, ready_collapse_ratio=-1e9, ready_balance=-1e9),
     }
     return [tuned.get(name) or PROBES[name](every_n_steps=1) for name in sorted(PROBES) if not name.startswith("test_")]
 

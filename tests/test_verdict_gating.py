@@ -28,7 +28,7 @@ from lightning_landscape.alerts import RULES, RUNBOOK, AlertManager, Threshold, 
 from lightning_landscape.control import WeightDecayController
 from lightning_landscape.optim_info import describe_optimizer
 from lightning_landscape.probes import ProbeContext
-from lightning_landscape.probes.base import Probe, ProbeResult
+from lightning_landscape.probes.base import PROBES, Probe, ProbeResult
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -36,7 +36,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 class ScriptedProbe(Probe):
     """Reports ``value`` = 0.1 (margin-like) at every measurement, warming up before ``READY_FROM``."""
 
-    name = "scripted_gate"
+    name = "test_scripted_gate"  # "test_" keeps it out of the every-probe tests
     group = "gate"
     default_every_n_steps = 1
     scalar_tags: ClassVar[dict[str, str]] = {"value": "a scripted value"}
@@ -48,6 +48,9 @@ class ScriptedProbe(Probe):
         if ctx.step < self.READY_FROM:
             out.warming_up["value"] = "scripted warm-up"
         return out
+
+
+PROBES.pop(ScriptedProbe.name)  # a test double: not part of the registry the README and other tests walk
 
 
 def test_warming_up_values_are_logged_but_judged_only_once_ready():
