@@ -36,12 +36,14 @@ def digits(images: bool = False) -> Batch:
 
 
 def majority_tokens(num_samples: int = 2048, length: int = 16, vocab: int = 6, classes: int = 4,
-                    seed: int = 0) -> Batch:
+                    seed: int = 0, label_noise: float = 0.0) -> Batch:
     """Synthetic token sequences: the label is the most frequent of the first ``classes`` tokens.
 
     A class token is planted with probability 0.3 and the rest is uniform over the vocabulary, so the
     majority is usually but not always the planted token: a Transformer must count (attend) across the
-    whole sequence; tokens ``>= classes`` are distractors.
+    whole sequence; tokens ``>= classes`` are distractors. ``label_noise``: that fraction of labels is
+    replaced by a random class (keeps the training loss away from 0, where mini-batch noise alone
+    triples the loss from one step to the next).
     """
     g = torch.Generator().manual_seed(1000 + seed)
     planted = torch.randint(0, classes, (num_samples, 1), generator=g)
@@ -49,7 +51,11 @@ def majority_tokens(num_samples: int = 2048, length: int = 16, vocab: int = 6, c
     plant = torch.rand(num_samples, length, generator=g) < 0.3
     x = torch.where(plant, planted.expand(-1, length), x)
     counts = torch.stack([(x == c).sum(1) for c in range(classes)], 1)
-    return x, counts.argmax(1)  # ties -> smallest token (deterministic)
+    y = counts.argmax(1)  # ties -> smallest token (deterministic)
+    if label_noise > 0:
+        flip = torch.rand(num_samples, generator=g) < label_noise
+        y = torch.where(flip, torch.randint(0, classes, (num_samples,), generator=g), y)
+    return x, y
 
 
 def teacher_student(num_samples: int = 512, input_dim: int = 10, teacher_width: int = 4, depth: int = 1,

@@ -106,3 +106,33 @@ def runbook_action(rule: str) -> str:
     """
     entry = RUNBOOK.get(rule)
     return entry.action if entry is not None else ""
+
+
+def markdown() -> str:
+    """The README's runbook table (one row per entry)."""
+    lines = ["| rule | what it means | how sure we are | what to do |", "|---|---|---|---|"]
+    for name, e in RUNBOOK.items():
+        lines.append(f"| `{name}` | {e.meaning} | {e.confidence} | {e.action} |")
+    return "\n".join(lines)
+
+
+def update_readme(path: str) -> None:
+    """Replace the table between ``<!-- runbook:start -->`` and ``<!-- runbook:end -->`` in ``path``."""
+    start, end = "<!-- runbook:start -->", "<!-- runbook:end -->"
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if start not in text or end not in text:
+        raise ValueError(f"{path} has no {start} ... {end} markers")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"{head}{start}\n{markdown()}\n{end}{tail}")
+
+
+if __name__ == "__main__":  # python -m lightning_landscape.alerts.runbook --update README.md
+    import sys
+
+    if len(sys.argv) == 3 and sys.argv[1] == "--update":
+        update_readme(sys.argv[2])
+    else:
+        print(markdown())
