@@ -193,14 +193,18 @@ def test_tracked_ratio_follows_the_learning_rate_exactly():
 
 
 def test_spectrum_measures_fast_near_the_threshold():
-    probe = HessianSpectrum(every_n_steps=500, fast_every_n_steps=25, fast_above=0.25)
+    probe = HessianSpectrum(every_n_steps=500, fast_every_n_steps=25, fast_above=0.25, fast_rise=0.1)
     probe._last_measured, probe._sharpness, probe._sharpness_kind = 100, 10.0, "plain"
+    probe._measured_ratio = 0.05
     sgd = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.01)  # ratio 0.05: slow
     probe.track(101, describe_optimizer(sgd))
     assert not probe.is_due(125, 124)
-    sgd.param_groups[0]["lr"] = 0.1  # ratio 0.5: fast
+    sgd.param_groups[0]["lr"] = 0.1  # a warm-up took the ratio from 0.05 to 0.5: fast
     probe.track(102, describe_optimizer(sgd))
     assert probe.is_due(125, 124) and not probe.is_due(124, 123)
+    probe._measured_ratio = 0.5  # measured at 0.5, and the ratio holds there: back to the regular interval
+    probe.track(103, describe_optimizer(sgd))
+    assert not probe.is_due(125, 124) and probe.is_due(500, 499)
 
 
 # ----------------------------------------------------------------------------- not measured

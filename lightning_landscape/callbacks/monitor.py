@@ -152,6 +152,8 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
     ) -> None:
         super().__init__()
         self.probes = _build_probes(probes)
+        # Probes with free between-measurement estimates (called after every optimizer step).
+        self._trackers = [p for p in self.probes if type(p).track is not Probe.track]
         self.probe_batch = check_choice("probe_batch", probe_batch, ("fixed", "current", "cached"))
         self.num_probe_batches = check_positive_int("num_probe_batches", num_probe_batches)
         if max_probe_samples is not None:
@@ -313,7 +315,7 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         ]
         if due:
             self.measure(trainer, pl_module, due, step, batch)
-        tracking = [p for p in self.probes if p not in due and p.name not in self._disabled_probes]
+        tracking = [p for p in self._trackers if p not in due and p.name not in self._disabled_probes]
         if tracking:
             self._track(trainer, tracking, step)
 

@@ -55,11 +55,13 @@ class HessianSpectrum(Probe):
             second-moment estimate built from a handful of gradients is tiny and noisy, which inflates
             ``λmax(P⁻¹H)`` by orders of magnitude. ``None``: ``max(20, ⌈0.1/(1−β2)⌉)`` (100 at β2 = 0.999).
         fast_every_n_steps: measure this often instead while the edge-of-stability ratio (tracked at every
-            step from the last λmax and the current learning rate) is at or above ``fast_above``, and while
-            Adam's preconditioner warms up: the ratio can go from 1 to 100 within ten steps, faster than the
-            regular interval can see.
-        fast_above: the ratio at which the fast interval starts (``None`` or ``fast_every_n_steps=None``:
+            step from the last λmax and the current learning rate) is at or above ``fast_above`` and has
+            risen by ``fast_rise`` since the previous measurement, and while Adam's preconditioner warms
+            up: the ratio can go from 1 to 100 within ten steps, faster than the regular interval can see.
+            A ratio that sits steadily at the edge of stability is measured at the regular interval.
+        fast_above: the ratio at which the fast interval can start (``None`` or ``fast_every_n_steps=None``:
             never).
+        fast_rise: the relative rise of the ratio since the previous measurement that counts as rising.
 
     Between measurements the probe reports ``eos_ratio_tracked`` at every optimizer step: the last
     measured (preconditioned) sharpness over the stability threshold at the *current* learning rate and
@@ -113,6 +115,7 @@ class HessianSpectrum(Probe):
         adam_warmup_steps: int | None = None,
         fast_every_n_steps: int | None = 25,
         fast_above: float | None = 0.25,
+        fast_rise: float = 0.1,
     ) -> None:
         super().__init__(every_n_steps)
         self.max_iter = check_positive_int("HessianSpectrum.max_iter", max_iter, 2)
@@ -126,6 +129,7 @@ class HessianSpectrum(Probe):
         self.fast_every_n_steps = (None if fast_every_n_steps is None
                                    else check_positive_int("HessianSpectrum.fast_every_n_steps", fast_every_n_steps))
         self.fast_above = None if fast_above is None else check_positive_float("HessianSpectrum.fast_above", fast_above)
+        self.fast_rise = check_positive_float("HessianSpectrum.fast_rise", fast_rise, allow_zero=True)
         self._vectors: list[torch.Tensor] = []
         self._precond_vectors: list[torch.Tensor] = []
         # Edge-of-stability tracking between measurements: the sharpness the ratio divides (λmax, or
@@ -135,15 +139,18 @@ class HessianSpectrum(Probe):
         self._eos_warming: str | None = None
         self._last_measured = -1
         self._hot = False
+        self._measured_ratio: float | None = None
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "max_iter": self.max_iter, "tol": self.tol, "warm_start": self.warm_start,
                 "max_basis": self.max_basis, "adam_warmup_steps": self.adam_warmup_steps,
-                "fast_every_n_steps": self.fast_every_n_steps, "fast_above": self.fast_above}
+                "fast_every_n_steps": self.fast_every_n_steps, "fast_above": self.fast_above,
+                "fast_rise": self.fast_rise}
 
     def state_dict(self) -> dict[str, Any]:
         return {"sharpness": self._sharpness, "sharpness_kind": self._sharpness_kind,
-                "eos_warming": self._eos_warming, "last_measured": self._last_measured, "hot": self._hot}
+                "eos_warming": self._eos_warming, "last_measured": self._last_measured, "hot": self._hot,
+                "measured_ratio": self._measured_ratio}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         sharp = state.get("sharpness")
@@ -153,6 +160,8 @@ class HessianSpectrum(Probe):
         self._eos_warming = None if warming is None else str(warming)
         self._last_measured = int(state.get("last_measured", -1))
         self._hot = bool(state.get("hot", False))
+        measured = state.get("measured_ratio")
+        self._measured_ratio = None if measured is None else float(measured)
 
     # ------------------------------------------------------------------ scheduling and tracking
     def is_due(self, step: int, previous: int | None = None) -> bool:
@@ -170,15 +179,20 @@ class HessianSpectrum(Probe):
             return None  # optimizer changed kind since the measurement
         return self._sharpness / info.eos_threshold()
 
-    def _update_hot(self, ratio: float | None) -> None:
-        # Fast while the ratio is near its threshold, and while Adam warms up (so that the first ratio that
-        # may be judged comes soon after the warm-up instead of a whole interval later).
-        self._hot = bool(ratio is not None and self.fast_above is not None
-                         and (self._eos_warming is not None or ratio >= self.fast_above))
+    def _update_hot(self, ratio: float | None, reference: float | None) -> None:
+        """Fast while the ratio is near its threshold *and rising* (``ratio ≥ (1 + fast_rise)·reference``,
+        the ratio at the previous measurement) — a warm-up, a ramp, progressive sharpening — and while Adam
+        warms up (so the first ratio that may be judged comes soon after). A ratio that sits steadily at the
+        edge of stability, normal in large-learning-rate training, is measured at the regular interval."""
+        if ratio is None or self.fast_above is None:
+            self._hot = False
+            return
+        rising = reference is None or not reference > 0 or ratio >= (1.0 + self.fast_rise) * reference
+        self._hot = self._eos_warming is not None or (ratio >= self.fast_above and rising)
 
     def track(self, step: int, optimizer_info: Any) -> ProbeResult | None:
         ratio = self._ratio_now(optimizer_info)
-        self._update_hot(ratio)
+        self._update_hot(ratio, self._measured_ratio)
         if ratio is None:
             return None
         out = ProbeResult(scalars={"eos_ratio_tracked": ratio})
@@ -216,7 +230,9 @@ class HessianSpectrum(Probe):
             out.scalars["eos_ratio_tracked"] = out.scalars["eos_ratio"]
             if self._eos_warming is not None:
                 out.warming_up.update({k: self._eos_warming for k in self.gated_keys if k in out.scalars})
-        self._update_hot(out.scalars.get("eos_ratio"))
+        ratio = out.scalars.get("eos_ratio")
+        self._update_hot(ratio, self._measured_ratio)
+        self._measured_ratio = ratio
         return out
 
     def _adam_warmup(self, info: Any) -> int:
