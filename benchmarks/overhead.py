@@ -3,6 +3,7 @@
     python benchmarks/overhead.py                    # MLP 784-256-256-10, batch 512, 2000 steps (CPU ≈ 3–4 min)
     python benchmarks/overhead.py --steps 1000 --scale 0.5   # half the steps, every interval halved
     python benchmarks/overhead.py --quick            # smoke run
+    python benchmarks/overhead.py --suite guard      # the alerting configuration of benchmarks/scenarios.py
     python benchmarks/overhead.py --model resnet18 --batch 16   # per-probe costs on ResNet-18, no fit (CPU ≈ 15 min)
 
 Both fits run in one process from the same seed (``seed_everything(0)``), without a logger, progress bar
@@ -40,6 +41,8 @@ from _common import (
     sync,
     table,
 )
+
+from _scenario_config import build_monitor as guard_monitor
 
 from lightning_landscape import LandscapeMonitor
 from lightning_landscape._compat import FLAVOURS
@@ -193,6 +196,9 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=8192)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--suite", choices=("default", "guard"), default="default",
+                        help="default: LandscapeMonitor() (spectrum, trace, density); guard: the scenario benchmark's "
+                        "alerting configuration (spectrum, L2, channels, saddle branches + every rule + the controller)")
     args = parser.parse_args()
     set_threads(args.threads)
     if args.model == "resnet18":
@@ -219,11 +225,11 @@ def main() -> None:
                 if side == "without":
                     without.append(fit(args, None))
                     continue
-                probes = default_probes()
+                monitor = guard_monitor(controller=True) if args.suite == "guard" else LandscapeMonitor()
+                probes = monitor.probes
                 for p in probes:
                     p.every_n_steps = max(1, round(p.every_n_steps * args.scale))
                     timings.wrap_probe(p)
-                monitor = LandscapeMonitor(probes=probes)
                 with_.append(fit(args, monitor))
                 own.append(monitor.summary()["probe_seconds"])
             print(f"  repeat {r + 1}: without {without[-1]:.1f} s, with {with_[-1]:.1f} s", flush=True)
@@ -238,7 +244,7 @@ def main() -> None:
     print(f"{environment()}; intervals × {args.scale:g}; {args.repeats} fit(s) per side\n")
     print(table(["", "value"], [
         ["fit without monitor (s)", f"{base:.1f}"],
-        ["fit with LandscapeMonitor() (s)", f"{mon:.1f}"],
+        [f"fit with the monitor ({args.suite} suite) (s)", f"{mon:.1f}"],
         ["overhead, wall-time difference", f"{(mon - base) / base * 100:.1f} %"],
         ["overhead, monitor's own clock (probe seconds / fit without)", f"{median(own) / base * 100:.1f} %"],
         ["measurements / HVPs", f"{summary['measurements']} / {summary['hvps']}"],

@@ -431,6 +431,7 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
     def _track(self, trainer: Any, probes: list[Probe], step: int) -> None:
         """Free estimates between measurements (e.g. the edge-of-stability ratio at the current learning
         rate): to the rules at every step, to the loggers at the trainer's logging cadence."""
+        started = time.perf_counter()
         optimizer = trainer.optimizers[0] if getattr(trainer, "optimizers", None) else None
         info = describe_optimizer(optimizer)
         logged = ProbeResult()
@@ -442,14 +443,14 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
                 continue
             if result is not None:
                 self._merge(logged, probe.group, result, probe)
-        if not logged.scalars:
-            return
-        # Tracked values are functions of state every rank holds identically: no broadcast needed.
-        self._act(trainer, logged, broadcast=False)
-        if _should_log(trainer):
-            self._write(trainer, logged)
-        else:
-            self.last_values.update(logged.scalars)
+        if logged.scalars:
+            # Tracked values are functions of state every rank holds identically: no broadcast needed.
+            self._act(trainer, logged, broadcast=False)
+            if _should_log(trainer):
+                self._write(trainer, logged)
+            else:
+                self.last_values.update(logged.scalars)
+        self.probe_seconds += time.perf_counter() - started  # the cost clock counts tracking too
 
     def _judged(self, logged: ProbeResult) -> dict[str, float]:
         """The scalars a verdict may be drawn from: everything measured except what is warming up."""

@@ -384,7 +384,8 @@ class SaddleBranches(Probe):
         ratio_tol: smallest ``|λmin|/λmax`` that counts as a strict saddle.
         contribution_tol: relative contribution below which a neuron is negligible.
         merge_tol: relative function error below which two neurons count as one.
-        compute_spectrum: run Lanczos when ``ctx.extras`` has no ``lambda_min``.
+        compute_spectrum: run Lanczos when ``ctx.extras`` has no ``lambda_min`` and the gradient is small
+            (``‖∇L‖ ≤ grad_tol``: with a larger gradient no saddle is declared, so the products are saved).
         max_iter: Lanczos steps (Hessian-vector products) for the own spectrum run.
         tol: Lanczos stop when both extreme Ritz residuals are ``≤ tol · max|λ|`` (λmin is less accurate
             than this when ``|λmin| ≪ λmax``).
@@ -406,7 +407,7 @@ class SaddleBranches(Probe):
     group = "neurons"
     needs_hessian = True
     default_every_n_steps = 200
-    cost = "1 forward + gradient; Lanczos ≤ max_iter HVPs unless the spectrum probe ran"
+    cost = "1 forward + gradient; Lanczos ≤ max_iter HVPs only with a small gradient, unless the spectrum probe ran"
     scalar_tags: ClassVar[dict[str, str]] = {
         "<layer>/effective_width": "neurons left after removing negligible units and merging duplicates modulo σ's symmetry",
         "<layer>/width": "number of neurons of the layer",
@@ -501,7 +502,12 @@ class SaddleBranches(Probe):
         op = ctx.hessian()
         grad_norm = float(torch.linalg.vector_norm(op.gradient))
         loss = ctx.loss()
-        lam_max, lam_min = self._spectrum(ctx)
+        # A saddle needs a small gradient: only then is the spectrum worth its products (unless another
+        # probe already measured it at this step).
+        if grad_norm <= self.grad_tol or "lambda_min" in ctx.extras:
+            lam_max, lam_min = self._spectrum(ctx)
+        else:
+            lam_max = lam_min = float("nan")
         branch = saddle_branch_indicator(widths, grad_norm, loss - self.loss_floor, self.grad_tol, self.loss_tol)
         saddle = saddle_indicator(lam_min, lam_max, grad_norm, self.grad_tol, self.ratio_tol,
                                   curvature_floor=self._curvature_floor(ctx, loss))
