@@ -157,7 +157,9 @@ def _adam_context(steps: int) -> tuple[ProbeContext, torch.optim.Optimizer]:
         opt.zero_grad()
         loss().backward()
         opt.step()
-    return ProbeContext(net, loss, step=steps, optimizer=opt, optimizer_info=describe_optimizer(opt)), opt
+    ctx = ProbeContext(net, loss, step=steps, optimizer=opt, optimizer_info=describe_optimizer(opt))
+    ctx.data = (x, y)
+    return ctx, opt
 
 
 @pytest.mark.parametrize("steps, warming", [(1, True), (19, True), (20, False)])
@@ -188,7 +190,7 @@ def test_tracked_ratio_follows_the_learning_rate_exactly():
     measured = probe.run(ctx).scalars
     assert measured["eos_ratio_tracked"] == measured["eos_ratio"]
     sgd.param_groups[0]["lr"] = 0.3  # a ramp tripled the learning rate since the measurement
-    tracked = probe.track(2, describe_optimizer(sgd)).scalars["eos_ratio_tracked"]
+    tracked = probe.track(2, sgd, describe_optimizer(sgd)).scalars["eos_ratio_tracked"]
     assert tracked == pytest.approx(measured["lambda_max"] * 0.3 / (2 + 2 * 0.9), rel=1e-12)
 
 
@@ -197,13 +199,13 @@ def test_spectrum_measures_fast_near_the_threshold():
     probe._last_measured, probe._sharpness, probe._sharpness_kind = 100, 10.0, "plain"
     probe._measured_ratio = 0.05
     sgd = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.01)  # ratio 0.05: slow
-    probe.track(101, describe_optimizer(sgd))
+    probe.track(101, sgd, describe_optimizer(sgd))
     assert not probe.is_due(125, 124)
     sgd.param_groups[0]["lr"] = 0.1  # a warm-up took the ratio from 0.05 to 0.5: fast
-    probe.track(102, describe_optimizer(sgd))
+    probe.track(102, sgd, describe_optimizer(sgd))
     assert probe.is_due(125, 124) and not probe.is_due(124, 123)
     probe._measured_ratio = 0.5  # measured at 0.5, and the ratio holds there: back to the regular interval
-    probe.track(103, describe_optimizer(sgd))
+    probe.track(103, sgd, describe_optimizer(sgd))
     assert not probe.is_due(125, 124) and probe.is_due(500, 499)
 
 
@@ -277,3 +279,46 @@ def test_every_ready_made_rule_has_a_runbook_carried_by_its_events_and_in_the_re
     for event in fired:
         assert event.runbook == RUNBOOK[event.rule].action
         assert event.runbook in event.text()
+
+
+def test_adam_tracked_ratio_follows_the_preconditioner_drift():
+    """Between measurements the Adam ratio follows P's drift: exact for a uniform rescaling of P, and a lower
+    bound on the exact λmax(P'^{-1/2} H P'^{-1/2}) (dense Hessian) for any other."""
+    ctx, opt = _adam_context(30)
+    probe = HessianSpectrum(adam_warmup_steps=0, tol=1e-8, max_iter=60, max_basis=None)
+    measured = probe.run(ctx).scalars
+    info = describe_optimizer(opt)
+    params = [p for p in ctx.module.parameters()]
+    net = ctx.module
+
+    def exact_preconditioned_lambda_max() -> float:
+        """Dense Hessian (torch.autograd.functional.hessian over a functional call), dense eigvalsh."""
+        from lightning_landscape.optim_info import adam_preconditioner
+
+        names = [n for n, _ in net.named_parameters()]
+        sizes = [p.numel() for p in params]
+        x, y = ctx.data
+
+        def loss_of(flat: torch.Tensor) -> torch.Tensor:
+            state = {n: c.view_as(p) for n, p, c in zip(names, params, torch.split(flat, sizes))}
+            return ((torch.func.functional_call(net, state, (x,)) - y) ** 2).mean()
+
+        h = torch.autograd.functional.hessian(loss_of, torch.cat([p.detach().reshape(-1) for p in params]))
+        p_inv_sqrt = adam_preconditioner(opt, ctx.space).rsqrt()
+        return float(torch.linalg.eigvalsh((p_inv_sqrt[:, None] * h * p_inv_sqrt[None, :]).double()).max())
+
+    assert measured["preconditioned_lambda_max"] == pytest.approx(exact_preconditioned_lambda_max(), rel=1e-3)
+    step = probe._last_measured + HessianSpectrum.ADAM_TRACK_EVERY
+    # Uniform: v / 16 -> sqrt(v) / 4 -> P / 4 (eps negligible) -> λ x 4.
+    for st in opt.state.values():
+        st["exp_avg_sq"].div_(16.0)
+    tracked = probe.track(step, opt, info).scalars["eos_ratio_tracked"]
+    assert tracked == pytest.approx(4.0 * measured["eos_ratio"], rel=1e-3)
+    # Non-uniform: a lower bound on the exact preconditioned sharpness of the same Hessian.
+    g = torch.Generator().manual_seed(3)
+    for st in opt.state.values():
+        st["exp_avg_sq"].mul_(torch.rand(st["exp_avg_sq"].shape, generator=g) * 4 + 0.25)
+    tracked = probe.track(step + HessianSpectrum.ADAM_TRACK_EVERY, opt, info).scalars["eos_ratio_tracked"]
+    exact_ratio = exact_preconditioned_lambda_max() / info.eos_threshold()
+    assert tracked <= exact_ratio * (1 + 1e-6)
+    assert tracked >= 0.2 * exact_ratio  # and not a vacuous one

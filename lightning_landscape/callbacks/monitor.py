@@ -437,7 +437,7 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         logged = ProbeResult()
         for probe in probes:
             try:
-                result = probe.track(step, info)
+                result = probe.track(step, optimizer, info)
             except Exception as err:  # noqa: BLE001 - tracking must never take training down
                 self._probe_failed(probe, err, step)
                 continue

@@ -101,12 +101,12 @@ class Probe(ABC):
     def run(self, ctx: "ProbeContext") -> ProbeResult:
         """Measure. Must not change the module (the caller guards RNG, buffers and modes)."""
 
-    def track(self, step: int, optimizer_info: Any) -> ProbeResult | None:
+    def track(self, step: int, optimizer: Any, optimizer_info: Any) -> ProbeResult | None:
         """Free estimates between measurements, called after every optimizer step that does not measure.
 
-        No forward pass, no gradient: only what the last measurement and the optimizer's current
-        hyper-parameters imply (e.g. the edge-of-stability ratio at the current learning rate). Values go
-        to the rules at every step and to the loggers at the trainer's logging cadence. Default: none.
+        No forward pass, no gradient: only what the last measurement and the optimizer's current state
+        imply (e.g. the edge-of-stability ratio at the current learning rate). Values go to the rules at
+        every step and to the loggers at the trainer's logging cadence. Default: none.
         """
         return None
 

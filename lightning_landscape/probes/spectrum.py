@@ -66,7 +66,9 @@ class HessianSpectrum(Probe):
     Between measurements the probe reports ``eos_ratio_tracked`` at every optimizer step: the last
     measured (preconditioned) sharpness over the stability threshold at the *current* learning rate and
     momentum — free (no forward pass) and exact for the threshold's part; a warm-up, ramp or schedule
-    moves it at once. At a measurement it equals ``eos_ratio``.
+    moves it at once. For Adam the sharpness also follows the preconditioner's drift along its top
+    eigenvector (a lower bound for the same Hessian, refreshed every 5 steps from Adam's state). At a
+    measurement it equals ``eos_ratio``.
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
@@ -140,6 +142,10 @@ class HessianSpectrum(Probe):
         self._last_measured = -1
         self._hot = False
         self._measured_ratio: float | None = None
+        # Adam: uᵢ²/Pᵢ at the last measurement (u: top eigenvector of P^{-1/2}HP^{-1/2}) and the drift factor.
+        self._drift_weights: torch.Tensor | None = None
+        self._drift_space: Any = None
+        self._drift = 1.0
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "max_iter": self.max_iter, "tol": self.tol, "warm_start": self.warm_start,
@@ -177,7 +183,8 @@ class HessianSpectrum(Probe):
         kind = "preconditioned" if info.is_adaptive else ("plain" if info.kind == "sgd" else "")
         if kind != self._sharpness_kind:
             return None  # optimizer changed kind since the measurement
-        return self._sharpness / info.eos_threshold()
+        drift = self._drift if kind == "preconditioned" else 1.0
+        return self._sharpness * drift / info.eos_threshold()
 
     def _update_hot(self, ratio: float | None, reference: float | None) -> None:
         """Fast while the ratio is near its threshold *and rising* (``ratio ≥ (1 + fast_rise)·reference``,
@@ -190,7 +197,32 @@ class HessianSpectrum(Probe):
         rising = reference is None or not reference > 0 or ratio >= (1.0 + self.fast_rise) * reference
         self._hot = self._eos_warming is not None or (ratio >= self.fast_above and rising)
 
-    def track(self, step: int, optimizer_info: Any) -> ProbeResult | None:
+    def _preconditioner_drift(self, step: int, optimizer: Any) -> float:
+        """Adam: how much the preconditioner moved since the measurement, along its top eigenvector.
+
+        With ``u`` the unit top eigenvector of ``A = P^{-1/2} H P^{-1/2}`` and ``P' = P·D`` now, the
+        Rayleigh quotient of ``A' = D^{-1/2} A D^{-1/2}`` at ``D^{1/2}u`` is ``λ / Σ uᵢ² dᵢ``: a lower bound
+        on the new λmax(P'⁻¹H) for the same Hessian, free up to one pass over Adam's state. A second-moment
+        estimate that decays (gradients shrinking faster than β2 forgets) raises it: the road to an Adam
+        loss spike. Refreshed every ``adam_track_every`` steps."""
+        weights, space = self._drift_weights, self._drift_space
+        if weights is None or space is None or optimizer is None:
+            return self._drift
+        if (step - self._last_measured) % self.ADAM_TRACK_EVERY != 0:
+            return self._drift
+        p_now = adam_preconditioner(optimizer, space)
+        if p_now is None or p_now.numel() != weights.numel():
+            return self._drift
+        mass = float(torch.where(weights > 0, weights * p_now, torch.zeros((), dtype=p_now.dtype)).sum())
+        self._drift = 1.0 / mass if mass > 0 and math.isfinite(mass) else self._drift
+        return self._drift
+
+    #: Steps between two refreshes of Adam's preconditioner drift (one pass over Adam's state each).
+    ADAM_TRACK_EVERY = 5
+
+    def track(self, step: int, optimizer: Any, optimizer_info: Any) -> ProbeResult | None:
+        if self._sharpness_kind == "preconditioned":
+            self._preconditioner_drift(step, optimizer)
         ratio = self._ratio_now(optimizer_info)
         self._update_hot(ratio, self._measured_ratio)
         if ratio is None:
@@ -225,6 +257,7 @@ class HessianSpectrum(Probe):
         )
         self._last_measured = ctx.step
         self._sharpness, self._sharpness_kind, self._eos_warming = None, "", None
+        self._drift_weights, self._drift_space, self._drift = None, None, 1.0
         out.scalars.update(self._edge_of_stability(ctx, res.lambda_max, gen))
         if "eos_ratio" in out.scalars:
             out.scalars["eos_ratio_tracked"] = out.scalars["eos_ratio"]
@@ -274,6 +307,10 @@ class HessianSpectrum(Probe):
         )
         self._precond_vectors = [res.vector_max.detach().clone()]  # not the view that keeps vector_min alive
         self._sharpness, self._sharpness_kind = res.lambda_max, "preconditioned"
+        u = self._precond_vectors[0]
+        weights = (u * u) / (u * u).sum()
+        self._drift_weights = torch.where(torch.isfinite(p), weights / p, torch.zeros((), dtype=p.dtype))
+        self._drift_space, self._drift = ctx.space, 1.0
         return {
             "preconditioned_lambda_max": res.lambda_max,
             "eos_ratio": res.lambda_max / info.eos_threshold(),
