@@ -394,15 +394,15 @@ def _scenarios() -> dict[str, Scenario]:
         S("lr_div_cnn", "lr_divergence", "digits ResNet (BN), plain SGD lr 0.02 wd 5e-4, lr x1.004/step from step 1000, "
           "batch 32", digits_cnn(Optim("sgd", lr=0.02, weight_decay=5e-4, lr_growth=1.004, growth_start=1000)), 3000, 0,
           cost_ms=10, stop_margin=20),
-        S("adam_spike_tf", "adam_spike", "Transformer majority token, Adam lr 2.5e-2, no warm-up, batch 32",
-          tokens_transformer(Optim("adam", lr=2.5e-2)), 1000, 600, cost_ms=16, stop_margin=20),
+        S("adam_spike_tf", "adam_spike", "Transformer majority token, Adam lr 3e-2, no warm-up, batch 128",
+          tokens_transformer(Optim("adam", lr=3e-2), batch=128), 800, 800, cost_ms=20, stop_margin=20),
         S("l2_collapse_deep_linear", "l2_collapse", "2-hidden-layer linear net, wd from wd_c/10 x1.002/step from step 300",
           deep_linear(1.002), 2000, 2000, controller=True, cost_ms=3),
         S("channel_toy", "channel", "channel toy (2 erf neurons), full-batch GD lr 0.25 after 5000 plain GD steps",
           channel_toy(), 3000, 3000, controller=True, seeds=tuple(CHANNEL_RUNS), cost_ms=3),
         S("saddle_deep_tanh", "saddle_plateau", "teacher-student, 3-hidden-layer tanh net 10-16-16-16-1 from a small "
           "initialisation (x0.1), full-batch GD lr 0.05",
-          teacher_student_mlp(Optim("sgd", lr=0.05), (16, 16, 16), init_scale=0.1), 3000, 0, cost_ms=4),
+          teacher_student_mlp(Optim("sgd", lr=0.05), (16, 16, 16), init_scale=0.1), 3000, 0, cost_ms=5),
     ]
     return {s.name: s for s in items}
 

@@ -50,6 +50,11 @@ def _row(run, step):
     return next(r for r in run.rows if r["step"] == step)
 
 
+def _last_row(run, step):
+    """The last measurement at or before ``step`` (alerts on the tracked margin fire between measurements)."""
+    return [r for r in run.rows if r["step"] <= step][-1]
+
+
 def test_l2_threshold_fires_before_the_collapse(ramp):
     plain, _ = ramp
     wd_c, wd_sp = plain.info["wd_c"], plain.info["wd_sp"]
@@ -58,9 +63,9 @@ def test_l2_threshold_fires_before_the_collapse(ramp):
     assert fire is not None and collapse is not None
     # warned well ahead (the ramp then still needs >= 10 measurements to collapse the net) ...
     assert collapse - fire >= 10 * ex.RAMP_EVERY
-    at_fire = _row(plain, fire)
-    # ... while the model still fits, at a weight decay below the closed-form threshold (margin 1.5 for k=2
-    # measurements: wd ≈ wd_c/1.5 × 1.006^10)
+    at_fire = _last_row(plain, fire)
+    # ... while the model still fits, at a weight decay below the closed-form threshold (the tracked margin
+    # crosses 1.5 between two measurements: wd ≈ wd_c/1.5)
     assert at_fire["landscape/l2/collapse_ratio"] > 0.85
     assert at_fire["wd"] < wd_c / 1.3
     # the ray estimate is exact for whitened deep linear nets at a (near-)stationary point: β_ray = β_c
@@ -87,7 +92,7 @@ def test_controller_stops_the_same_ramp_short_of_collapse(ramp):
         assert _row(guarded, s)["landscape/l2/margin"] == pytest.approx(_row(plain, s)["landscape/l2/margin"], rel=1e-6)
     # the ramp kept pushing to the end (×1.006 per step), the controller kept the weight decay below wd_c/target
     last = guarded.rows[-1]
-    assert changes[-1].step == last["step"]
+    assert changes[-1].step >= last["step"] - ex.RAMP_EVERY  # it acts on the tracked margin, between measurements
     assert last["wd"] == pytest.approx(wd_c / 2.0, rel=0.02)
     assert last["landscape/l2/weight_decay"] == last["wd"]
     margins = [r["landscape/l2/margin"] for r in guarded.rows if r["step"] >= first]

@@ -41,7 +41,7 @@ class FakeL2Probe(Probe):
     name = "fake_l2_for_alert_tests"
     group = "l2"
     default_every_n_steps = 1
-    scalar_tags: ClassVar[dict[str, str]] = {"margin": "synthetic L2 margin"}
+    scalar_tags: ClassVar[dict[str, str]] = {"margin": "synthetic L2 margin", "margin_tracked": "the same"}
 
     def __init__(self, every_n_steps: Optional[int] = None, channel_from: int = 10**9, channel_to: int = 10**9) -> None:
         super().__init__(every_n_steps)
@@ -49,7 +49,8 @@ class FakeL2Probe(Probe):
 
     def run(self, ctx) -> ProbeResult:
         wd = ctx.optimizer.param_groups[0]["weight_decay"]
-        out = ProbeResult(scalars={"margin": BETA_C / wd if wd > 0 else float("inf")})
+        margin = BETA_C / wd if wd > 0 else float("inf")
+        out = ProbeResult(scalars={"margin": margin, "margin_tracked": margin})
         if self.channel_from <= ctx.step < self.channel_to:
             out.events.append(Event("channel_entry", ctx.step, ctx.epoch, {"eps": 1e-3}, "warning",
                                     "neurons 1 and 2 diverging", key="net.0:1-2"))

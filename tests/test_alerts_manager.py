@@ -27,7 +27,7 @@ from lightning_landscape.alerts import (
 from lightning_landscape.control import WeightDecayController
 
 EOS = "landscape/hessian/eos_ratio_tracked"
-MARGIN = "landscape/l2/margin"
+MARGIN = "landscape/l2/margin_tracked"
 
 
 class Collect(Sink):

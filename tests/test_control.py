@@ -11,7 +11,7 @@ import torch
 from lightning_landscape.alerts import Event
 from lightning_landscape.control import WeightDecayController
 
-MARGIN = "landscape/l2/margin"
+MARGIN = "landscape/l2/margin_tracked"
 
 
 def channel(step=0, key="fc:1-2"):
@@ -194,8 +194,8 @@ def test_warmup_steps_defers_every_change() -> None:
 
     opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1, weight_decay=1e-2)
     c = WeightDecayController(warmup_steps=50, cooldown_steps=0)
-    assert c.apply(opt, 10, 0, {"landscape/l2/margin": 0.5}, [Event("channel_entry", 10)]) == []
+    assert c.apply(opt, 10, 0, {"landscape/l2/margin_tracked": 0.5}, [Event("channel_entry", 10)]) == []
     assert opt.param_groups[0]["weight_decay"] == 1e-2
-    assert [round(e.values["new"], 6) for e in c.apply(opt, 50, 0, {"landscape/l2/margin": 0.5}, [])] == [0.005]
+    assert [round(e.values["new"], 6) for e in c.apply(opt, 50, 0, {"landscape/l2/margin_tracked": 0.5}, [])] == [0.005]
     with pytest.raises(ValueError, match="warmup_steps"):
         WeightDecayController(warmup_steps=-1)

@@ -110,7 +110,7 @@ def test_margin_is_judged_only_when_learned_and_in_equilibrium():
     wd = 0.02
     opt = torch.optim.SGD(net.parameters(), lr=0.05, weight_decay=wd)
     untrained = L2Transition().run(ProbeContext(net, loss, step=1, optimizer=opt))
-    assert set(untrained.warming_up) == {"margin", "critical_beta"}
+    assert set(untrained.warming_up) == {"margin", "critical_beta", "margin_tracked"}
     assert "has not learned" in untrained.warming_up["margin"]
     assert "margin" in untrained.scalars  # logged all the same
     # Full-batch GD on L + β‖θ‖² to a stationary point: radial balance -> 1, the margin becomes judgeable.
@@ -322,3 +322,23 @@ def test_adam_tracked_ratio_follows_the_preconditioner_drift():
     exact_ratio = exact_preconditioned_lambda_max() / info.eos_threshold()
     assert tracked <= exact_ratio * (1 + 1e-6)
     assert tracked >= 0.2 * exact_ratio  # and not a vacuous one
+
+
+def test_tracked_margin_follows_the_weight_decay_and_warm_ray_matches_the_full_search():
+    net, x, y = _deep_linear()
+    loss = lambda: ((net(x) - y) ** 2).mean()  # noqa: E731
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, weight_decay=0.02)
+    for _ in range(1500):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    probe = L2Transition()
+    cold = probe.run(ProbeContext(net, loss, step=1500, optimizer=opt)).scalars
+    assert 0.05 < cold["ray_argmax_scale"] < 1.5  # deep net: an interior maximum (the jump's barrier)
+    warm = probe.run(ProbeContext(net, loss, step=1501, optimizer=opt)).scalars  # same weights, warm-started
+    full = L2Transition().run(ProbeContext(net, loss, step=1501, optimizer=opt)).scalars
+    assert warm["critical_beta"] == pytest.approx(full["critical_beta"], rel=1e-4)
+    opt.param_groups[0]["weight_decay"] = 0.05  # a ramp raised weight decay 2.5x since the measurement
+    tracked = probe.track(1502, opt, describe_optimizer(opt)).scalars["margin_tracked"]
+    assert tracked == pytest.approx(full["critical_beta"] / 0.025, rel=1e-9)  # β = wd / 2 now
+    assert probe.is_due(1525, 1524)  # the margin fell: measure at the fast interval

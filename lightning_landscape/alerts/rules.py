@@ -553,7 +553,7 @@ class EventRule(Rule):
 class L2Threshold(Rule):
     """The L2 phase-transition alarm, from two independent signals (each latching with hysteresis):
 
-    * **margin** — ``landscape/l2/margin`` (critical β over current β) at or below ``margin_below`` for
+    * **margin** — ``landscape/l2/margin_tracked`` (critical β over the current β, at every step) at or below ``margin_below`` for
       ``k`` consecutive measurements: training is close to the weight decay at which the network
       collapses. Re-arms above ``margin_rearm`` (default ``1.2 * margin_below``). Severity ``severity``.
     * **collapse** — ``landscape/l2/collapse_ratio`` ``(L_trivial − L)/L_trivial`` fell to
@@ -566,7 +566,7 @@ class L2Threshold(Rule):
 
     >>> r = L2Threshold(margin_below=1.5, k=2)
     >>> [s for s, m in enumerate([4, 3, 2, 1.4, 1.3, 1.2, 1.6, 2.0, 1.4, 1.4])
-    ...  if r.observe(s, 0, {"landscape/l2/margin": m}, [])]
+    ...  if r.observe(s, 0, {"landscape/l2/margin_tracked": m}, [])]
     [4, 9]
     """
 
@@ -580,7 +580,7 @@ class L2Threshold(Rule):
         collapse_rearm: float | None = None,
         min_best_collapse_ratio: float = 0.1,
         k: int = 2,
-        margin_tag: str = "landscape/l2/margin",
+        margin_tag: str = "landscape/l2/margin_tracked",
         collapse_tag: str = "landscape/l2/collapse_ratio",
         warmup_steps: int = 0,
         cooldown_steps: int = 0,

@@ -67,9 +67,9 @@ class WeightDecayController:
     >>> c = WeightDecayController(raise_factor=2.0, target_margin=2.0, max_wd=1e-2, cooldown_steps=10)
     >>> [e.values["new"] for e in c.apply(opt, 5, 0, {}, [Event("channel_entry", 5)])]
     [0.002]
-    >>> c.apply(opt, 8, 0, {"landscape/l2/margin": 1.5}, [])  # cooling down
+    >>> c.apply(opt, 8, 0, {"landscape/l2/margin_tracked": 1.5}, [])  # cooling down
     []
-    >>> [round(e.values["new"], 6) for e in c.apply(opt, 15, 0, {"landscape/l2/margin": 1.5}, [])]
+    >>> [round(e.values["new"], 6) for e in c.apply(opt, 15, 0, {"landscape/l2/margin_tracked": 1.5}, [])]
     [0.0015]
     >>> opt.param_groups[0]["initial_weight_decay"], c.scalars()
     (0.001, {'landscape/l2/weight_decay': 0.0015})
@@ -86,7 +86,7 @@ class WeightDecayController:
         param_groups: list[int] | None = None,
         raise_from_zero: float = 1e-4,
         trigger_rules: list[str] | None = None,
-        margin_tag: str = "landscape/l2/margin",
+        margin_tag: str = "landscape/l2/margin_tracked",
         warmup_steps: int = 0,
     ) -> None:
         self.raise_factor = _num("raise_factor", raise_factor, 1.0, strict=True)

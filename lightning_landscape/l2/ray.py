@@ -32,6 +32,27 @@ import torch
 from lightning_landscape.l2.order import LossFn, scaled_loss, squared_norm
 
 _INV_PHI = (math.sqrt(5.0) - 1.0) / 2.0
+_BRACKET = math.log(1.3)  # half-width, in log s, of a warm-started bracket
+
+
+def _bracketed_maximum(ratio, center: float, lowest: float) -> tuple[float, float] | None:
+    """Warm start: ``(s, ratio)`` of the maximum if ``exp(center)`` still brackets an interior maximum
+    (above the value at the grid's lower end ``lowest``), else None. Parabolic step in ``log s``."""
+    xs = (center - _BRACKET, center, center + _BRACKET)
+    fs = [ratio(math.exp(x)) for x in xs]
+    if not all(math.isfinite(f) for f in fs) or not (fs[1] >= fs[0] and fs[1] >= fs[2]):
+        return None
+    if ratio(lowest) > fs[1]:  # the s -> 0 end is higher: a continuous-type maximum, search the grid
+        return None
+    curvature = fs[0] - 2 * fs[1] + fs[2]
+    candidates = [(fs[1], math.exp(xs[1]))]
+    if curvature < 0:
+        x = xs[1] + 0.5 * _BRACKET * (fs[0] - fs[2]) / curvature
+        f = ratio(math.exp(x))
+        if math.isfinite(f):
+            candidates.append((f, math.exp(x)))
+    f, s = max(candidates)
+    return s, f
 
 
 @dataclass
@@ -61,12 +82,20 @@ def ray_critical_beta(
     min_scale: float = 1.0 / 64.0,
     refine_steps: int = 8,
     loss_trivial: float | None = None,
+    guess: float | None = None,
 ) -> RayEstimate:
     """``max_s [L(0) − L(sθ)]/(s²‖θ‖²)`` on a log grid of ``s ∈ [min_scale·s_max, s_max]``, refined.
 
     An interior maximum is refined by golden-section search in ``log s`` (``refine_steps`` more
     passes); a maximum at the lower end by halving ``s`` three more times. Only forward passes, no
     gradients; ``params`` are swapped, never written (see :mod:`lightning_landscape.l2.order`).
+
+    ``guess`` (the previous measurement's ``argmax_scale``) warm-starts the search: the ratio is taken at
+    ``guess/1.3, guess, 1.3·guess`` and at the grid's lower end; if the middle one is the largest (the
+    maximum is still interior and bracketed) a parabola in ``log s`` through the three gives one more
+    point and the search ends after 5 passes instead of ``num_scales + refine_steps``. Otherwise it falls
+    back to the full grid. Near a maximum the value is second-order in the argmax error, so the estimate
+    is as good as the full search's.
 
     Example (one hidden layer, whitened inputs: exact, ``β_c = ‖E[xy]‖``):
         >>> from lightning_landscape.l2.closed_form import whiten
@@ -106,6 +135,12 @@ def ray_critical_beta(
 
     lo = math.log(min_scale * s_max)
     hi = math.log(s_max)
+    if guess is not None and math.isfinite(guess) and lo + _BRACKET < math.log(guess) < hi - _BRACKET:
+        warm = _bracketed_maximum(ratio, math.log(guess), math.exp(lo))
+        if warm is not None:
+            best_s, best = warm
+            scales = sorted(s for s in cache if math.isfinite(cache[s]))
+            return RayEstimate(best, best_s, theta_sq, l0, evaluations, False, scales, [cache[s] for s in scales])
     grid = [math.exp(lo + (hi - lo) * k / (num_scales - 1)) for k in range(num_scales)]
     values = [ratio(s) for s in grid]
     finite = [v if math.isfinite(v) else -math.inf for v in values]

@@ -52,8 +52,14 @@ class L2Transition(Probe):
             Off equilibrium the ray through θ is far from the best direction and ``critical_beta`` is a
             loose bound that says nothing about the collapse. Costs one forward and backward pass.
 
+        fast_every_n_steps: measure this often while the tracked margin has fallen by 5 % since the last
+            measurement (the weight decay is being raised): the regular interval is long because the ray
+            costs forward passes, and a ramp must not slip through between two measurements.
+
     Until both hold, ``margin`` and ``critical_beta`` are logged with the state ``warming_up``
-    (``ready/margin`` = 0).
+    (``ready/margin`` = 0). Between measurements ``margin_tracked`` follows the optimizer's current weight
+    decay at every step (the last ``critical_beta`` over the current penalty): free, and what
+    :class:`~lightning_landscape.alerts.L2Threshold` and the weight-decay controller watch.
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8, bias=False), torch.nn.Linear(8, 1, bias=False))
@@ -63,17 +69,17 @@ class L2Transition(Probe):
         >>> result = L2Transition().run(ctx)
         >>> out = result.scalars
         >>> out["beta/group0"], sorted(k for k in out if not k.startswith(("norm/", "beta/", "weight_decay/")))
-        (0.01, ['beta_eff', 'collapse_ratio', 'critical_beta', 'loss', 'loss_trivial', 'margin', 'radial_balance', 'ray_argmax_scale', 'theta_sq'])
+        (0.01, ['beta_eff', 'collapse_ratio', 'critical_beta', 'loss', 'loss_trivial', 'margin', 'margin_tracked', 'radial_balance', 'ray_argmax_scale', 'theta_sq'])
         >>> sorted(result.warming_up)  # untrained: logged, not judged
-        ['critical_beta', 'margin']
+        ['critical_beta', 'margin', 'margin_tracked']
     """
 
     name = "l2_transition"
     group = "l2"
     needs_hessian = False
-    default_every_n_steps = 50
-    cost = "≈ 13–21 forward passes and one gradient"
-    gated_keys = ("margin", "critical_beta")
+    default_every_n_steps = 200
+    cost = "≈ 7 forward passes (warm-started ray; 22 cold) and one gradient"
+    gated_keys = ("margin", "critical_beta", "margin_tracked")
     scalar_tags = {
         "theta_sq": "‖θ‖² of the collapsing parameters (decayed ones by default)",
         "loss": "probe-batch loss (without the penalty)",
@@ -83,6 +89,8 @@ class L2Transition(Probe):
         "at which the collapsed model beats the whole current ray; ≤ true threshold; < 0 when the whole ray "
         "is worse than the collapsed model (e.g. at initialisation)",
         "margin": "critical_beta / beta_eff; < 1: collapse preferred along the ray (absent when β = 0)",
+        "margin_tracked": "margin at every step: the last critical_beta over the penalty of the current weight decay "
+        "(free; equals margin at a measurement)",
         "ray_argmax_scale": "s of the ray maximum: ≈ 0 continuous-type, interior (< 1) jump-type barrier",
         "radial_balance": "−(d/ds)L(sθ) at s=1 over 2β‖θ‖²: 1 in equilibrium with the decay, ≈ 0 while decay drains "
         "norm the loss does not need (the margin is judged only near equilibrium)",
@@ -104,6 +112,7 @@ class L2Transition(Probe):
         refine_steps: int = 8,
         ready_collapse_ratio: float = 0.5,
         ready_balance: float = 0.5,
+        fast_every_n_steps: int | None = 25,
     ) -> None:
         super().__init__(every_n_steps)
         self.params = check_choice("L2Transition.params", params, ("decayed", "all", "weights"))
@@ -116,6 +125,12 @@ class L2Transition(Probe):
         if self.ready_collapse_ratio > 1:
             raise ValueError(f"L2Transition.ready_collapse_ratio must be <= 1, got {self.ready_collapse_ratio}")
         self.ready_balance = check_number("L2Transition.ready_balance", ready_balance)
+        self.fast_every_n_steps = (None if fast_every_n_steps is None
+                                   else check_positive_int("L2Transition.fast_every_n_steps", fast_every_n_steps))
+        self._argmax: float | None = None  # warm start of the ray search
+        self._tracked: _TrackedMargin | None = None
+        self._measured_margin: float | None = None
+        self._hot = False
         self._described: str | None = None
 
     def config(self) -> dict[str, Any]:
@@ -129,6 +144,7 @@ class L2Transition(Probe):
             "refine_steps": self.refine_steps,
             "ready_collapse_ratio": self.ready_collapse_ratio,
             "ready_balance": self.ready_balance,
+            "fast_every_n_steps": self.fast_every_n_steps,
         }
 
     def _select(self, ctx: ProbeContext, decays: list) -> tuple[list[tuple[str, torch.Tensor]], str]:
@@ -169,23 +185,27 @@ class L2Transition(Probe):
             s.update({f"norm/{n}": v for n, v in parameter_norms(named).items()})
 
         beta_eff = self._beta_eff(decays, params, theta_sq, s)
+        self._tracked = None
         if self.ray and theta_sq > 0 and math.isfinite(l_triv):
             est = ray_critical_beta(params, loss_fn, self.s_max, self.num_scales, refine_steps=self.refine_steps,
-                                    loss_trivial=l_triv)
+                                    loss_trivial=l_triv, guess=self._argmax)
+            self._argmax = est.argmax_scale if math.isfinite(est.argmax_scale) else None
             if math.isfinite(est.critical_beta):
                 s["critical_beta"] = est.critical_beta
                 if math.isfinite(est.argmax_scale):  # NaN when the loss is flat along the ray (collapsed)
                     s["ray_argmax_scale"] = est.argmax_scale
                 ctx.extras["critical_beta"] = est.critical_beta
                 if beta_eff is not None and beta_eff > 0:
-                    s["margin"] = est.critical_beta / beta_eff
+                    s["margin"] = s["margin_tracked"] = est.critical_beta / beta_eff
                     ctx.extras["l2_margin"] = s["margin"]
                     balance = self._radial_balance(ctx, params, beta_eff, theta_sq)
                     if math.isfinite(balance):
                         s["radial_balance"] = balance
                     why = self._not_ready(s.get("collapse_ratio", math.nan), balance)
                     if why:
-                        out.warming_up.update({"margin": why, "critical_beta": why})
+                        out.warming_up.update({k: why for k in self.gated_keys})
+                    self._tracked = _TrackedMargin.at_measurement(est.critical_beta, decays, params, why or None)
+                    self._measured_margin = s["margin"]
         description = f"Collapsing set: {which} ({len(params)} tensors). {CONVENTION_TEXT}"
         if description != self._described:  # the text once, and again only if it changes
             out.texts["convention"] = description
@@ -194,16 +214,53 @@ class L2Transition(Probe):
 
     @staticmethod
     def _radial_balance(ctx: ProbeContext, params: list[torch.Tensor], beta_eff: float, theta_sq: float) -> float:
-        """``−θ·∇L / (2β‖θ‖²)``, the derivative ``(d/ds) L(sθ)`` at ``s = 1`` taken exactly (one backward
-        pass; a finite difference along the ray is 20 % off for a three-layer net, whose ``L(sθ)`` is a
-        degree-6 polynomial with a first derivative small next to the higher ones)."""
-        loss = ctx.evaluate_loss()
-        if not loss.requires_grad:
+        """``−θ·∇L / (2β‖θ‖²)``, the derivative ``(d/ds) L(sθ)`` at ``s = 1`` taken exactly from the probe
+        batch's gradient (shared with the Hessian probes when they ran at this step; a finite difference
+        along the ray is 20 % off for a three-layer net, whose ``L(sθ)`` is a degree-6 polynomial with a
+        first derivative small next to the higher ones)."""
+        try:
+            grad = ctx.gradient()
+        except RuntimeError:  # the loss has no graph (e.g. computed without gradients)
             return math.nan
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
-        dot = sum((p.detach().double() * g.double()).sum() for p, g in zip(params, grads) if g is not None)
-        dot = ctx.reduce_mean(torch.as_tensor(dot, dtype=torch.float64, device=params[0].device))
-        return -float(dot) / (2.0 * beta_eff * theta_sq)
+        chosen = {id(p) for p in params}
+        theta = ctx.space.flatten([p.detach() if id(p) in chosen else None for p in ctx.space.params])
+        dot = float(torch.dot(theta.double(), grad.double()))
+        return -dot / (2.0 * beta_eff * theta_sq)
+
+    def track(self, step: int, optimizer: Any, optimizer_info: Any) -> ProbeResult | None:
+        """``margin_tracked``: the last ``critical_beta`` over the penalty implied by the optimizer's
+        *current* weight decay (free: a weight-decay ramp or schedule is seen at every step)."""
+        if self._tracked is None or optimizer is None:
+            return None
+        margin = self._tracked.margin(optimizer)
+        if margin is None:
+            return None
+        self._hot = self._measured_margin is not None and margin < (1.0 - self.FAST_FALL) * self._measured_margin
+        out = ProbeResult(scalars={"margin_tracked": margin})
+        if self._tracked.warming is not None:
+            out.warming_up["margin_tracked"] = self._tracked.warming
+        return out
+
+    #: Relative fall of the tracked margin since the last measurement that schedules a measurement every
+    #: ``fast_every_n_steps`` (the weight decay is being raised).
+    FAST_FALL = 0.05
+
+    def is_due(self, step: int, previous: int | None = None) -> bool:
+        if super().is_due(step, previous):
+            return True
+        fast = self.fast_every_n_steps
+        return bool(self._hot and fast is not None and step // fast > (step - 1) // fast)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"argmax": self._argmax, "measured_margin": self._measured_margin,
+                "tracked": None if self._tracked is None else self._tracked.state_dict(), "hot": self._hot}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._argmax = state.get("argmax")
+        self._measured_margin = state.get("measured_margin")
+        tracked = state.get("tracked")
+        self._tracked = None if tracked is None else _TrackedMargin.from_state(tracked)
+        self._hot = bool(state.get("hot", False))
 
     def _not_ready(self, ratio: float, balance: float) -> str:
         """Why the margin cannot carry a verdict now ("" when it can)."""
@@ -234,3 +291,52 @@ class L2Transition(Probe):
             return None
         s["beta_eff"] = num / theta_sq
         return s["beta_eff"]
+
+
+class _TrackedMargin:
+    """What the margin needs between measurements: ``critical_beta`` and, per param group, its penalty β,
+    raw weight decay and share ``‖θ_g‖²/‖θ‖²`` of the collapsing norm at the measurement.
+
+    The margin divides ``critical_beta`` by ``β_eff = Σ_g β_g ‖θ_g‖²/‖θ‖²``; between measurements each
+    ``β_g`` follows its group's weight decay (``β_g · wd_now / wd_then``: exact for coupled decay, the
+    frozen-preconditioner equivalent for AdamW), the rest is held.
+    """
+
+    def __init__(self, critical_beta: float, parts: list[tuple[int, float, float, str, float]],
+                 warming: str | None) -> None:
+        self.critical_beta, self.parts, self.warming = critical_beta, parts, warming
+
+    @classmethod
+    def at_measurement(cls, critical_beta: float, decays: list, params: list[torch.Tensor],
+                       warming: str | None) -> "_TrackedMargin":
+        chosen = {id(p) for p in params}
+        total = squared_norm(params)
+        parts = []
+        for g in decays:
+            share = squared_norm([p for p in g.params if id(p) in chosen]) / total if total > 0 else 0.0
+            if share > 0:
+                parts.append((g.index, float(g.beta or 0.0), float(g.weight_decay), str(g.kind), share))
+        return cls(critical_beta, parts, warming)
+
+    def margin(self, optimizer: Any) -> float | None:
+        groups = getattr(optimizer, "param_groups", [])
+        beta = 0.0
+        for index, beta_then, wd_then, kind, share in self.parts:
+            if index >= len(groups):
+                return None
+            wd_now = float(groups[index].get("weight_decay", 0.0) or 0.0)
+            if wd_then > 0:
+                beta += beta_then * wd_now / wd_then * share
+            elif kind in ("coupled", "unknown", "none"):
+                beta += wd_now / 2.0 * share
+            else:
+                return None  # decoupled decay switched on since the measurement: no equivalent yet
+        return self.critical_beta / beta if beta > 0 else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"critical_beta": self.critical_beta, "parts": [list(p) for p in self.parts], "warming": self.warming}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "_TrackedMargin":
+        parts = [(int(i), float(b), float(w), str(k), float(sh)) for i, b, w, k, sh in state["parts"]]
+        return cls(float(state["critical_beta"]), parts, state.get("warming"))
