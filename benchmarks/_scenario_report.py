@@ -71,6 +71,17 @@ def lead(job: Job, step: int) -> tuple[int, float]:
     return fail - step, (fail - step) / max(span, 1)
 
 
+def _warnings(jobs: Sequence[Job]) -> dict[str, list[str]]:
+    """Library warning text -> the scenarios whose monitored/controlled runs raised it."""
+    out: dict[str, list[str]] = defaultdict(list)
+    for j in jobs:
+        for v in ("monitored", "controlled"):
+            for w in j.get(v, {}).get("warnings", []):
+                if j["scenario"] not in out[w]:
+                    out[w].append(j["scenario"])
+    return dict(sorted(out.items()))
+
+
 def summarise(healthy: Sequence[Job], failures: Sequence[Job], rules: Sequence[str]) -> dict[str, Any]:
     """Everything the tables show, JSON-friendly."""
     types = [t for t in FAILURE_TYPES if any(j["kind"] == t for j in failures)]
@@ -135,8 +146,7 @@ def summarise(healthy: Sequence[Job], failures: Sequence[Job], rules: Sequence[s
         "controlled_differs_before_first_action": mismatch_ctl,
         "healthy_not_trained": [f"{j['scenario']}/s{j['seed']}" for j in healthy if j["trained_ok"] is False],
         "failure_runs_that_did_not_fail": [f"{j['scenario']}/s{j['seed']}" for j in failures if _window(j) is None],
-        "warnings": sorted({w for j in all_jobs for v in ("monitored", "controlled") if v in j
-                            for w in j[v]["warnings"]}),
+        "warnings": _warnings(all_jobs),
     }
 
 
@@ -144,6 +154,8 @@ def summarise(healthy: Sequence[Job], failures: Sequence[Job], rules: Sequence[s
 def _f(x: Any, spec: str = ".3g") -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "-"
+    if isinstance(x, int) and not isinstance(x, bool):
+        return str(x)
     return format(x, spec) if isinstance(x, (int, float)) else str(x)
 
 
@@ -248,8 +260,8 @@ def render(healthy: Sequence[Job], failures: Sequence[Job], summary: dict[str, A
             out.append(f"  {j['scenario']}/s{j['seed']}: first difference at step {c['first_difference_step']}, "
                        f"max relative difference {_f(c['max_relative_difference'])}")
     if summary["warnings"]:
-        out.append("\nwarnings from the library during monitored runs:")
-        out += [f"  {w}" for w in summary["warnings"][:20]]
+        out.append("\nwarnings from the library during monitored runs (scenarios):")
+        out += [f"  {w[:200]}  [{', '.join(s)}]" for w, s in list(summary["warnings"].items())[:20]]
     # ---- per run
     out.append("\n## Runs\n")
     rows = []

@@ -236,7 +236,7 @@ class ChannelDetector(Probe):
 
     name = "channels"
     group = "neurons"
-    default_every_n_steps = 50
+    default_every_n_steps = 200
     cost = "O(m²·d) pair search per layer of width m, 1 forward (discovery)"
     scalar_tags: ClassVar[dict[str, str]] = {
         "<layer>/channel_score": "fraction of the six channel criteria met by the layer's best pair (1 = in a channel)",
@@ -406,7 +406,7 @@ class SaddleBranches(Probe):
     name = "saddle_branches"
     group = "neurons"
     needs_hessian = True
-    default_every_n_steps = 200
+    default_every_n_steps = 500
     cost = "1 forward + gradient; Lanczos ≤ max_iter HVPs only with a small gradient, unless the spectrum probe ran"
     scalar_tags: ClassVar[dict[str, str]] = {
         "<layer>/effective_width": "neurons left after removing negligible units and merging duplicates modulo σ's symmetry",
@@ -499,8 +499,7 @@ class SaddleBranches(Probe):
             self.last_widths[layer.name] = rep
             out.scalars[f"{layer.name}/effective_width"] = float(rep.effective_width)
             out.scalars[f"{layer.name}/width"] = float(rep.width)
-        op = ctx.hessian()
-        grad_norm = float(torch.linalg.vector_norm(op.gradient))
+        grad_norm = float(torch.linalg.vector_norm(ctx.gradient()))  # shared with the Hessian probes if they ran
         loss = ctx.loss()
         # A saddle needs a small gradient: only then is the spectrum worth its products (unless another
         # probe already measured it at this step).
