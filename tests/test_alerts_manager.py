@@ -62,7 +62,7 @@ def run_stream(manager, lo, hi, emit=True):
 
 def make_manager(sink=None, **kw):
     return AlertManager(
-        rules=[EdgeOfStability(k=2), L2Threshold(k=2), ChannelEntry(cooldown_steps=20)],
+        rules=[EdgeOfStability(level=1.0, k=2, forecast_horizon=0), L2Threshold(k=2), ChannelEntry(cooldown_steps=20)],
         sinks=[sink or Collect()], **kw)
 
 
@@ -70,8 +70,8 @@ def test_observe_fires_each_alert_once_and_delivers():
     sink = Collect()
     m = make_manager(sink)
     fired = run_stream(m, 0, 100)
-    assert fired == [(11, "edge_of_stability", ""), (20, "channel_entry", "fc:1-2"), (51, "l2_threshold", "margin"),
-                     (71, "edge_of_stability", "")]
+    assert fired == [(11, "edge_of_stability", "level"), (20, "channel_entry", "fc:1-2"),
+                     (51, "l2_threshold", "margin"), (71, "edge_of_stability", "level")]
     assert [(e.step, e.rule) for e in sink.events] == [(t, r) for t, r, _ in fired]
     assert [e.step for e in m.history] == [t for t, _, _ in fired]
     assert not m.should_stop

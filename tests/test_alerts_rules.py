@@ -257,12 +257,12 @@ def test_pass_through_respects_warmup():
 def test_l2_threshold_margin_fires_once_with_hysteresis_and_is_silent_on_noise():
     r = L2Threshold(margin_below=1.5, k=2, collapse_fraction=None)
     margin = [4.0, 3.0, 2.0, 1.45, 1.4, 1.3, 1.55, 1.45, 1.4, 1.3, 1.2]  # wobbles below 1.8: no re-arm
-    assert fire_steps(r, margin, tag="landscape/l2/margin") == [4]
+    assert fire_steps(r, margin, tag="landscape/l2/margin_tracked") == [4]
     assert r.active
     for seed in range(10):  # noise well above the level
         r = L2Threshold()
         stream = [max(0.01, 3.0 + 0.3 * e) for e in noise(seed, 500)]
-        assert fire_steps(r, stream, tag="landscape/l2/margin") == []
+        assert fire_steps(r, stream, tag="landscape/l2/margin_tracked") == []
 
 
 def test_l2_threshold_collapse_ratio_falling():
@@ -286,12 +286,29 @@ def test_l2_threshold_noise_on_collapse_ratio_is_silent():
 
 
 def test_edge_of_stability_k_measurements_and_rearm():
-    r = EdgeOfStability(level=1.0, k=3)
+    r = EdgeOfStability(level=1.0, k=3, forecast_horizon=0)
     s = [0.5, 1.1, 1.1, 0.95, 1.1, 1.1, 1.1, 1.2, 0.95, 1.1, 1.1, 1.1, 0.85, 1.1, 1.1, 1.1]
     assert fire_steps(r, s, tag="landscape/hessian/eos_ratio_tracked") == [6, 15]
     for seed in range(10):
         r = EdgeOfStability()
         assert fire_steps(r, [0.8 + 0.05 * e for e in noise(seed, 500)], tag="landscape/hessian/eos_ratio_tracked") == []
+
+
+def test_edge_of_stability_forecasts_a_ramp_but_not_a_warm_up_or_a_jump():
+    tag = "landscape/hessian/eos_ratio_tracked"
+    # A learning-rate ramp (x1.01/step) from 0.02: the ratio reaches 1.5 at step 434; forecast 300 steps ahead.
+    r = EdgeOfStability()
+    ramp = [0.02 * 1.01**s for s in range(500)]
+    fired = {e.key: e.step for s, x in enumerate(ramp) for e in r.observe(s, 0, {tag: x}, [])}
+    cross = next(s for s, x in enumerate(ramp) if x >= 1.5)
+    assert abs(fired["forecast"] - (cross - 300)) <= 1  # 300 steps ahead (the horizon)
+    assert fired["level"] == cross + 2  # k = 3
+    # A linear warm-up to 1.2 over 1000 steps, then constant: decelerating growth, no forecast; below level.
+    r = EdgeOfStability()
+    assert fire_steps(r, [1.2 * min((s + 1) / 1000, 1.0) for s in range(2000)], tag=tag) == []
+    # One jump at a measurement (0.3 -> 0.6), held: no steady growth.
+    r = EdgeOfStability()
+    assert fire_steps(r, [0.3] * 200 + [0.6] * 300, tag=tag) == []
 
 
 def test_nonfinite_latches_per_tag_and_passes_events_through():
@@ -357,7 +374,7 @@ def _events(t):
 ROUND_TRIP_RULES = [
     lambda: SharpnessSpike(),
     lambda: L2Threshold(k=2),
-    lambda: EdgeOfStability(k=2),
+    lambda: EdgeOfStability(level=1.0, k=2),
     lambda: NonFinite(cooldown_steps=20),
     lambda: ChannelEntry(cooldown_steps=30),
     lambda: Saddle(cooldown_steps=20),

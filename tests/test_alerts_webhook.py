@@ -86,7 +86,7 @@ def test_payload_received_and_well_formed(server):
 
 def test_manager_to_webhook_end_to_end(server):
     sink = WebhookSink(server.url, timeout=2.0, min_severity="info")
-    m = AlertManager([EdgeOfStability(k=1), NonFinite()], sinks=[sink])
+    m = AlertManager([EdgeOfStability(level=1.0, k=1), NonFinite()], sinks=[sink])
     m.observe(10, 0, {"landscape/hessian/eos_ratio_tracked": 1.3, "landscape/hessian/trace": float("inf")})
     assert m.close(timeout=5.0)
     (req,) = server.requests

@@ -172,12 +172,6 @@ def test_adam_ratio_warms_up_with_the_second_moment_estimate(steps, warming):
     assert ("eos_ratio_tracked" in out.warming_up) is warming
 
 
-def test_default_adam_warmup_follows_beta2():
-    assert HessianSpectrum()._adam_warmup(describe_optimizer(torch.optim.Adam([nn.Parameter(torch.zeros(1))]))) == 100
-    fast = torch.optim.Adam([nn.Parameter(torch.zeros(1))], betas=(0.9, 0.95))
-    assert HessianSpectrum()._adam_warmup(describe_optimizer(fast)) == 20
-
-
 def test_tracked_ratio_follows_the_learning_rate_exactly():
     ctx, opt = _adam_context(1)
     torch.manual_seed(0)

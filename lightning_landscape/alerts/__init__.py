@@ -2,7 +2,7 @@
 
 >>> from lightning_landscape.alerts import AlertManager, EdgeOfStability
 >>> manager = AlertManager(rules=[EdgeOfStability(k=1)], sinks=[])
->>> [e.rule for e in manager.observe(10, 0, {"landscape/hessian/eos_ratio_tracked": 1.2})]
+>>> [e.rule for e in manager.observe(10, 0, {"landscape/hessian/eos_ratio_tracked": 1.6})]
 ['edge_of_stability']
 """
 

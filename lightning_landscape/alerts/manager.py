@@ -29,9 +29,9 @@ class AlertManager:
 
     >>> from lightning_landscape.alerts import EdgeOfStability, L2Threshold
     >>> m = AlertManager([EdgeOfStability(k=2), L2Threshold()], sinks=[], stop_on=["l2_threshold"])
-    >>> m.observe(1, 0, {"landscape/hessian/eos_ratio_tracked": 1.1, "landscape/l2/margin_tracked": 3.0})
+    >>> m.observe(1, 0, {"landscape/hessian/eos_ratio_tracked": 1.6, "landscape/l2/margin_tracked": 3.0})
     []
-    >>> [e.rule for e in m.observe(2, 0, {"landscape/hessian/eos_ratio_tracked": 1.2, "landscape/l2/margin_tracked": 1.2})]
+    >>> [e.rule for e in m.observe(2, 0, {"landscape/hessian/eos_ratio_tracked": 1.7, "landscape/l2/margin_tracked": 1.2})]
     ['edge_of_stability']
     >>> m.status()
     {'landscape/alerts/edge_of_stability': 1.0, 'landscape/alerts/l2_threshold': 0.0}

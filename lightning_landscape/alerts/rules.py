@@ -664,15 +664,106 @@ class L2Threshold(Rule):
                 det.load_state_dict(saved)
 
 
-class EdgeOfStability(Threshold):
-    """``landscape/hessian/eos_ratio_tracked`` ≥ ``level`` for ``k`` consecutive observations (re-arms
-    below ``rearm``, default ``0.9 * level``). The tracked ratio is refreshed at every optimizer step from
-    the last measured sharpness and the current learning rate, so a learning-rate ramp or warm-up is seen
-    at once, not an interval later. A ratio near 1 is normal in large-learning-rate training (progressive
-    sharpening then self-stabilisation); raise ``k`` or ``level`` to hear only about persistent
-    excursions.
+class GrowthForecast:
+    """Forecasts a stream reaching ``level`` from its steady exponential growth (pure, no notion of rules).
 
-    >>> r = EdgeOfStability(level=1.0, k=3)
+    Keeps ``(step, log x)`` over the last ``window`` steps. The forecast holds when ``x ≥ floor``, the
+    stream grew by at least ``min_growth`` over the window (least squares: noise does not), in both halves
+    of it, at a rate that is not decelerating (recent half ≥ ``steadiness`` × older half: an exponential
+    ramp passes, a linear warm-up — whose log-rate falls like 1/t — and a single jump at one measurement
+    do not), and that recent rate carries ``x`` to ``level`` within ``horizon`` steps. Latches; re-arms
+    once the stream falls below ``floor`` or stops growing.
+
+    >>> f = GrowthForecast(level=1.0, horizon=300, window=100, floor=0.05)
+    >>> fired = [s for s in range(400) if f.update(s, 0.01 * 1.01 ** s)]  # x 1.01/step: 1.0 at step 463
+    >>> fired  # once it is above the floor, 300 steps ahead
+    [163]
+    >>> f = GrowthForecast(level=1.0, horizon=300, window=100, floor=0.05)
+    >>> [s for s in range(1, 400) if f.update(s, 0.9 * min(s / 300, 1.0))]  # a linear warm-up to 0.9
+    []
+    """
+
+    def __init__(self, level: float, horizon: int, window: int, floor: float, steadiness: float = 0.9,
+                 min_growth: float = 0.2) -> None:
+        self.level, self.horizon, self.window, self.floor, self.steadiness = level, horizon, window, floor, steadiness
+        self.min_growth = min_growth
+        self.points: list[tuple[int, float]] = []
+        self.armed = True
+
+    @staticmethod
+    def _slope(pts: list[tuple[int, float]]) -> float | None:
+        """Least-squares slope of ``log x`` against the step (robust to one noisy value)."""
+        if len(pts) < 2:
+            return None
+        n = len(pts)
+        ts = sum(p[0] for p in pts) / n
+        ys = sum(p[1] for p in pts) / n
+        sxx = sum((p[0] - ts) ** 2 for p in pts)
+        return sum((p[0] - ts) * (p[1] - ys) for p in pts) / sxx if sxx > 0 else None
+
+    def rate(self) -> float | None:
+        """The recent log-growth rate per step if the growth is steady, else None."""
+        pts = self.points
+        if len(pts) < 4 or pts[-1][0] - pts[0][0] < self.window // 2:
+            return None
+        mid = (pts[0][0] + pts[-1][0]) / 2
+        older = self._slope([p for p in pts if p[0] <= mid])
+        recent = self._slope([p for p in pts if p[0] >= mid])
+        if older is None or recent is None or older <= 0 or recent <= 0 or recent < self.steadiness * older:
+            return None
+        overall = self._slope(pts) or 0.0
+        if overall * (pts[-1][0] - pts[0][0]) < math.log1p(self.min_growth):  # noise, not growth
+            return None
+        return recent
+
+    def update(self, step: int, x: float) -> bool:
+        """Feed one value; True when the forecast fires."""
+        if not (x > 0 and math.isfinite(x)):
+            return False
+        self.points = [p for p in self.points if p[0] > step - self.window] + [(step, math.log(x))]
+        rate = self.rate()
+        if not self.armed:
+            if x < self.floor or rate is None:
+                self.armed = True
+            return False
+        if x < self.floor or x >= self.level or rate is None:
+            return False
+        if math.log(self.level / x) <= rate * self.horizon:
+            self.armed = False
+            return True
+        return False
+
+    def steps_to_level(self) -> float:
+        rate = self.rate()
+        if rate is None or not self.points:
+            return math.inf
+        return max(math.log(self.level) - self.points[-1][1], 0.0) / rate
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"points": [list(p) for p in self.points], "armed": self.armed}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.points = [(int(s), float(y)) for s, y in state.get("points", [])]
+        self.armed = bool(state.get("armed", True))
+
+
+class EdgeOfStability(Rule):
+    """The edge-of-stability alarm on ``landscape/hessian/eos_ratio_tracked`` (refreshed at every optimizer
+    step from the last measured sharpness and the current learning rate — and, for Adam, the
+    preconditioner's drift), from two signals, each latching:
+
+    * **level** — the ratio ≥ ``level`` for ``k`` consecutive observations (re-arms below ``rearm``,
+      default ``0.9·level``): the optimizer is past what it can follow now. A ratio near 1 is normal in
+      large-learning-rate training (self-stabilisation), so the default level is 1.5.
+    * **forecast** — the ratio (≥ ``forecast_floor``) grows at a steady exponential rate over the last
+      ``forecast_window`` steps that would carry it to ``level`` within ``forecast_horizon`` steps: a
+      learning-rate ramp or runaway sharpening, announced while there is still time (a learning-rate ramp
+      diverges within a few steps of the ratio passing 1). A linear warm-up or a one-off jump does not
+      forecast. ``forecast_horizon=0`` switches it off.
+
+    Events carry ``key`` ``"level"`` or ``"forecast"``.
+
+    >>> r = EdgeOfStability(level=1.0, k=3, forecast_horizon=0)
     >>> [s for s, x in enumerate([0.5, 1.01, 1.02, 0.99, 1.01, 1.02, 1.03, 1.1])
     ...  if r.observe(s, 0, {"landscape/hessian/eos_ratio_tracked": x}, [])]
     [6]
@@ -682,23 +773,71 @@ class EdgeOfStability(Threshold):
 
     def __init__(
         self,
-        level: float = 1.0,
+        level: float = 1.5,
         k: int = 3,
         rearm: float | None = None,
+        forecast_horizon: int = 300,
+        forecast_window: int = 100,
+        forecast_floor: float = 0.05,
         tag: str = "landscape/hessian/eos_ratio_tracked",
         warmup_steps: int = 0,
         cooldown_steps: int = 0,
         severity: str = "warning",
         name: str | None = None,
     ) -> None:
-        level = check_number("EdgeOfStability.level", level, 0.0, strict=True)
-        super().__init__(tag, level, 0.9 * level if rearm is None else rearm, "above", k, warmup_steps,
-                         cooldown_steps, severity, name)
+        cls = type(self).__name__
+        super().__init__(name, severity, warmup_steps, cooldown_steps)
+        level = check_number(f"{cls}.level", level, 0.0, strict=True)
+        off = 0.9 * level if rearm is None else check_number(f"{cls}.rearm", rearm)
+        if off > level:
+            raise ValueError(f"{cls}.rearm must be <= level ({level}), got {off}")
+        self.k = check_positive_int(f"{cls}.k", k, 1)
+        if not isinstance(tag, str) or not tag:
+            raise ValueError(f"{cls}.tag must be a non-empty tag string, got {tag!r}")
+        self.tag = tag
+        self.detector = HysteresisDetector(level, off, "above", self.k)
+        horizon = check_positive_int(f"{cls}.forecast_horizon", forecast_horizon, 0)
+        window = check_positive_int(f"{cls}.forecast_window", forecast_window, 4)
+        floor = check_number(f"{cls}.forecast_floor", forecast_floor, 0.0, strict=True)
+        self.forecast = GrowthForecast(level, horizon, window, floor) if horizon > 0 else None
+
+    def _observe(self, step, epoch, scalars, events):
+        if self.tag not in scalars:
+            return []
+        x = float(scalars[self.tag])
+        out = []
+        if self.detector.update(x, self._can_fire(step, "level")):
+            out.append(self._event(
+                step, epoch, {self.tag: x, "level": self.detector.on},
+                f"{self.tag} = {_fmt(x)} >= {_fmt(self.detector.on)} for {self.k} consecutive steps: past the edge "
+                "of stability at the current learning rate", key="level"))
+        if self.forecast is not None and self.forecast.update(step, x) and self._can_fire(step, "forecast"):
+            eta = self.forecast.steps_to_level()
+            out.append(self._event(
+                step, epoch, {self.tag: x, "level": self.forecast.level, "steps_to_level": eta},
+                f"{self.tag} = {_fmt(x)} is growing steadily (×{math.exp(self.forecast.rate() or 0.0):.4f}/step): "
+                f"at this rate it passes {_fmt(self.forecast.level)} in ~{eta:.0f} steps", key="forecast"))
+        return out
+
+    @property
+    def active(self) -> bool:
+        return not self.detector.armed or (self.forecast is not None and not self.forecast.armed)
 
     def config(self):
-        cfg = super().config()
-        return {"level": cfg.pop("level"), "k": cfg.pop("k"), "rearm": cfg.pop("rearm"), "tag": cfg.pop("tag"),
-                **{k: v for k, v in cfg.items() if k != "direction"}}
+        f = self.forecast
+        return {"level": self.detector.on, "k": self.k, "rearm": self.detector.off,
+                "forecast_horizon": f.horizon if f else 0, "forecast_window": f.window if f else 100,
+                "forecast_floor": f.floor if f else 0.05, "tag": self.tag, **super().config()}
+
+    def state_dict(self):
+        return {**super().state_dict(), "detector": self.detector.state_dict(),
+                "forecast": self.forecast.state_dict() if self.forecast else None}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.detector.load_state_dict(state["detector"])
+        if self.forecast is not None and state.get("forecast") is not None:
+            self.forecast.load_state_dict(state["forecast"])
 
 
 class SharpnessSpike(ChangePoint):

@@ -130,7 +130,7 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         ...                     enable_model_summary=False, enable_checkpointing=False)
         >>> trainer.fit(MLPTask(input_dim=4, hidden=(8,)), loader)
         >>> sorted(monitor.last_values)[:2]
-        ['landscape/hessian/eos_ratio', 'landscape/hessian/hvps']
+        ['landscape/hessian/eos_ratio', 'landscape/hessian/eos_ratio_tracked']
     """
 
     def __init__(
