@@ -232,7 +232,8 @@ class Task(L.LightningModule):
     """A normal LightningModule: ``training_step`` logs and returns the loss, ``configure_optimizers``
     returns the optimizer and, where the run has one, a per-step ``LambdaLR`` schedule."""
 
-    def __init__(self, net: nn.Module, loss: Literal["ce", "mse"], optim: Optim, label_smoothing: float = 0.0) -> None:
+    def __init__(self, net: nn.Module, loss: Literal["ce", "mse", "mse_onehot"], optim: Optim,
+                 label_smoothing: float = 0.0) -> None:
         super().__init__()
         self.net, self.loss_kind, self.optim, self.label_smoothing = net, loss, optim, label_smoothing
 
@@ -242,8 +243,13 @@ class Task(L.LightningModule):
     def compute_loss(self, batch: Batch) -> torch.Tensor:
         x, y = batch
         out = self.net(x)
+        return self._loss(out, y)
+
+    def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.loss_kind == "ce":
             return F.cross_entropy(out, y, label_smoothing=self.label_smoothing)
+        if self.loss_kind == "mse_onehot":  # classification with the square loss (Cohen et al.'s EoS setting)
+            return F.mse_loss(out, F.one_hot(y, out.shape[1]).to(out.dtype))
         return F.mse_loss(out, y)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
@@ -265,7 +271,6 @@ class Task(L.LightningModule):
         self.eval()
         out = torch.cat([self.net(x[i:i + 512]) for i in range(0, len(x), 512)])
         self.train(was)
-        if self.loss_kind == "ce":
-            loss = F.cross_entropy(out, y, label_smoothing=self.label_smoothing)
-            return float(loss), float((out.argmax(1) == y).float().mean())
-        return float(F.mse_loss(out, y)), None
+        if self.loss_kind in ("ce", "mse_onehot"):
+            return float(self._loss(out, y)), float((out.argmax(1) == y).float().mean())
+        return float(self._loss(out, y)), None

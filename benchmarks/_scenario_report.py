@@ -269,12 +269,14 @@ def render(healthy: Sequence[Job], failures: Sequence[Job], summary: dict[str, A
         ref = j["reference"]
         firsts = first_alerts(j)
         alerts = " ".join(f"{_short(r)}@{s}" for r, s in sorted(firsts.items(), key=lambda kv: kv[1])) or "-"
+        m = j["monitored"].get("measured", {})
         rows.append([j["scenario"], j["seed"], ref["steps"], _f(ref["final_loss"], ".3g"), _f(ref["final_acc"], ".3f"),
                      {True: "yes", False: "NO", None: ""}[j["trained_ok"]], _f(j["ground_truth"]["failure_step"]),
-                     alerts, _f(j.get("controller_actions")), _f(100 * j["overhead"], ".1f"),
+                     alerts, _f(j.get("controller_actions")), _f(m.get("hessian/eos_ratio", {}).get("max"), ".2f"),
+                     _f(m.get("l2/margin", {}).get("min"), ".3g"), _f(100 * j["overhead"], ".1f"),
                      _f(j["seconds"], ".0f")])
     out.append(_table(["scenario", "seed", "steps", "final loss", "acc", "trained", "failure", "first alert per rule",
-                       "ctl actions", "overhead %", "s"], rows))
+                       "ctl actions", "max eos", "min margin", "overhead %", "s"], rows))
     out.append(f"\nmedian overhead (probe s / (fit s − probe s)): {_f(100 * (summary['median_overhead'] or math.nan), '.1f')} %")
     if summary["healthy_not_trained"]:
         out.append(f"healthy runs that missed their training target: {summary['healthy_not_trained']}")

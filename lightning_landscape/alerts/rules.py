@@ -672,18 +672,20 @@ class GrowthForecast:
     of it, at a rate that is not decelerating (recent half ≥ ``steadiness`` × older half: an exponential
     ramp passes, a linear warm-up — whose log-rate falls like 1/t — and a single jump at one measurement
     do not), and that recent rate carries ``x`` to ``level`` within ``horizon`` steps. Latches; re-arms
-    once the stream falls below ``floor`` or stops growing.
+    once the stream falls below ``floor`` or stops growing. Why the defaults exclude every linear ramp
+    ``x ∝ t``: its growth over a window ``W`` is ``ln(t/(t−W))`` (≥ ``ln 1.2`` only for ``t ≤ 6W``) while the
+    ratio of its half-window slopes is ``(t − 3W/4)/(t − W/4)`` (≥ 0.92 only for ``t ≥ 6.6W``).
 
     >>> f = GrowthForecast(level=1.0, horizon=300, window=100, floor=0.05)
     >>> fired = [s for s in range(400) if f.update(s, 0.01 * 1.01 ** s)]  # x 1.01/step: 1.0 at step 463
-    >>> fired  # once it is above the floor, 300 steps ahead
-    [163]
+    >>> fired  # 300 steps ahead (values are kept every window/20 = 5 steps)
+    [165]
     >>> f = GrowthForecast(level=1.0, horizon=300, window=100, floor=0.05)
     >>> [s for s in range(1, 400) if f.update(s, 0.9 * min(s / 300, 1.0))]  # a linear warm-up to 0.9
     []
     """
 
-    def __init__(self, level: float, horizon: int, window: int, floor: float, steadiness: float = 0.9,
+    def __init__(self, level: float, horizon: int, window: int, floor: float, steadiness: float = 0.92,
                  min_growth: float = 0.2) -> None:
         self.level, self.horizon, self.window, self.floor, self.steadiness = level, horizon, window, floor, steadiness
         self.min_growth = min_growth
@@ -719,6 +721,10 @@ class GrowthForecast:
     def update(self, step: int, x: float) -> bool:
         """Feed one value; True when the forecast fires."""
         if not (x > 0 and math.isfinite(x)):
+            return False
+        # ~20 points per window are plenty for two least-squares slopes (and keep a per-step rule cheap):
+        # values closer than window/20 steps to the last kept one are skipped.
+        if self.points and 0 <= step - self.points[-1][0] < max(self.window // 20, 1):
             return False
         self.points = [p for p in self.points if p[0] > step - self.window] + [(step, math.log(x))]
         rate = self.rate()
@@ -756,9 +762,10 @@ class EdgeOfStability(Rule):
       default ``0.9·level``): the optimizer is past what it can follow now. A ratio near 1 is normal in
       large-learning-rate training (self-stabilisation), so the default level is 1.5.
     * **forecast** — the ratio (≥ ``forecast_floor``) grows at a steady exponential rate over the last
-      ``forecast_window`` steps that would carry it to ``level`` within ``forecast_horizon`` steps: a
-      learning-rate ramp or runaway sharpening, announced while there is still time (a learning-rate ramp
-      diverges within a few steps of the ratio passing 1). A linear warm-up or a one-off jump does not
+      ``forecast_window`` steps that would carry it to ``forecast_level`` (the edge itself, 1) within
+      ``forecast_horizon`` steps: a learning-rate ramp or runaway sharpening, announced while there is
+      still time (on the scenario benchmark's SGD-momentum ramp the loss diverged at a measured ratio of
+      0.4–2, within ~50 steps of the ratio's last doubling). A linear warm-up or a one-off jump does not
       forecast. ``forecast_horizon=0`` switches it off.
 
     Events carry ``key`` ``"level"`` or ``"forecast"``.
@@ -776,7 +783,8 @@ class EdgeOfStability(Rule):
         level: float = 1.5,
         k: int = 3,
         rearm: float | None = None,
-        forecast_horizon: int = 300,
+        forecast_level: float = 1.0,
+        forecast_horizon: int = 500,
         forecast_window: int = 100,
         forecast_floor: float = 0.05,
         tag: str = "landscape/hessian/eos_ratio_tracked",
@@ -799,7 +807,8 @@ class EdgeOfStability(Rule):
         horizon = check_positive_int(f"{cls}.forecast_horizon", forecast_horizon, 0)
         window = check_positive_int(f"{cls}.forecast_window", forecast_window, 4)
         floor = check_number(f"{cls}.forecast_floor", forecast_floor, 0.0, strict=True)
-        self.forecast = GrowthForecast(level, horizon, window, floor) if horizon > 0 else None
+        target = check_number(f"{cls}.forecast_level", forecast_level, 0.0, strict=True)
+        self.forecast = GrowthForecast(target, horizon, window, floor) if horizon > 0 else None
 
     def _observe(self, step, epoch, scalars, events):
         if self.tag not in scalars:
@@ -826,6 +835,7 @@ class EdgeOfStability(Rule):
     def config(self):
         f = self.forecast
         return {"level": self.detector.on, "k": self.k, "rearm": self.detector.off,
+                "forecast_level": f.level if f else 1.0,
                 "forecast_horizon": f.horizon if f else 0, "forecast_window": f.window if f else 100,
                 "forecast_floor": f.floor if f else 0.05, "tag": self.tag, **super().config()}
 

@@ -154,6 +154,7 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         self.probes = _build_probes(probes)
         # Probes with free between-measurement estimates (called after every optimizer step).
         self._trackers = [p for p in self.probes if type(p).track is not Probe.track]
+        self._last_tracked: dict[str, float] = {}
         self.probe_batch = check_choice("probe_batch", probe_batch, ("fixed", "current", "cached"))
         self.num_probe_batches = check_positive_int("num_probe_batches", num_probe_batches)
         if max_probe_samples is not None:
@@ -204,7 +205,12 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
     @property
     def state_key(self) -> str:
         # Names, not settings: changing an interval before resuming must not orphan the saved state.
-        return self._generate_state_key(prefix=self.log_prefix, probes=[p.name for p in self.probes])
+        # Lightning asks for it several times per step: build it once.
+        key = self.__dict__.get("_state_key")
+        if key is None:
+            key = self._generate_state_key(prefix=self.log_prefix, probes=[p.name for p in self.probes])
+            self.__dict__["_state_key"] = key
+        return key
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -443,7 +449,8 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
                 continue
             if result is not None:
                 self._merge(logged, probe.group, result, probe)
-        if logged.scalars:
+        if logged.scalars and logged.scalars != self._last_tracked:  # unchanged (e.g. constant lr): nothing new
+            self._last_tracked = dict(logged.scalars)
             # Tracked values are functions of state every rank holds identically: no broadcast needed.
             self._act(trainer, logged, broadcast=False)
             if _should_log(trainer):
