@@ -513,7 +513,6 @@ def ground_truth(scn: Scenario, ref: RunResult) -> dict[str, Any]:
     """The failure (or plateau) of the reference run; ``failure_step`` None when it did not fail."""
     gt: dict[str, Any] = {"failure_step": None}
     if scn.kind == "healthy":
-        gt["diverged_at"] = Divergence().first(ref.loss, [])
         return gt
     if scn.kind in ("lr_divergence", "adam_spike", "l2_collapse"):
         gt["failure_step"] = scn.criterion().first(ref.loss, ref.signal)
@@ -538,7 +537,7 @@ def failure_in(scn: Scenario, run: RunResult, gt: dict[str, Any]) -> int | None:
     if scn.kind == "saddle_plateau":
         return plateau(run.loss)[1]
     crit = scn.criterion()
-    return crit.first(run.loss, run.signal) if crit is not None else Divergence().first(run.loss, [])
+    return crit.first(run.loss, run.signal) if crit is not None else None
 
 
 def compare(a: Sequence[float], b: Sequence[float], upto: int | None = None) -> dict[str, Any]:

@@ -198,9 +198,13 @@ def test_spectrum_measures_fast_near_the_threshold():
     sgd.param_groups[0]["lr"] = 0.1  # a warm-up took the ratio from 0.05 to 0.5: fast
     probe.track(102, sgd, describe_optimizer(sgd))
     assert probe.is_due(125, 124) and not probe.is_due(124, 123)
-    probe._measured_ratio = 0.5  # measured at 0.5, and the ratio holds there: back to the regular interval
-    probe.track(103, sgd, describe_optimizer(sgd))
+    # The ratio then holds at 0.5 (a steady edge of stability): FAST_BUDGET more looks, then the regular interval.
+    for _ in range(HessianSpectrum.FAST_BUDGET):
+        assert probe.is_due(125, 124)
+        probe._update_hot(0.5, 0.5, at_measurement=True)
     assert not probe.is_due(125, 124) and probe.is_due(500, 499)
+    probe._update_hot(0.6, 0.5, at_measurement=True)  # rising again (+20 %): fast again
+    assert probe.is_due(125, 124)
 
 
 # ----------------------------------------------------------------------------- not measured

@@ -141,6 +141,7 @@ class HessianSpectrum(Probe):
         self._eos_warming: str | None = None
         self._last_measured = -1
         self._hot = False
+        self._fast_left = 0
         self._measured_ratio: float | None = None
         # Adam: uᵢ²/Pᵢ at the last measurement (u: top eigenvector of P^{-1/2}HP^{-1/2}) and the drift factor.
         self._drift_weights: torch.Tensor | None = None
@@ -156,7 +157,7 @@ class HessianSpectrum(Probe):
     def state_dict(self) -> dict[str, Any]:
         return {"sharpness": self._sharpness, "sharpness_kind": self._sharpness_kind,
                 "eos_warming": self._eos_warming, "last_measured": self._last_measured, "hot": self._hot,
-                "measured_ratio": self._measured_ratio}
+                "measured_ratio": self._measured_ratio, "fast_left": self._fast_left}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         sharp = state.get("sharpness")
@@ -168,6 +169,7 @@ class HessianSpectrum(Probe):
         self._hot = bool(state.get("hot", False))
         measured = state.get("measured_ratio")
         self._measured_ratio = None if measured is None else float(measured)
+        self._fast_left = int(state.get("fast_left", 0))
 
     # ------------------------------------------------------------------ scheduling and tracking
     def is_due(self, step: int, previous: int | None = None) -> bool:
@@ -186,16 +188,30 @@ class HessianSpectrum(Probe):
         drift = self._drift if kind == "preconditioned" else 1.0
         return self._sharpness * drift / info.eos_threshold()
 
-    def _update_hot(self, ratio: float | None, reference: float | None) -> None:
+    #: Fast measurements granted when the ratio is found rising near the threshold (then the regular
+    #: interval again unless it keeps rising): a jumpy Adam ratio gets a few looks, a steady edge of
+    #: stability does not pay the fast interval for ever.
+    FAST_BUDGET = 8
+
+    def _update_hot(self, ratio: float | None, reference: float | None, at_measurement: bool) -> None:
         """Fast while the ratio is near its threshold *and rising* (``ratio ≥ (1 + fast_rise)·reference``,
-        the ratio at the previous measurement) — a warm-up, a ramp, progressive sharpening — and while Adam
-        warms up (so the first ratio that may be judged comes soon after). A ratio that sits steadily at the
-        edge of stability, normal in large-learning-rate training, is measured at the regular interval."""
+        the last judged measured ratio; no reference counts as rising) — a warm-up, a ramp, progressive
+        sharpening, a jumpy Adam ratio — for up to ``FAST_BUDGET`` measurements after the last rise, and
+        while Adam warms up (so the first ratio that may be judged comes soon after)."""
         if ratio is None or self.fast_above is None:
-            self._hot = False
+            self._fast_left, self._hot = 0, False
+            return
+        if self._eos_warming is not None:
+            self._hot = True
             return
         rising = reference is None or not reference > 0 or ratio >= (1.0 + self.fast_rise) * reference
-        self._hot = self._eos_warming is not None or (ratio >= self.fast_above and rising)
+        if ratio < self.fast_above:
+            self._fast_left = 0
+        elif rising:
+            self._fast_left = self.FAST_BUDGET
+        elif at_measurement:
+            self._fast_left = max(self._fast_left - 1, 0)
+        self._hot = self._fast_left > 0
 
     def _preconditioner_drift(self, step: int, optimizer: Any) -> float:
         """Adam: how much the preconditioner moved since the measurement, along its top eigenvector.
@@ -224,7 +240,7 @@ class HessianSpectrum(Probe):
         if self._sharpness_kind == "preconditioned":
             self._preconditioner_drift(step, optimizer)
         ratio = self._ratio_now(optimizer_info)
-        self._update_hot(ratio, self._measured_ratio)
+        self._update_hot(ratio, self._measured_ratio, at_measurement=False)
         if ratio is None:
             return None
         out = ProbeResult(scalars={"eos_ratio_tracked": ratio})
@@ -264,8 +280,8 @@ class HessianSpectrum(Probe):
             if self._eos_warming is not None:
                 out.warming_up.update({k: self._eos_warming for k in self.gated_keys if k in out.scalars})
         ratio = out.scalars.get("eos_ratio")
-        self._update_hot(ratio, self._measured_ratio)
-        self._measured_ratio = ratio
+        self._update_hot(ratio, self._measured_ratio, at_measurement=True)
+        self._measured_ratio = ratio if self._eos_warming is None else None  # the reference: judged values only
         return out
 
     def _edge_of_stability(self, ctx: ProbeContext, lambda_max: float, gen: torch.Generator) -> dict[str, float]:
