@@ -244,10 +244,10 @@ def ramp_table(plain: Run, guarded: Run) -> str:
              f"{'final wd':>10}{'min margin':>12}{'wd changes':>12}"]
     for name, run in (("ramp only", plain), ("+ controller", guarded)):
         fire, col = run.first("l2_threshold", "margin"), collapse_step(run)
-        by_step = {r["step"]: r for r in run.rows}
-        ratio_fire = by_step[fire]["landscape/l2/collapse_ratio"] if fire else None
-        wd_fire = by_step[fire]["wd"] / wd_c if fire else None
-        wd_col = by_step[col]["wd"] / wd_c if col else None
+        at = lambda step: [r for r in run.rows if r["step"] <= step][-1]  # noqa: E731 - alerts fire between measurements
+        ratio_fire = at(fire)["landscape/l2/collapse_ratio"] if fire else None
+        wd_fire = at(fire)["wd"] / wd_c if fire else None
+        wd_col = at(col)["wd"] / wd_c if col else None
         margins = [m for m in run.series("landscape/l2/margin") if math.isfinite(m)]
         changes = sum(e.rule == "weight_decay" for e in run.events)
         lines.append(f"{name:<14}{_fmt(fire):>7}{_fmt(ratio_fire, '.3f'):>7}{_fmt(wd_fire, '.2f'):>6}{_fmt(col):>10}"
