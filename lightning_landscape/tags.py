@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+from lightning_landscape._readme import replace_block
+
 import lightning_landscape.probes as probes_pkg
 from lightning_landscape.probes.base import PROBES
 
@@ -52,14 +54,7 @@ def markdown(prefix: str = "landscape") -> str:
 
 def update_readme(path: str, prefix: str = "landscape") -> None:
     """Replace the table between ``<!-- tags:start -->`` and ``<!-- tags:end -->`` in ``path``."""
-    text = open(path, encoding="utf-8").read()
-    start, end = "<!-- tags:start -->", "<!-- tags:end -->"
-    if start not in text or end not in text:
-        raise ValueError(f"{path} has no {start} ... {end} markers")
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(f"{head}{start}\n{markdown(prefix)}\n{end}{tail}")
+    replace_block(path, "tags", markdown(prefix))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lightning_landscape._readme import replace_block
+
 
 @dataclass(frozen=True)
 class RunbookEntry:
@@ -118,15 +120,7 @@ def markdown() -> str:
 
 def update_readme(path: str) -> None:
     """Replace the table between ``<!-- runbook:start -->`` and ``<!-- runbook:end -->`` in ``path``."""
-    start, end = "<!-- runbook:start -->", "<!-- runbook:end -->"
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    if start not in text or end not in text:
-        raise ValueError(f"{path} has no {start} ... {end} markers")
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(f"{head}{start}\n{markdown()}\n{end}{tail}")
+    replace_block(path, "runbook", markdown())
 
 
 if __name__ == "__main__":  # python -m lightning_landscape.alerts.runbook --update README.md
