@@ -184,9 +184,11 @@ def render(healthy: Sequence[Job], failures: Sequence[Job], summary: dict[str, A
             extra = f"plateau {gt.get('plateau_start')}..{gt.get('escape_step')} at loss {_f(gt.get('plateau_level'))}"
         elif j["kind"] == "channel":
             extra = f"bound max|a| > {_f(gt['bound'], '.4g')} (start {_f(gt['max_abs_a_start'], '.4g')}, end {_f(gt['max_abs_a_end'], '.4g')})"
-        elif j["kind"] == "l2_collapse":
+        elif j["kind"] == "l2_collapse" and "wd_c" in j["info"]:
             extra = (f"wd/wd_c at failure {_f(gt.get('wd_at_failure_over_wd_c'))} (spinodal "
                      f"{_f(j['info']['wd_sp'] / j['info']['wd_c'])}, predicted step {_f(j['info'].get('predicted_collapse_step'), '.0f')})")
+        elif j["kind"] == "l2_collapse":
+            extra = f"wd at failure {_f(gt.get('wd_at_failure'))}"
         rows.append([j["kind"], j["scenario"], j["seed"], j["reference"]["steps"], _f(gt["failure_step"]), extra])
     out.append(_table(["type", "scenario", "seed", "steps run", "failure step", "detail"], rows))
     # ---- recall
