@@ -368,8 +368,12 @@ class SaddleBranches(Probe):
       modulo the activation's symmetry (:func:`~lightning_landscape.neurons.width.effective_width`).
     * ``saddle_branch`` = 1 when some layer's effective width is below its width, ``‖∇L‖ ≤ grad_tol`` and
       ``L − loss_floor > loss_tol``.
-    * ``saddle`` = 1 when ``λmin < 0``, ``|λmin|/λmax ≥ ratio_tol`` and ``‖∇L‖ ≤ grad_tol``; λmin/λmax come
-      from ``ctx.extras`` (``HessianSpectrum``) or, with ``compute_spectrum=True``, from an own Lanczos run.
+    * ``saddle`` = 1 when ``λmin < 0``, ``|λmin|/λmax ≥ ratio_tol``, ``|λmin|`` above the rounding floor, and
+      either ``‖∇L‖ ≤ grad_tol`` or — scale-free — the loss has stalled (fell by less than ``stall_tol``
+      since the previous measurement) with ``‖∇L‖² ≤ stall_grad_ratio · 2(L − loss_floor)|λmin|`` (the
+      descent the gradient offers is negligible next to what the negative curvature offers: a plateau at
+      a saddle, in whatever units the loss has); λmin/λmax come from ``ctx.extras`` (``HessianSpectrum``)
+      or, with ``compute_spectrum=True``, from an own Lanczos run.
     * ``recovery_state``: 0 moving (gradient above ``grad_tol``), 1 global minimum (loss at its floor),
       2 saddle branch, 3 plateau; ``convergence_rate`` = ``−d log(L − loss_floor)/d step`` over the window.
 
@@ -392,6 +396,8 @@ class SaddleBranches(Probe):
         window: measurements used for the convergence rate.
         severity: severity of the events.
         layers: explicit ``[input, output(, activation)]`` module-name triples.
+        stall_tol: relative loss decrease between two measurements below which the loss has stalled.
+        stall_grad_ratio: a stalled loss is a saddle when ``‖∇L‖² ≤ stall_grad_ratio · 2(L − loss_floor)|λmin|``.
 
     Example (neuron 1 duplicates neuron 0):
         >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2, bias=False), torch.nn.Tanh(), torch.nn.Linear(2, 1, bias=False))
@@ -412,7 +418,8 @@ class SaddleBranches(Probe):
         "<layer>/effective_width": "neurons left after removing negligible units and merging duplicates modulo σ's symmetry",
         "<layer>/width": "number of neurons of the layer",
         "saddle_branch": "1 if some layer's effective width < width with a small gradient and loss above its floor",
-        "saddle": "1 if λmin < 0 with |λmin|/λmax ≥ ratio_tol and a small gradient (strict saddle)",
+        "saddle": "1 if λmin < 0 with |λmin|/λmax ≥ ratio_tol and a small gradient, absolute or relative to the "
+        "negative curvature on a stalled loss (strict saddle)",
         "grad_norm": "‖∇L‖ on the probe batch",
         "lambda_min_ratio": "λmin/λmax (negative: negative curvature)",
         "recovery_state": "0 moving, 1 global minimum (loss at floor), 2 saddle branch, 3 plateau",
@@ -439,9 +446,13 @@ class SaddleBranches(Probe):
         window: int = 8,
         severity: str = "warning",
         layers: list[list[str]] | None = None,
+        stall_tol: float = 0.01,
+        stall_grad_ratio: float = 0.01,
     ) -> None:
         super().__init__(every_n_steps)
         self.grad_tol = check_positive_float("SaddleBranches.grad_tol", grad_tol)
+        self.stall_tol = check_positive_float("SaddleBranches.stall_tol", stall_tol, allow_zero=True)
+        self.stall_grad_ratio = check_positive_float("SaddleBranches.stall_grad_ratio", stall_grad_ratio, allow_zero=True)
         self.loss_tol = check_positive_float("SaddleBranches.loss_tol", loss_tol, allow_zero=True)
         if isinstance(loss_floor, bool) or not isinstance(loss_floor, (int, float)) or not math.isfinite(loss_floor):
             raise ValueError(f"SaddleBranches.loss_floor must be a finite number, got {loss_floor!r}")
@@ -463,6 +474,7 @@ class SaddleBranches(Probe):
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "grad_tol": self.grad_tol, "loss_tol": self.loss_tol,
+                "stall_tol": self.stall_tol, "stall_grad_ratio": self.stall_grad_ratio,
                 "loss_floor": self.loss_floor, "layers": self.layers}
 
     def _spectrum(self, ctx: ProbeContext) -> tuple[float, float]:
@@ -477,6 +489,17 @@ class SaddleBranches(Probe):
         ctx.extras.setdefault("lambda_max", res.lambda_max)
         ctx.extras.setdefault("lambda_min", res.lambda_min)
         return res.lambda_max, res.lambda_min
+
+    def _stalled(self, step: int, loss: float) -> bool:
+        """The loss fell by less than ``stall_tol`` (relative) since the previous measurement, at least
+        ``MIN_STALL_STEPS`` steps ago (measurements are hundreds of steps apart by default)."""
+        if not self._losses or step - self._steps[-1] < self.MIN_STALL_STEPS:
+            return False
+        before = self._losses[-1] - self.loss_floor
+        return before > 0 and (before - (loss - self.loss_floor)) <= self.stall_tol * before
+
+    #: A stall is only judged over at least this many optimizer steps.
+    MIN_STALL_STEPS = 100
 
     @staticmethod
     def _curvature_floor(ctx: ProbeContext, loss: float) -> float:
@@ -501,15 +524,22 @@ class SaddleBranches(Probe):
             out.scalars[f"{layer.name}/width"] = float(rep.width)
         grad_norm = float(torch.linalg.vector_norm(ctx.gradient()))  # shared with the Hessian probes if they ran
         loss = ctx.loss()
-        # A saddle needs a small gradient: only then is the spectrum worth its products (unless another
-        # probe already measured it at this step).
-        if grad_norm <= self.grad_tol or "lambda_min" in ctx.extras:
+        stalled = self._stalled(ctx.step, loss)
+        # A saddle needs a small gradient or a stalled loss: only then is the spectrum worth its products
+        # (unless another probe already measured it at this step).
+        if grad_norm <= self.grad_tol or stalled or "lambda_min" in ctx.extras:
             lam_max, lam_min = self._spectrum(ctx)
         else:
             lam_max = lam_min = float("nan")
         branch = saddle_branch_indicator(widths, grad_norm, loss - self.loss_floor, self.grad_tol, self.loss_tol)
-        saddle = saddle_indicator(lam_min, lam_max, grad_norm, self.grad_tol, self.ratio_tol,
-                                  curvature_floor=self._curvature_floor(ctx, loss))
+        floor = self._curvature_floor(ctx, loss)
+        saddle = saddle_indicator(lam_min, lam_max, grad_norm, self.grad_tol, self.ratio_tol, curvature_floor=floor)
+        if not saddle and stalled and loss - self.loss_floor > self.loss_tol:
+            # Scale-free: the descent the gradient offers (‖g‖²) is negligible next to what the negative
+            # curvature offers (2(L − L*)|λmin|) — a plateau at a saddle, whatever the loss's units.
+            budget = self.stall_grad_ratio * 2.0 * (loss - self.loss_floor) * abs(lam_min)
+            saddle = saddle_indicator(lam_min, lam_max, grad_norm, math.sqrt(budget) if budget > 0 else 0.0,
+                                      self.ratio_tol, curvature_floor=floor)
         self._steps = (self._steps + [ctx.step])[-self.window:]
         self._losses = (self._losses + [loss])[-self.window:]
         state = classify_state(grad_norm, loss, self.loss_floor, branch, self.grad_tol, self.loss_tol)
