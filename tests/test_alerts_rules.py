@@ -294,22 +294,30 @@ def test_edge_of_stability_k_measurements_and_rearm():
         assert fire_steps(r, [0.8 + 0.05 * e for e in noise(seed, 500)], tag="landscape/hessian/eos_ratio_tracked") == []
 
 
-def test_edge_of_stability_forecasts_a_ramp_but_not_a_warm_up_or_a_jump():
-    tag = "landscape/hessian/eos_ratio_tracked"
-    # A learning-rate ramp (x1.005/step) from 0.01: the ratio reaches 1 at step 924; forecast 500 steps ahead.
-    r = EdgeOfStability()
-    ramp = [0.01 * 1.005**s for s in range(1100)]
-    fired = {e.key: e.step for s, x in enumerate(ramp) for e in r.observe(s, 0, {tag: x}, [])}
-    edge = next(s for s, x in enumerate(ramp) if x >= 1.0)
-    assert abs(fired["forecast"] - (edge - 500)) <= 5  # the horizon ahead (values kept every 5 steps)
-    assert fired["level"] == next(s for s, x in enumerate(ramp) if x >= 1.5) + 2  # k = 3
-    # Linear warm-ups (to 1.2, over 100 to 3000 steps), then constant: decelerating growth, no forecast.
-    for length in (100, 300, 1000, 3000):
+def test_edge_of_stability_forecasts_a_learning_rate_ramp_but_not_a_warm_up_or_sharpening():
+    tag, thr = "landscape/hessian/eos_ratio_tracked", "landscape/hessian/eos_threshold"
+
+    def run(ratios, lrs):
         r = EdgeOfStability()
-        assert fire_steps(r, [1.2 * min((s + 1) / length, 1.0) for s in range(length + 500)], tag=tag) == []
-    # One jump at a measurement (0.3 -> 0.6), held: no steady growth.
-    r = EdgeOfStability()
-    assert fire_steps(r, [0.3] * 200 + [0.6] * 300, tag=tag) == []
+        return {e.key: e.step for s, (x, lr) in enumerate(zip(ratios, lrs))
+                for e in r.observe(s, 0, {tag: x, thr: 2.0 / lr}, [])}
+
+    # A learning-rate ramp (x1.005/step): the ratio reaches 1 at step 924; forecast 500 steps ahead.
+    lrs = [0.01 * 1.005**s for s in range(1100)]
+    ratios = [lr for lr in lrs]  # λmax = 2: ratio = λ lr / 2 = lr
+    fired = run(ratios, lrs)
+    edge = next(s for s, x in enumerate(ratios) if x >= 1.0)
+    assert abs(fired["forecast"] - (edge - 500)) <= 5  # the horizon ahead (values kept every 5 steps)
+    assert fired["level"] == next(s for s, x in enumerate(ratios) if x >= 1.5) + 2  # k = 3
+    # Linear warm-ups to 1.2 (100 to 3000 steps), then constant: the level fires (1.2 < 1.5: it does not),
+    # and there is no forecast.
+    for length in (100, 300, 1000, 3000):
+        lrs = [min((s + 1) / length, 1.0) for s in range(length + 500)]
+        assert run([1.2 * lr for lr in lrs], lrs) == {}
+    # Progressive sharpening at a fixed learning rate (x1.005/step up to 1.2, measured every 25 steps):
+    # gradient descent self-stabilises at the edge; no forecast.
+    ratios = [min(0.05 * 1.005 ** (25 * (s // 25)), 1.2) for s in range(1500)]
+    assert run(ratios, [0.1] * 1500) == {}
 
 
 def test_nonfinite_latches_per_tag_and_passes_events_through():

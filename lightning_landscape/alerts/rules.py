@@ -690,6 +690,7 @@ class GrowthForecast:
         self.level, self.horizon, self.window, self.floor, self.steadiness = level, horizon, window, floor, steadiness
         self.min_growth = min_growth
         self.points: list[tuple[int, float]] = []
+        self.last = math.nan
         self.armed = True
 
     @staticmethod
@@ -718,15 +719,20 @@ class GrowthForecast:
             return None
         return recent
 
-    def update(self, step: int, x: float) -> bool:
-        """Feed one value; True when the forecast fires."""
+    def update(self, step: int, x: float, driver: float | None = None) -> bool:
+        """Feed one value; True when the forecast fires. With ``driver``, the growth rate is that of the
+        driver (e.g. the learning rate) and ``x`` only sets where the stream stands."""
         if not (x > 0 and math.isfinite(x)):
             return False
+        grows = x if driver is None else driver
+        if not (grows > 0 and math.isfinite(grows)):
+            return False
+        self.last = x
         # ~20 points per window are plenty for two least-squares slopes (and keep a per-step rule cheap):
         # values closer than window/20 steps to the last kept one are skipped.
         if self.points and 0 <= step - self.points[-1][0] < max(self.window // 20, 1):
             return False
-        self.points = [p for p in self.points if p[0] > step - self.window] + [(step, math.log(x))]
+        self.points = [p for p in self.points if p[0] > step - self.window] + [(step, math.log(grows))]
         rate = self.rate()
         if not self.armed:
             if x < self.floor or rate is None:
@@ -741,9 +747,9 @@ class GrowthForecast:
 
     def steps_to_level(self) -> float:
         rate = self.rate()
-        if rate is None or not self.points:
+        if rate is None or not self.last > 0:
             return math.inf
-        return max(math.log(self.level) - self.points[-1][1], 0.0) / rate
+        return max(math.log(self.level / self.last), 0.0) / rate
 
     def state_dict(self) -> dict[str, Any]:
         return {"points": [list(p) for p in self.points], "armed": self.armed}
@@ -761,12 +767,14 @@ class EdgeOfStability(Rule):
     * **level** — the ratio ≥ ``level`` for ``k`` consecutive observations (re-arms below ``rearm``,
       default ``0.9·level``): the optimizer is past what it can follow now. A ratio near 1 is normal in
       large-learning-rate training (self-stabilisation), so the default level is 1.5.
-    * **forecast** — the ratio (≥ ``forecast_floor``) grows at a steady exponential rate over the last
-      ``forecast_window`` steps that would carry it to ``forecast_level`` (the edge itself, 1) within
-      ``forecast_horizon`` steps: a learning-rate ramp or runaway sharpening, announced while there is
-      still time (on the scenario benchmark's SGD-momentum ramp the loss diverged at a measured ratio of
-      0.4–2, within ~50 steps of the ratio's last doubling). A linear warm-up or a one-off jump does not
-      forecast. ``forecast_horizon=0`` switches it off.
+    * **forecast** — the optimizer's stability threshold (``landscape/hessian/eos_threshold``: 2/lr,
+      (2+2μ)/lr, 38/lr for Adam) falls at a steady exponential rate over the last ``forecast_window`` steps
+      — a learning-rate ramp — that would carry the ratio (≥ ``forecast_floor``) to ``forecast_level`` (the
+      edge itself, 1) within ``forecast_horizon`` steps: announced while there is still time (on the
+      scenario benchmark's SGD-momentum ramp the loss diverged at a measured ratio of 0.4–2, within ~50
+      steps of the ratio's last doubling). The growth is the learning rate's only: progressive sharpening
+      towards the edge at a fixed learning rate self-stabilises (gradient descent at the edge of
+      stability) and is not forecast, nor is a linear warm-up. ``forecast_horizon=0`` switches it off.
 
     Events carry ``key`` ``"level"`` or ``"forecast"``.
 
@@ -788,6 +796,7 @@ class EdgeOfStability(Rule):
         forecast_window: int = 100,
         forecast_floor: float = 0.05,
         tag: str = "landscape/hessian/eos_ratio_tracked",
+        threshold_tag: str = "landscape/hessian/eos_threshold",
         warmup_steps: int = 0,
         cooldown_steps: int = 0,
         severity: str = "warning",
@@ -795,6 +804,7 @@ class EdgeOfStability(Rule):
     ) -> None:
         cls = type(self).__name__
         super().__init__(name, severity, warmup_steps, cooldown_steps)
+        self.threshold_tag = str(threshold_tag)
         level = check_number(f"{cls}.level", level, 0.0, strict=True)
         off = 0.9 * level if rearm is None else check_number(f"{cls}.rearm", rearm)
         if off > level:
@@ -820,12 +830,16 @@ class EdgeOfStability(Rule):
                 step, epoch, {self.tag: x, "level": self.detector.on},
                 f"{self.tag} = {_fmt(x)} >= {_fmt(self.detector.on)} for {self.k} consecutive steps: past the edge "
                 "of stability at the current learning rate", key="level"))
-        if self.forecast is not None and self.forecast.update(step, x) and self._can_fire(step, "forecast"):
+        threshold = float(scalars.get(self.threshold_tag, math.nan))
+        driver = 1.0 / threshold if threshold > 0 and math.isfinite(threshold) else None
+        if (self.forecast is not None and driver is not None and self.forecast.update(step, x, driver)
+                and self._can_fire(step, "forecast")):
             eta = self.forecast.steps_to_level()
             out.append(self._event(
                 step, epoch, {self.tag: x, "level": self.forecast.level, "steps_to_level": eta},
-                f"{self.tag} = {_fmt(x)} is growing steadily (×{math.exp(self.forecast.rate() or 0.0):.4f}/step): "
-                f"at this rate it passes {_fmt(self.forecast.level)} in ~{eta:.0f} steps", key="forecast"))
+                f"the learning rate is growing steadily (×{math.exp(self.forecast.rate() or 0.0):.4f}/step) with "
+                f"{self.tag} = {_fmt(x)}: at this rate it passes {_fmt(self.forecast.level)} in ~{eta:.0f} steps",
+                key="forecast"))
         return out
 
     @property
@@ -837,7 +851,8 @@ class EdgeOfStability(Rule):
         return {"level": self.detector.on, "k": self.k, "rearm": self.detector.off,
                 "forecast_level": f.level if f else 1.0,
                 "forecast_horizon": f.horizon if f else 0, "forecast_window": f.window if f else 100,
-                "forecast_floor": f.floor if f else 0.05, "tag": self.tag, **super().config()}
+                "forecast_floor": f.floor if f else 0.05, "tag": self.tag, "threshold_tag": self.threshold_tag,
+                **super().config()}
 
     def state_dict(self):
         return {**super().state_dict(), "detector": self.detector.state_dict(),

@@ -97,6 +97,8 @@ class HessianSpectrum(Probe):
         "(NAdam, RAdam, RMSprop, ...): λmax·lr/2, the plain-GD ratio (not that optimizer's criterion)",
         "eos_ratio_tracked": "eos_ratio at every step: the last measured sharpness over the stability threshold at "
         "the current learning rate (free; equals eos_ratio at a measurement)",
+        "eos_threshold": "the optimizer's stability threshold at every step (SGD 2/lr, momentum (2+2μ)/lr, Adam "
+        "(2+2β1)/((1−β1)lr)); a steady fall is a learning-rate ramp",
         "ready/<key>": "1 once <key> can carry a verdict (Adam: second-moment estimate warmed up), 0 while warming up",
     }
     gated_keys = ("eos_ratio", "preconditioned_lambda_max", "eos_ratio_tracked")
@@ -247,7 +249,7 @@ class HessianSpectrum(Probe):
                              at_measurement=False)
         else:
             self._update_hot(ratio, self._measured_ratio, at_measurement=False)
-        out = ProbeResult(scalars={"eos_ratio_tracked": ratio})
+        out = ProbeResult(scalars={"eos_ratio_tracked": ratio, "eos_threshold": optimizer_info.eos_threshold()})
         if self._eos_warming is not None:
             out.warming_up["eos_ratio_tracked"] = self._eos_warming
         return out
@@ -281,6 +283,7 @@ class HessianSpectrum(Probe):
         out.scalars.update(self._edge_of_stability(ctx, res.lambda_max, gen))
         if "eos_ratio" in out.scalars:
             out.scalars["eos_ratio_tracked"] = out.scalars["eos_ratio"]
+            out.scalars["eos_threshold"] = ctx.optimizer_info.eos_threshold()
             if self._eos_warming is not None:
                 out.warming_up.update({k: self._eos_warming for k in self.gated_keys if k in out.scalars})
         ratio = out.scalars.get("eos_ratio")
