@@ -308,7 +308,7 @@ def test_edge_of_stability_forecasts_a_learning_rate_ramp_but_not_a_warm_up_or_s
     fired = run(ratios, lrs)
     edge = next(s for s, x in enumerate(ratios) if x >= 1.0)
     assert abs(fired["forecast"] - (edge - 500)) <= 5  # the horizon ahead (values kept every 5 steps)
-    assert fired["level"] == next(s for s, x in enumerate(ratios) if x >= 1.5) + 2  # k = 3
+    assert fired["level"] == next(s for s, x in enumerate(ratios) if x >= 1.5)  # k = 1
     # Linear warm-ups to 1.2 (100 to 3000 steps), then constant: the level fires (1.2 < 1.5: it does not),
     # and there is no forecast.
     for length in (100, 300, 1000, 3000):

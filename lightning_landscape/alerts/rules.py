@@ -766,7 +766,10 @@ class EdgeOfStability(Rule):
 
     * **level** — the ratio ≥ ``level`` for ``k`` consecutive observations (re-arms below ``rearm``,
       default ``0.9·level``): the optimizer is past what it can follow now. A ratio near 1 is normal in
-      large-learning-rate training (self-stabilisation), so the default level is 1.5.
+      large-learning-rate training (self-stabilisation), so the default level is 1.5; and since a
+      measured ratio is exact to the Lanczos tolerance, one observation suffices (``k=1``). The monitor
+      passes the tracked ratio on when it changes (a measurement, a learning-rate change), so ``k``
+      counts those, not steps.
     * **forecast** — the optimizer's stability threshold (``landscape/hessian/eos_threshold``: 2/lr,
       (2+2μ)/lr, 38/lr for Adam) falls at a steady exponential rate over the last ``forecast_window`` steps
       — a learning-rate ramp — that would carry the ratio (≥ ``forecast_floor``) to ``forecast_level`` (the
@@ -789,7 +792,7 @@ class EdgeOfStability(Rule):
     def __init__(
         self,
         level: float = 1.5,
-        k: int = 3,
+        k: int = 1,
         rearm: float | None = None,
         forecast_level: float = 1.0,
         forecast_horizon: int = 500,
@@ -828,8 +831,9 @@ class EdgeOfStability(Rule):
         if self.detector.update(x, self._can_fire(step, "level")):
             out.append(self._event(
                 step, epoch, {self.tag: x, "level": self.detector.on},
-                f"{self.tag} = {_fmt(x)} >= {_fmt(self.detector.on)} for {self.k} consecutive steps: past the edge "
-                "of stability at the current learning rate", key="level"))
+                f"{self.tag} = {_fmt(x)} >= {_fmt(self.detector.on)}"
+                + (f" for {self.k} consecutive observations" if self.k > 1 else "")
+                + ": past the edge of stability at the current learning rate", key="level"))
         threshold = float(scalars.get(self.threshold_tag, math.nan))
         driver = 1.0 / threshold if threshold > 0 and math.isfinite(threshold) else None
         if (self.forecast is not None and driver is not None and self.forecast.update(step, x, driver)
