@@ -11,6 +11,9 @@ Definitions (printed with the tables):
 * ``lead = failure_step − first alert step``; ``lead fraction = lead / failure_step`` (the share of the
   time to failure still left when the alert came); ``saddle_plateau``: ``lead / (escape − plateau_start)``,
   the share of the plateau still ahead.
+* ``onset``: where a ramp scenario's failure mechanism starts (learning-rate / weight-decay ramp). Alerts
+  before it count for recall as specified, but cannot be about the ramp: the row "any rule, after
+  onset" counts only alerts at or after the onset, and pre-onset alerts are listed.
 * A *false alarm* is any alert on a healthy run; the rate is per 1,000 monitored healthy steps.
 * ``overhead = probe seconds / (fit seconds − probe seconds)`` of the monitored run.
 """
@@ -26,6 +29,7 @@ from _scenario_runs import FAILURE_TYPES
 
 Job = dict[str, Any]
 ANY = "any rule"
+AFTER_ONSET = "any rule, after onset"
 
 
 def _median(xs: Iterable[float]) -> float | None:
@@ -51,12 +55,14 @@ def first_alerts(job: Job) -> dict[str, int]:
     return out
 
 
-def warnings_of(job: Job) -> dict[str, int]:
-    """rule -> first alert inside the job's warning window."""
+def warnings_of(job: Job, after_onset: bool = False) -> dict[str, int]:
+    """rule -> first alert inside the job's warning window (optionally only from the onset on)."""
     win = _window(job)
     if win is None:
         return {}
     lo, hi = win
+    if after_onset:
+        lo = max(lo, int(job["info"].get("onset_step", 0)))
     out: dict[str, int] = {}
     for e in job["alerts"]:
         if lo <= e["step"] < hi:
@@ -85,9 +91,10 @@ def _warnings(jobs: Sequence[Job]) -> dict[str, list[str]]:
 def summarise(healthy: Sequence[Job], failures: Sequence[Job], rules: Sequence[str]) -> dict[str, Any]:
     """Everything the tables show, JSON-friendly."""
     types = [t for t in FAILURE_TYPES if any(j["kind"] == t for j in failures)]
-    recall: dict[str, dict[str, float | None]] = {r: {} for r in [*rules, ANY]}
-    lead_steps: dict[str, dict[str, float | None]] = {r: {} for r in [*rules, ANY]}
-    lead_frac: dict[str, dict[str, float | None]] = {r: {} for r in [*rules, ANY]}
+    keys = [*rules, ANY, AFTER_ONSET]
+    recall: dict[str, dict[str, float | None]] = {r: {} for r in keys}
+    lead_steps: dict[str, dict[str, float | None]] = {r: {} for r in keys}
+    lead_frac: dict[str, dict[str, float | None]] = {r: {} for r in keys}
     counts: dict[str, dict[str, int]] = {}
     for t in types:
         jobs = [j for j in failures if j["kind"] == t]
@@ -95,16 +102,20 @@ def summarise(healthy: Sequence[Job], failures: Sequence[Job], rules: Sequence[s
         late = sum(1 for j in failed if not warnings_of(j) and any(
             e["step"] >= int(j["ground_truth"]["failure_step"]) for e in j["alerts"]))
         counts[t] = {"runs": len(jobs), "failed": len(failed), "detected_only_late": late}
-        for r in [*rules, ANY]:
+        for r in [*rules, ANY, AFTER_ONSET]:
             hits = []
             for j in failed:
-                w = warnings_of(j)
-                step = min(w.values()) if (r == ANY and w) else w.get(r)
+                w = warnings_of(j, after_onset=r == AFTER_ONSET)
+                step = min(w.values()) if (r in (ANY, AFTER_ONSET) and w) else w.get(r)
                 if step is not None:
                     hits.append(lead(j, step))
             recall[r][t] = len(hits) / len(failed) if failed else None
             lead_steps[r][t] = _median(h[0] for h in hits)
             lead_frac[r][t] = _median(h[1] for h in hits)
+    pre_onset = [{"run": f"{j['scenario']}/s{j['seed']}", "rule": e["rule"], "step": e["step"],
+                  "onset": int(j["info"]["onset_step"]), "message": e["message"]}
+                 for j in failures if "onset_step" in j["info"] for e in j["alerts"]
+                 if e["step"] < j["info"]["onset_step"]]
     steps = sum(j["monitored"]["steps"] for j in healthy)
     false_alarms = [{"run": f"{j['scenario']}/s{j['seed']}", "rule": e["rule"], "step": e["step"], "key": e["key"],
                      "message": e["message"]} for j in healthy for e in j["alerts"]]
@@ -126,6 +137,8 @@ def summarise(healthy: Sequence[Job], failures: Sequence[Job], rules: Sequence[s
         "recall": recall[ANY],
         "median_lead_steps": lead_steps[ANY],
         "median_lead_fraction": lead_frac[ANY],
+        "recall_after_onset": recall[AFTER_ONSET],
+        "pre_onset_alerts": pre_onset,
         "recall_per_rule": recall,
         "median_lead_steps_per_rule": lead_steps,
         "median_lead_fraction_per_rule": lead_frac,
@@ -198,7 +211,7 @@ def render(healthy: Sequence[Job], failures: Sequence[Job], summary: dict[str, A
     counts = summary["failure_counts"]
     header = ["rule", *[f"{t} (n={counts[t]['failed']})" for t in types]]
     rows = []
-    for r in [*rules, ANY]:
+    for r in [*rules, ANY, AFTER_ONSET]:
         row = [r]
         for t in types:
             rec = summary["recall_per_rule"][r].get(t)
@@ -209,6 +222,9 @@ def render(healthy: Sequence[Job], failures: Sequence[Job], summary: dict[str, A
             row.append(f"{rec:.2f}" + (f" (lead {_f(ls, '.0f')}, {_f(lf, '.2f')})" if ls is not None else ""))
         rows.append(row)
     out.append(_table(header, rows))
+    for a in summary["pre_onset_alerts"]:
+        out.append(f"pre-onset alert: {a['run']} {a['rule']} at step {a['step']} (ramp starts at {a['onset']}): "
+                   f"{a['message'][:110]}")
     late = {t: c["detected_only_late"] for t, c in counts.items() if c["detected_only_late"]}
     if late:
         out.append(f"\nfailing runs alerted only at/after the failure: {late}")

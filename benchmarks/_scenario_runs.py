@@ -285,6 +285,12 @@ def _with_total(optim: Optim, steps: int) -> Optim:
     return dataclasses.replace(optim, total=steps)
 
 
+def _onset(optim: Optim) -> dict[str, float]:
+    """``onset_step``: where the failure mechanism (the learning-rate ramp) starts, for the report's
+    pre-onset alerts (an alert before it cannot be about the ramp)."""
+    return {"onset_step": float(optim.growth_start)} if optim.lr_growth != 1.0 else {}
+
+
 def digits_mlp(optim: Optim, hidden: tuple[int, ...] = (64,), dropout: float = 0.0, batch: int | None = 64,
                activation: str = "relu", label_smoothing: float = 0.0, loss: str = "ce") -> Callable[[int, int], Setup]:
     """MLP on standardised digits (cross-entropy, or ``"mse_onehot"``: square loss on one-hot targets)."""
@@ -293,7 +299,7 @@ def digits_mlp(optim: Optim, hidden: tuple[int, ...] = (64,), dropout: float = 0
         x, y = digits()
         net = mlp(64, hidden, 10, activation, dropout)
         task = Task(net, loss, _with_total(optim, steps), label_smoothing)
-        return Setup(task, loader(x, y, batch, steps), (x, y))
+        return Setup(task, loader(x, y, batch, steps), (x, y), info=_onset(optim))
 
     return make
 
@@ -304,7 +310,7 @@ def digits_cnn(optim: Optim, channels: int = 8, blocks: int = 2, batch: int = 32
     def make(seed: int, steps: int) -> Setup:
         x, y = digits(images=True)
         net = ResCNN(channels, blocks)
-        return Setup(Task(net, "ce", _with_total(optim, steps)), loader(x, y, batch, steps), (x, y))
+        return Setup(Task(net, "ce", _with_total(optim, steps)), loader(x, y, batch, steps), (x, y), info=_onset(optim))
 
     return make
 
@@ -366,6 +372,7 @@ def deep_linear(ramp: float | None, ramp_start: int = 300, lr: float = 0.1) -> C
         info = {"wd_c": wd_c, "wd_sp": wd_sp}
         if ramp:
             info["predicted_collapse_step"] = ramp_start + math.log(wd_sp / (wd_c / 10)) / math.log(ramp)
+            info["onset_step"] = float(ramp_start)
         return Setup(Task(net, "mse", Optim("sgd", lr=lr, weight_decay=wd_c / 10)), loader(x, y, None, steps),
                      (x, y), callbacks, _collapse_ratio(x, y), info)
 
@@ -381,7 +388,7 @@ def tanh_mlp_ramp(wd: float, ramp: float, ramp_start: int, batch: int = 64) -> C
         x, y = teacher_student(num_samples=512, input_dim=10, seed=seed)
         net = mlp(10, (32,), 1, "tanh")
         return Setup(Task(net, "mse", Optim("sgd", lr=0.05, weight_decay=wd)), loader(x, y, batch, steps), (x, y),
-                     [WeightDecayRamp(ramp, ramp_start)], _collapse_ratio(x, y))
+                     [WeightDecayRamp(ramp, ramp_start)], _collapse_ratio(x, y), {"onset_step": float(ramp_start)})
 
     return make
 

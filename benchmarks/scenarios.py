@@ -13,8 +13,8 @@ per rule and failure type, false alarms per 1,000 healthy steps, what the weight
 did, the monitor's overhead, and whether monitoring changed the loss curve at all. Definitions:
 ``_scenario_runs.py`` (criteria) and ``_scenario_report.py`` (scores).
 
-    python benchmarks/scenarios.py                 # full table (≈ 15-20 min on 2 cores)
-    python benchmarks/scenarios.py --quick         # subset (≈ 2-3 min)
+    python benchmarks/scenarios.py                 # full: 53 jobs, ≈ 13 min on 2 cores (18 min on a busy machine)
+    python benchmarks/scenarios.py --quick         # subset: 7 jobs, ≈ 80 s
     python benchmarks/scenarios.py --only lr_div_mlp,channel_toy --seeds 2 --json out.json
     python benchmarks/scenarios.py --list
 """

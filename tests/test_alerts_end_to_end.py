@@ -97,7 +97,8 @@ def test_controller_stops_the_same_ramp_short_of_collapse(ramp):
     assert last["landscape/l2/weight_decay"] == last["wd"]
     margins = [r["landscape/l2/margin"] for r in guarded.rows if r["step"] >= first]
     assert min(margins) > 1.5  # the alert level is never reached ...
-    assert not any(e.rule == "l2_threshold" for e in guarded.events)  # ... so the alert stays quiet
+    # ... so the margin alarm stays quiet (the forecast may still say that a ramp keeps raising weight decay)
+    assert not any(e.rule == "l2_threshold" and e.key == "margin" for e in guarded.events)
     # and the model is intact at the end, where the unguarded run has collapsed
     assert last["landscape/l2/collapse_ratio"] > 0.9
     assert min(r["landscape/l2/collapse_ratio"] for r in guarded.rows[5:]) > 0.9

@@ -416,3 +416,19 @@ def test_state_round_trip_continues_identically(make, split):
     after = feed(resumed, split, 130)
     assert before + after == expected
     assert expected, "the stream should make every rule fire at least once"
+
+
+def test_l2_threshold_forecasts_a_weight_decay_ramp_but_not_a_steady_margin():
+    margin_tag, beta_tag = "landscape/l2/margin_tracked", "landscape/l2/beta_eff"
+    # β ×1.0025/step from 0.01 with critical β 0.2: the margin 20/1.0025^s passes 1 at step 1200.
+    r = L2Threshold(margin_below=None)
+    fired = [(s, e.key) for s in range(1300)
+             for e in r.observe(s, 0, {margin_tag: 20 / 1.0025**s, beta_tag: 0.01 * 1.0025**s}, [])]
+    cross = math.ceil(math.log(20) / math.log(1.0025))
+    assert len(fired) == 1 and fired[0][1] == "forecast" and abs(fired[0][0] - (cross - 500)) <= 5
+    # Constant weight decay, a margin that wobbles (measurements) or falls (norm growth while learning): silent.
+    for seed in range(5):
+        r = L2Threshold(margin_below=None)
+        assert fire_steps(r, [max(0.5, 3.0 + 0.3 * e) for e in noise(seed, 1000)], tag=margin_tag) == []
+        r = L2Threshold(margin_below=None)
+        assert [s for s in range(1500) if r.observe(s, 0, {margin_tag: 5 / 1.002**s, beta_tag: 0.01}, [])] == []

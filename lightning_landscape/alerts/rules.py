@@ -562,7 +562,15 @@ class L2Threshold(Rule):
       back above ``collapse_rearm`` × best (default halfway between ``collapse_fraction`` and 1).
       Severity ``collapse_severity``.
 
-    Pass ``None`` to disable either signal. Events carry ``key`` ``"margin"`` or ``"collapse"``.
+    * **forecast** — the penalty β (``landscape/l2/beta_eff``, tracked at every step from the optimizer's
+      weight decay) grows at a steady exponential rate over the last ``forecast_window`` steps — a
+      weight-decay ramp — that would carry the tracked margin (≤ ``forecast_floor_margin``) below 1 within
+      ``forecast_horizon`` steps. ``forecast_horizon=0`` switches it off. A one-hidden-layer net collapses
+      continuously, and its ray margin (a lower bound) reaches ``margin_below`` only shortly before; the
+      forecast warns earlier on any architecture, without a lower margin level for runs that hold still.
+
+    Pass ``None`` to disable the margin or collapse signal. Events carry ``key`` ``"margin"``,
+    ``"collapse"`` or ``"forecast"``.
 
     >>> r = L2Threshold(margin_below=1.5, k=2)
     >>> [s for s, m in enumerate([4, 3, 2, 1.4, 1.3, 1.2, 1.6, 2.0, 1.4, 1.4])
@@ -582,6 +590,10 @@ class L2Threshold(Rule):
         k: int = 2,
         margin_tag: str = "landscape/l2/margin_tracked",
         collapse_tag: str = "landscape/l2/collapse_ratio",
+        forecast_horizon: int = 500,
+        forecast_window: int = 100,
+        forecast_floor_margin: float = 10.0,
+        beta_tag: str = "landscape/l2/beta_eff",
         warmup_steps: int = 0,
         cooldown_steps: int = 0,
         severity: str = "warning",
@@ -613,9 +625,25 @@ class L2Threshold(Rule):
                 raise ValueError(f"{cls}.collapse_rearm must be in [collapse_fraction ({on}), 1], got {off}")
             self.collapse = HysteresisDetector(on, off, "below", self.k)  # on ratio / best
         self.best_collapse_ratio = -math.inf
+        self.beta_tag = str(beta_tag)
+        horizon = check_positive_int(f"{cls}.forecast_horizon", forecast_horizon, 0)
+        window = check_positive_int(f"{cls}.forecast_window", forecast_window, 4)
+        floor = check_number(f"{cls}.forecast_floor_margin", forecast_floor_margin, 1.0, strict=True)
+        # On 1/margin: it grows like the penalty β and "passes 1" when the margin falls below 1.
+        self.forecast = GrowthForecast(1.0, horizon, window, 1.0 / floor) if horizon > 0 else None
 
     def _observe(self, step, epoch, scalars, events):
         out = []
+        margin = float(scalars.get(self.margin_tag, math.nan))
+        beta = float(scalars.get(self.beta_tag, math.nan))
+        if (self.forecast is not None and margin > 0 and math.isfinite(margin) and beta > 0 and math.isfinite(beta)
+                and self.forecast.update(step, 1.0 / margin, beta) and self._can_fire(step, "forecast")):
+            eta = self.forecast.steps_to_level()
+            out.append(self._event(
+                step, epoch, {self.margin_tag: margin, "steps_to_margin_1": eta},
+                f"weight decay is growing steadily (×{math.exp(self.forecast.rate() or 0.0):.4f}/step) with the L2 "
+                f"margin at {_fmt(margin)}: at this rate the collapse is preferred in ~{eta:.0f} steps",
+                key="forecast"))
         if self.margin is not None and self.margin_tag in scalars:
             m = float(scalars[self.margin_tag])
             if self.margin.update(m, self._can_fire(step, "margin")):
@@ -639,7 +667,7 @@ class L2Threshold(Rule):
 
     @property
     def active(self) -> bool:
-        return any(d is not None and not d.armed for d in (self.margin, self.collapse))
+        return any(d is not None and not d.armed for d in (self.margin, self.collapse, self.forecast))
 
     def config(self):
         return {"margin_below": self.margin.on if self.margin else None,
@@ -648,17 +676,21 @@ class L2Threshold(Rule):
                 "collapse_rearm": self.collapse.off if self.collapse else None,
                 "min_best_collapse_ratio": self.min_best_collapse_ratio, "k": self.k,
                 "margin_tag": self.margin_tag, "collapse_tag": self.collapse_tag,
-                "collapse_severity": self.collapse_severity, **super().config()}
+                "forecast_horizon": self.forecast.horizon if self.forecast else 0,
+                "forecast_window": self.forecast.window if self.forecast else 100,
+                "forecast_floor_margin": 1.0 / self.forecast.floor if self.forecast else 10.0,
+                "beta_tag": self.beta_tag, "collapse_severity": self.collapse_severity, **super().config()}
 
     def state_dict(self):
         return {**super().state_dict(), "best_collapse_ratio": self.best_collapse_ratio,
                 "margin": self.margin.state_dict() if self.margin else None,
-                "collapse": self.collapse.state_dict() if self.collapse else None}
+                "collapse": self.collapse.state_dict() if self.collapse else None,
+                "forecast": self.forecast.state_dict() if self.forecast else None}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
         self.best_collapse_ratio = float(state.get("best_collapse_ratio", -math.inf))
-        for attr in ("margin", "collapse"):
+        for attr in ("margin", "collapse", "forecast"):
             det, saved = getattr(self, attr), state.get(attr)
             if det is not None and saved is not None:
                 det.load_state_dict(saved)

@@ -95,7 +95,8 @@ class L2Transition(Probe):
         "radial_balance": "−(d/ds)L(sθ) at s=1 over 2β‖θ‖²: 1 in equilibrium with the decay, ≈ 0 while decay drains "
         "norm the loss does not need (the margin is judged only near equilibrium)",
         "ready/margin": "1 once the margin can carry a verdict (model learned, weights in radial equilibrium), else 0",
-        "beta_eff": "‖θ‖²-weighted mean penalty β over the collapsing parameters (what margin divides by)",
+        "beta_eff": "‖θ‖²-weighted mean penalty β over the collapsing parameters (what margin divides by); "
+        "tracked at every step from the optimizer's weight decay",
         "beta/group<i>": "penalty β of param group i (SGD/Adam: weight_decay/2; AdamW: frozen-preconditioner equivalent)",
         "weight_decay/group<i>": "raw optimizer weight_decay of param group i",
         "norm/<param>": "Frobenius norm of each collapsing parameter tensor",
@@ -236,7 +237,7 @@ class L2Transition(Probe):
         if margin is None:
             return None
         self._hot = self._measured_margin is not None and margin < (1.0 - self.FAST_FALL) * self._measured_margin
-        out = ProbeResult(scalars={"margin_tracked": margin})
+        out = ProbeResult(scalars={"margin_tracked": margin, "beta_eff": self._tracked.critical_beta / margin})
         if self._tracked.warming is not None:
             out.warming_up["margin_tracked"] = self._tracked.warming
         return out
