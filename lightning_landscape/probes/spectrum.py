@@ -206,11 +206,9 @@ class HessianSpectrum(Probe):
             self._hot = True
             return
         rising = reference is None or not reference > 0 or ratio >= (1.0 + self.fast_rise) * reference
-        if ratio < self.fast_above:
-            self._fast_left = 0
-        elif rising:
+        if rising and ratio >= self.fast_above:
             self._fast_left = self.FAST_BUDGET
-        elif at_measurement:
+        elif at_measurement:  # the budget runs down even if the ratio dropped: Adam's ratio jumps (1.3, 0.1, 6)
             self._fast_left = max(self._fast_left - 1, 0)
         self._hot = self._fast_left > 0
 
