@@ -345,3 +345,21 @@ def test_tracked_margin_follows_the_weight_decay_and_warm_ray_matches_the_full_s
     tracked = probe.track(1502, opt, describe_optimizer(opt)).scalars["margin_tracked"]
     assert tracked == pytest.approx(full["critical_beta"] / 0.025, rel=1e-9)  # β = wd / 2 now
     assert probe.is_due(1525, 1524)  # the margin fell: measure at the fast interval
+
+
+def test_ready_made_rules_wait_for_readiness_in_a_trainer():
+    """EdgeOfStability on Adam's ratio and L2Threshold on the margin, with levels every value meets: they fire
+    only once the value is judged (Adam warmed up; the model learned and in equilibrium with the decay)."""
+    from lightning_landscape.alerts import EdgeOfStability, L2Threshold
+
+    eos = EdgeOfStability(level=1e-9, forecast_horizon=0)
+    l2 = L2Threshold(margin_below=1e9, k=1, collapse_fraction=None, forecast_horizon=0)
+    monitor = LandscapeMonitor(
+        probes=[HessianSpectrum(every_n_steps=1, adam_warmup_steps=5, fast_every_n_steps=None),
+                L2Transition(every_n_steps=1)],
+        alerts=AlertManager([eos, l2], sinks=[]))
+    trainer(max_steps=8, callbacks=[monitor]).fit(small_task(optimizer="adam", lr=0.01, weight_decay=1e-3), loaders())
+    first = {e.rule: e.step for e in reversed(monitor.alerts.history)}
+    assert first["edge_of_stability"] == 5  # Adam step 5: the first judged ratio
+    assert "l2_threshold" not in first  # an 8-step model has not learned: its margin is logged, never judged
+    assert "landscape/l2/margin" in monitor.last_values and monitor.last_values["landscape/l2/ready/margin"] == 0.0
