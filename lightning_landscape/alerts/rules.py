@@ -6,6 +6,7 @@ fires. Rules are deliberately quiet: thresholds latch (fire once, re-arm only af
 back past ``off``), need ``k`` consecutive measurements, ignore everything before ``warmup_steps`` and
 never fire twice within ``cooldown_steps``; pass-through rules de-duplicate by ``(rule, key)``.
 
+Detectors (pure, no notion of rules): :class:`HysteresisDetector`, :class:`CusumDetector`, :class:`GrowthForecast`.
 Building blocks: :class:`Threshold` (hysteresis, k-consecutive), :class:`ChangePoint` (two-sided
 CUSUM on a standardised stream with an adaptive baseline) and :class:`EventRule` (pass-through).
 Ready-made: :class:`L2Threshold`, :class:`ChannelEntry`, :class:`Saddle`, :class:`SaddleBranch`,
@@ -244,6 +245,101 @@ class CusumDetector:
         self.buffer = [float(v) for v in state["buffer"]]
         for k in self._STATE[1:]:
             setattr(self, k, float(state[k]))
+
+
+class GrowthForecast:
+    """Forecasts a stream reaching ``level`` from its steady exponential growth (pure, no notion of rules).
+
+    Keeps ``(step, log x)`` over the last ``window`` steps. The forecast holds when ``x ≥ floor``, the
+    stream grew by at least ``min_growth`` over the window (least squares: noise does not), in both halves
+    of it, at a rate that is not decelerating (recent half ≥ ``steadiness`` × older half: an exponential
+    ramp passes, a linear warm-up — whose log-rate falls like 1/t — and a single jump at one measurement
+    do not), and that recent rate carries ``x`` to ``level`` within ``horizon`` steps. Latches; re-arms
+    once the stream falls below ``floor`` or stops growing. Why the defaults exclude every linear ramp
+    ``x ∝ t``: its growth over a window ``W`` is ``ln(t/(t−W))`` (≥ ``ln 1.2`` only for ``t ≤ 6W``) while the
+    ratio of its half-window slopes is ``(t − 3W/4)/(t − W/4)`` (≥ 0.92 only for ``t ≥ 6.6W``).
+
+    >>> f = GrowthForecast(level=1.0, horizon=300, window=100, floor=0.05)
+    >>> fired = [s for s in range(400) if f.update(s, 0.01 * 1.01 ** s)]  # x 1.01/step: 1.0 at step 463
+    >>> fired  # 300 steps ahead (values are kept every window/20 = 5 steps)
+    [165]
+    >>> f = GrowthForecast(level=1.0, horizon=300, window=100, floor=0.05)
+    >>> [s for s in range(1, 400) if f.update(s, 0.9 * min(s / 300, 1.0))]  # a linear warm-up to 0.9
+    []
+    """
+
+    def __init__(self, level: float, horizon: int, window: int, floor: float, steadiness: float = 0.92,
+                 min_growth: float = 0.2) -> None:
+        self.level, self.horizon, self.window, self.floor, self.steadiness = level, horizon, window, floor, steadiness
+        self.min_growth = min_growth
+        self.points: list[tuple[int, float]] = []
+        self.last = math.nan
+        self.armed = True
+
+    @staticmethod
+    def _slope(pts: list[tuple[int, float]]) -> float | None:
+        """Least-squares slope of ``log x`` against the step (robust to one noisy value)."""
+        if len(pts) < 2:
+            return None
+        n = len(pts)
+        ts = sum(p[0] for p in pts) / n
+        ys = sum(p[1] for p in pts) / n
+        sxx = sum((p[0] - ts) ** 2 for p in pts)
+        return sum((p[0] - ts) * (p[1] - ys) for p in pts) / sxx if sxx > 0 else None
+
+    def rate(self) -> float | None:
+        """The recent log-growth rate per step if the growth is steady, else None."""
+        pts = self.points
+        if len(pts) < 4 or pts[-1][0] - pts[0][0] < self.window // 2:
+            return None
+        mid = (pts[0][0] + pts[-1][0]) / 2
+        older = self._slope([p for p in pts if p[0] <= mid])
+        recent = self._slope([p for p in pts if p[0] >= mid])
+        if older is None or recent is None or older <= 0 or recent <= 0 or recent < self.steadiness * older:
+            return None
+        overall = self._slope(pts) or 0.0
+        if overall * (pts[-1][0] - pts[0][0]) < math.log1p(self.min_growth):  # noise, not growth
+            return None
+        return recent
+
+    def update(self, step: int, x: float, driver: float | None = None) -> bool:
+        """Feed one value; True when the forecast fires. With ``driver``, the growth rate is that of the
+        driver (e.g. the learning rate) and ``x`` only sets where the stream stands."""
+        if not (x > 0 and math.isfinite(x)):
+            return False
+        grows = x if driver is None else driver
+        if not (grows > 0 and math.isfinite(grows)):
+            return False
+        self.last = x
+        # ~20 points per window are plenty for two least-squares slopes (and keep a per-step rule cheap):
+        # values closer than window/20 steps to the last kept one are skipped.
+        if self.points and 0 <= step - self.points[-1][0] < max(self.window // 20, 1):
+            return False
+        self.points = [p for p in self.points if p[0] > step - self.window] + [(step, math.log(grows))]
+        rate = self.rate()
+        if not self.armed:
+            if x < self.floor or rate is None:
+                self.armed = True
+            return False
+        if x < self.floor or x >= self.level or rate is None:
+            return False
+        if math.log(self.level / x) <= rate * self.horizon:
+            self.armed = False
+            return True
+        return False
+
+    def steps_to_level(self) -> float:
+        rate = self.rate()
+        if rate is None or not self.last > 0:
+            return math.inf
+        return max(math.log(self.level / self.last), 0.0) / rate
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"points": [list(p) for p in self.points], "armed": self.armed}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.points = [(int(s), float(y)) for s, y in state.get("points", [])]
+        self.armed = bool(state.get("armed", True))
 
 
 # ----------------------------------------------------------------------------- rule base
@@ -694,101 +790,6 @@ class L2Threshold(Rule):
             det, saved = getattr(self, attr), state.get(attr)
             if det is not None and saved is not None:
                 det.load_state_dict(saved)
-
-
-class GrowthForecast:
-    """Forecasts a stream reaching ``level`` from its steady exponential growth (pure, no notion of rules).
-
-    Keeps ``(step, log x)`` over the last ``window`` steps. The forecast holds when ``x ≥ floor``, the
-    stream grew by at least ``min_growth`` over the window (least squares: noise does not), in both halves
-    of it, at a rate that is not decelerating (recent half ≥ ``steadiness`` × older half: an exponential
-    ramp passes, a linear warm-up — whose log-rate falls like 1/t — and a single jump at one measurement
-    do not), and that recent rate carries ``x`` to ``level`` within ``horizon`` steps. Latches; re-arms
-    once the stream falls below ``floor`` or stops growing. Why the defaults exclude every linear ramp
-    ``x ∝ t``: its growth over a window ``W`` is ``ln(t/(t−W))`` (≥ ``ln 1.2`` only for ``t ≤ 6W``) while the
-    ratio of its half-window slopes is ``(t − 3W/4)/(t − W/4)`` (≥ 0.92 only for ``t ≥ 6.6W``).
-
-    >>> f = GrowthForecast(level=1.0, horizon=300, window=100, floor=0.05)
-    >>> fired = [s for s in range(400) if f.update(s, 0.01 * 1.01 ** s)]  # x 1.01/step: 1.0 at step 463
-    >>> fired  # 300 steps ahead (values are kept every window/20 = 5 steps)
-    [165]
-    >>> f = GrowthForecast(level=1.0, horizon=300, window=100, floor=0.05)
-    >>> [s for s in range(1, 400) if f.update(s, 0.9 * min(s / 300, 1.0))]  # a linear warm-up to 0.9
-    []
-    """
-
-    def __init__(self, level: float, horizon: int, window: int, floor: float, steadiness: float = 0.92,
-                 min_growth: float = 0.2) -> None:
-        self.level, self.horizon, self.window, self.floor, self.steadiness = level, horizon, window, floor, steadiness
-        self.min_growth = min_growth
-        self.points: list[tuple[int, float]] = []
-        self.last = math.nan
-        self.armed = True
-
-    @staticmethod
-    def _slope(pts: list[tuple[int, float]]) -> float | None:
-        """Least-squares slope of ``log x`` against the step (robust to one noisy value)."""
-        if len(pts) < 2:
-            return None
-        n = len(pts)
-        ts = sum(p[0] for p in pts) / n
-        ys = sum(p[1] for p in pts) / n
-        sxx = sum((p[0] - ts) ** 2 for p in pts)
-        return sum((p[0] - ts) * (p[1] - ys) for p in pts) / sxx if sxx > 0 else None
-
-    def rate(self) -> float | None:
-        """The recent log-growth rate per step if the growth is steady, else None."""
-        pts = self.points
-        if len(pts) < 4 or pts[-1][0] - pts[0][0] < self.window // 2:
-            return None
-        mid = (pts[0][0] + pts[-1][0]) / 2
-        older = self._slope([p for p in pts if p[0] <= mid])
-        recent = self._slope([p for p in pts if p[0] >= mid])
-        if older is None or recent is None or older <= 0 or recent <= 0 or recent < self.steadiness * older:
-            return None
-        overall = self._slope(pts) or 0.0
-        if overall * (pts[-1][0] - pts[0][0]) < math.log1p(self.min_growth):  # noise, not growth
-            return None
-        return recent
-
-    def update(self, step: int, x: float, driver: float | None = None) -> bool:
-        """Feed one value; True when the forecast fires. With ``driver``, the growth rate is that of the
-        driver (e.g. the learning rate) and ``x`` only sets where the stream stands."""
-        if not (x > 0 and math.isfinite(x)):
-            return False
-        grows = x if driver is None else driver
-        if not (grows > 0 and math.isfinite(grows)):
-            return False
-        self.last = x
-        # ~20 points per window are plenty for two least-squares slopes (and keep a per-step rule cheap):
-        # values closer than window/20 steps to the last kept one are skipped.
-        if self.points and 0 <= step - self.points[-1][0] < max(self.window // 20, 1):
-            return False
-        self.points = [p for p in self.points if p[0] > step - self.window] + [(step, math.log(grows))]
-        rate = self.rate()
-        if not self.armed:
-            if x < self.floor or rate is None:
-                self.armed = True
-            return False
-        if x < self.floor or x >= self.level or rate is None:
-            return False
-        if math.log(self.level / x) <= rate * self.horizon:
-            self.armed = False
-            return True
-        return False
-
-    def steps_to_level(self) -> float:
-        rate = self.rate()
-        if rate is None or not self.last > 0:
-            return math.inf
-        return max(math.log(self.level / self.last), 0.0) / rate
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"points": [list(p) for p in self.points], "armed": self.armed}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.points = [(int(s), float(y)) for s, y in state.get("points", [])]
-        self.armed = bool(state.get("armed", True))
 
 
 class EdgeOfStability(Rule):

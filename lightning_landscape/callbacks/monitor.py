@@ -25,7 +25,7 @@ from lightning_landscape._compat import (
 from lightning_landscape.alerts import AlertManager, Event, as_event
 from lightning_landscape.callbacks.loss_closure import batches_loss, resolve_loss
 from lightning_landscape.callbacks.probe_batch import ProbeBatchCache, split_batch
-from lightning_landscape.callbacks.writer import MetricWriter, logging_step, prefixed, tags_by_group
+from lightning_landscape.callbacks.writer import MetricWriter, logging_step, prefixed, should_log, tags_by_group
 from lightning_landscape.control.weight_decay import WeightDecayController
 from lightning_landscape.guards import probe_guard
 from lightning_landscape.optim_info import describe_optimizer
@@ -39,16 +39,6 @@ _log = logging.getLogger("lightning_landscape")
 
 class LandscapeMonitorWarning(UserWarning):
     """Something went wrong in monitoring; training continues."""
-
-
-def _should_log(trainer: Any) -> bool:
-    """Whether Lightning writes the user's own ``self.log`` values at this step (``log_every_n_steps``)."""
-    connector = getattr(trainer, "_logger_connector", None)
-    flag = getattr(connector, "should_update_logs", None)
-    if isinstance(flag, bool):
-        return flag
-    every = int(getattr(trainer, "log_every_n_steps", 50) or 1)
-    return int(getattr(trainer, "global_step", 0)) % every == 0
 
 
 def _is_out_of_memory(err: BaseException) -> bool:
@@ -180,6 +170,7 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         self.alerts = alerts
         self.weight_decay = weight_decay
         self.hvp_chunks = check_positive_int("hvp_chunks", hvp_chunks)
+        self._state_key = self._generate_state_key(prefix=self.log_prefix, probes=[p.name for p in self.probes])
 
         self._cache = ProbeBatchCache(self.probe_batch, self.num_probe_batches, self.max_probe_samples)
         self._enabled = True
@@ -205,12 +196,8 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
     @property
     def state_key(self) -> str:
         # Names, not settings: changing an interval before resuming must not orphan the saved state.
-        # Lightning asks for it several times per step: build it once.
-        key = self.__dict__.get("_state_key")
-        if key is None:
-            key = self._generate_state_key(prefix=self.log_prefix, probes=[p.name for p in self.probes])
-            self.__dict__["_state_key"] = key
-        return key
+        # Built once in __init__: Lightning asks for it several times per step.
+        return self._state_key
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -453,7 +440,7 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
             self._last_tracked = dict(logged.scalars)
             # Tracked values are functions of state every rank holds identically: no broadcast needed.
             self._act(trainer, logged, broadcast=False)
-            if _should_log(trainer):
+            if should_log(trainer):
                 self._write(trainer, logged)
             else:
                 self.last_values.update(logged.scalars)
@@ -498,8 +485,7 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         logged.images.update(prefixed(self.log_prefix, group, result.images))
         logged.texts.update(prefixed(self.log_prefix, group, result.texts))
         logged.events.extend(result.events)
-        warming = prefixed(self.log_prefix, group, result.warming_up)
-        logged.warming_up.update(warming)
+        logged.warming_up.update(prefixed(self.log_prefix, group, result.warming_up))
         logged.not_measured.update(prefixed(self.log_prefix, group, result.not_measured))
         if probe is not None:  # readiness of the keys this probe may hold back, logged next to them
             for key in probe.gated_keys:

@@ -24,6 +24,16 @@ def logging_step(trainer: Any) -> int:
     return int(step) if step is not None else int(trainer.global_step)
 
 
+def should_log(trainer: Any) -> bool:
+    """Whether Lightning writes the user's own ``self.log`` values at this step (``log_every_n_steps``)."""
+    connector = getattr(trainer, "_logger_connector", None)
+    flag = getattr(connector, "should_update_logs", None)
+    if isinstance(flag, bool):
+        return flag
+    every = int(getattr(trainer, "log_every_n_steps", 50) or 1)
+    return int(getattr(trainer, "global_step", 0)) % every == 0
+
+
 class MetricWriter:
     """Writes tagged values for one trainer.
 

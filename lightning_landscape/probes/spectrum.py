@@ -142,7 +142,6 @@ class HessianSpectrum(Probe):
         self._sharpness_kind = ""
         self._eos_warming: str | None = None
         self._last_measured = -1
-        self._hot = False
         self._fast_left = 0
         self._measured_ratio: float | None = None
         # Adam: uᵢ²/Pᵢ at the last measurement (u: top eigenvector of P^{-1/2}HP^{-1/2}) and the drift factor.
@@ -158,7 +157,7 @@ class HessianSpectrum(Probe):
 
     def state_dict(self) -> dict[str, Any]:
         return {"sharpness": self._sharpness, "sharpness_kind": self._sharpness_kind,
-                "eos_warming": self._eos_warming, "last_measured": self._last_measured, "hot": self._hot,
+                "eos_warming": self._eos_warming, "last_measured": self._last_measured,
                 "measured_ratio": self._measured_ratio, "fast_left": self._fast_left}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -168,12 +167,16 @@ class HessianSpectrum(Probe):
         warming = state.get("eos_warming")
         self._eos_warming = None if warming is None else str(warming)
         self._last_measured = int(state.get("last_measured", -1))
-        self._hot = bool(state.get("hot", False))
         measured = state.get("measured_ratio")
         self._measured_ratio = None if measured is None else float(measured)
         self._fast_left = int(state.get("fast_left", 0))
 
     # ------------------------------------------------------------------ scheduling and tracking
+    @property
+    def _hot(self) -> bool:
+        """Measure at the fast interval: while Adam warms up, and while the budget of fast looks lasts."""
+        return self.fast_above is not None and (self._eos_warming is not None or self._fast_left > 0)
+
     def is_due(self, step: int, previous: int | None = None) -> bool:
         if super().is_due(step, previous):
             return True
@@ -200,17 +203,15 @@ class HessianSpectrum(Probe):
         sharpening, a jumpy Adam ratio — for up to ``FAST_BUDGET`` measurements after the last rise, and
         while Adam warms up (so the first ratio that may be judged comes soon after)."""
         if ratio is None or self.fast_above is None:
-            self._fast_left, self._hot = 0, False
+            self._fast_left = 0
             return
         if self._eos_warming is not None:
-            self._hot = True
             return
         rising = reference is None or not reference > 0 or ratio >= (1.0 + self.fast_rise) * reference
         if rising and ratio >= self.fast_above:
             self._fast_left = self.FAST_BUDGET
         elif at_measurement:  # the budget runs down even if the ratio dropped: Adam's ratio jumps (1.3, 0.1, 6)
             self._fast_left = max(self._fast_left - 1, 0)
-        self._hot = self._fast_left > 0
 
     def _preconditioner_drift(self, step: int, optimizer: Any) -> float:
         """Adam: how much the preconditioner moved since the measurement, along its top eigenvector.
@@ -219,7 +220,7 @@ class HessianSpectrum(Probe):
         Rayleigh quotient of ``A' = D^{-1/2} A D^{-1/2}`` at ``D^{1/2}u`` is ``λ / Σ uᵢ² dᵢ``: a lower bound
         on the new λmax(P'⁻¹H) for the same Hessian, free up to one pass over Adam's state. A second-moment
         estimate that decays (gradients shrinking faster than β2 forgets) raises it: the road to an Adam
-        loss spike. Refreshed every ``adam_track_every`` steps."""
+        loss spike. Refreshed every ``ADAM_TRACK_EVERY`` steps."""
         weights, space = self._drift_weights, self._drift_space
         if weights is None or space is None or optimizer is None:
             return self._drift
