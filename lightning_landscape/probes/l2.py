@@ -185,7 +185,9 @@ class L2Transition(Probe):
         if self.per_layer:
             s.update({f"norm/{n}": v for n, v in parameter_norms(named).items()})
 
-        beta_eff = self._beta_eff(decays, params, theta_sq, s)
+        chosen = {id(p) for p in params}
+        group_sq = {g.index: squared_norm([p for p in g.params if id(p) in chosen]) for g in decays}
+        beta_eff = self._beta_eff(decays, group_sq, theta_sq, s)
         self._tracked = None
         if self.ray and theta_sq > 0 and math.isfinite(l_triv):
             est = ray_critical_beta(params, loss_fn, self.s_max, self.num_scales, refine_steps=self.refine_steps,
@@ -205,7 +207,8 @@ class L2Transition(Probe):
                     why = self._not_ready(s.get("collapse_ratio", math.nan), balance)
                     if why:
                         out.warming_up.update({k: why for k in self.gated_keys})
-                    self._tracked = _TrackedMargin.at_measurement(est.critical_beta, decays, params, why or None)
+                    self._tracked = _TrackedMargin.at_measurement(est.critical_beta, decays, group_sq, theta_sq,
+                                                                  why or None)
                     self._measured_margin = s["margin"]
         description = f"Collapsing set: {which} ({len(params)} tensors). {CONVENTION_TEXT}"
         if description != self._described:  # the text once, and again only if it changes
@@ -274,15 +277,15 @@ class L2Transition(Probe):
         return ""
 
     @staticmethod
-    def _beta_eff(decays: list, params: list[torch.Tensor], theta_sq: float, s: dict[str, float]) -> float | None:
-        """Log β per group; return ``Σ_g β_g‖θ_g‖²/‖θ‖²`` over the collapsing set (None if undefined)."""
-        chosen = {id(p) for p in params}
+    def _beta_eff(decays: list, group_sq: dict[int, float], theta_sq: float, s: dict[str, float]) -> float | None:
+        """Log β per group; return ``Σ_g β_g‖θ_g‖²/‖θ‖²`` over the collapsing set (None if undefined);
+        ``group_sq``: each group's ‖θ_g‖² over the collapsing set."""
         num, defined = 0.0, True
         for g in decays:
             s[f"weight_decay/group{g.index}"] = g.weight_decay
             if g.beta is not None:
                 s[f"beta/group{g.index}"] = g.beta
-            part = squared_norm([p for p in g.params if id(p) in chosen])
+            part = group_sq[g.index]
             if part > 0:
                 if g.beta is None:
                     defined = False
@@ -308,13 +311,11 @@ class _TrackedMargin:
         self.critical_beta, self.parts, self.warming = critical_beta, parts, warming
 
     @classmethod
-    def at_measurement(cls, critical_beta: float, decays: list, params: list[torch.Tensor],
+    def at_measurement(cls, critical_beta: float, decays: list, group_sq: dict[int, float], theta_sq: float,
                        warming: str | None) -> "_TrackedMargin":
-        chosen = {id(p) for p in params}
-        total = squared_norm(params)
         parts = []
         for g in decays:
-            share = squared_norm([p for p in g.params if id(p) in chosen]) / total if total > 0 else 0.0
+            share = group_sq[g.index] / theta_sq if theta_sq > 0 else 0.0
             if share > 0:
                 parts.append((g.index, float(g.beta or 0.0), float(g.weight_decay), str(g.kind), share))
         return cls(critical_beta, parts, warming)
