@@ -25,7 +25,7 @@ from lightning_landscape._compat import (
 from lightning_landscape.alerts import AlertManager, Event, as_event
 from lightning_landscape.callbacks.loss_closure import batches_loss, resolve_loss
 from lightning_landscape.callbacks.probe_batch import ProbeBatchCache, split_batch
-from lightning_landscape.callbacks.writer import MetricWriter, logging_step, prefixed, should_log, tags_by_group
+from lightning_landscape.callbacks.writer import MetricWriter, prefixed, should_log, tags_by_group
 from lightning_landscape.control.weight_decay import WeightDecayController
 from lightning_landscape.guards import probe_guard
 from lightning_landscape.optim_info import describe_optimizer
@@ -417,8 +417,8 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
             train_time = max(time.perf_counter() - self._fit_start - self.probe_seconds, 1e-9)
             logged.scalars[f"{self.log_prefix}/monitor/overhead"] = self.probe_seconds / train_time
         self._report_states(logged, step)
-        self._act(trainer, logged)
-        self._write(trainer, logged)
+        self._act(trainer, logged, step)
+        self._write(trainer, logged, step)
         return logged
 
     def _track(self, trainer: Any, probes: list[Probe], step: int) -> None:
@@ -439,9 +439,9 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         if logged.scalars and logged.scalars != self._last_tracked:  # unchanged (e.g. constant lr): nothing new
             self._last_tracked = dict(logged.scalars)
             # Tracked values are functions of state every rank holds identically: no broadcast needed.
-            self._act(trainer, logged, broadcast=False)
-            if should_log(trainer):
-                self._write(trainer, logged)
+            self._act(trainer, logged, step, broadcast=False)
+            if should_log(trainer) or logged.texts:  # an alert or a controller change is written when it happens
+                self._write(trainer, logged, step)
             else:
                 self.last_values.update(logged.scalars)
         self.probe_seconds += time.perf_counter() - started  # the cost clock counts tracking too
@@ -450,11 +450,11 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         """The scalars a verdict may be drawn from: everything measured except what is warming up."""
         return {k: v for k, v in logged.scalars.items() if k not in logged.warming_up}
 
-    def _act(self, trainer: Any, logged: ProbeResult, broadcast: bool = True) -> None:
+    def _act(self, trainer: Any, logged: ProbeResult, step: int, broadcast: bool = True) -> None:
         """Rules, sinks and the weight-decay controller: one decision, identical on every rank."""
         if self.alerts is None and self.weight_decay is None:
             return
-        step, epoch = int(trainer.global_step), int(getattr(trainer, "current_epoch", 0))
+        epoch = int(getattr(trainer, "current_epoch", 0))
         # Rules and the controller address tags as "landscape/<group>/<key>" whatever our log_prefix.
         head = f"{self.log_prefix}/"
         scalars = {(f"landscape/{k[len(head):]}" if k.startswith(head) else k): v
@@ -467,8 +467,6 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         fired: list[Event] = []
         if self.alerts is not None:
             fired = list(self.alerts.observe(step, epoch, scalars, parsed, emit=emit))
-            logged.scalars.update(self.alerts.status(f"{self.log_prefix}/alerts"))
-            logged.texts.update(self.alerts.drain_tensorboard().texts)
         optimizer = trainer.optimizers[0] if getattr(trainer, "optimizers", None) else None
         if self.weight_decay is not None and optimizer is not None:
             # Probe events (e.g. channel_entry) and fired alerts (e.g. edge_of_stability) can both trigger it.
@@ -476,8 +474,13 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
             if changes and self.alerts is not None:
                 self.alerts.dispatch(changes, emit=emit)
             logged.scalars.update(self.weight_decay.scalars(self.log_prefix))
-        if self.alerts is not None and self.alerts.should_stop:
-            trainer.should_stop = True
+        if self.alerts is not None:
+            # Drained after the controller: its changes are written at the step they were made, not one
+            # measurement later.
+            logged.scalars.update(self.alerts.status(f"{self.log_prefix}/alerts"))
+            logged.texts.update(self.alerts.drain_tensorboard().texts)
+            if self.alerts.should_stop:
+                trainer.should_stop = True
 
     def _merge(self, logged: ProbeResult, group: str, result: ProbeResult, probe: Probe | None = None) -> None:
         logged.scalars.update(prefixed(self.log_prefix, group, result.scalars))
@@ -525,9 +528,10 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
             message += f"; disabled after {count} failures"
         self._warn(message)
 
-    def _write(self, trainer: Any, logged: ProbeResult) -> None:
+    def _write(self, trainer: Any, logged: ProbeResult, step: int) -> None:
+        """Everything at ``step``, the optimizer step whose weights were measured: the step an event's text
+        names, and the step at which Lightning's own ``self.log`` records the loss of those weights."""
         writer = MetricWriter(trainer)
-        step = logging_step(trainer)
         writer.scalars(logged.scalars, step)
         writer.histograms(logged.histograms, step)
         writer.images(logged.images, step)

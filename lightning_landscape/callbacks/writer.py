@@ -17,13 +17,6 @@ from lightning_landscape._compat import TENSORBOARD_LOGGERS
 from lightning_landscape.probes.base import Histogram
 
 
-def logging_step(trainer: Any) -> int:
-    """The step Lightning's own ``self.log`` uses during fit (falls back to ``global_step``)."""
-    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
-    step = getattr(loop, "_batches_that_stepped", None)
-    return int(step) if step is not None else int(trainer.global_step)
-
-
 def should_log(trainer: Any) -> bool:
     """Whether Lightning writes the user's own ``self.log`` values at this step (``log_every_n_steps``)."""
     connector = getattr(trainer, "_logger_connector", None)
