@@ -402,7 +402,6 @@ def test_relative_delta_and_registry():
 
 # ----------------------------------------------------------------------------- end to end
 def test_monitor_logs_flatness_scalars_and_images(tmp_path):
-    pytest.importorskip("lightning_landscape.callbacks")
     import lightning.pytorch as L
     from lightning.pytorch.loggers import TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -190,7 +190,6 @@ def test_bad_arguments_name_themselves() -> None:
 
 
 def test_trainer_run_logs_sane_values(tmp_path) -> None:
-    pytest.importorskip("lightning_landscape.callbacks")
     import csv
 
     import lightning.pytorch as L

@@ -170,14 +170,18 @@ def test_trace_estimators_unbiased_with_calibrated_stderr(estimator) -> None:
     spectrum = torch.cat([torch.tensor([40.0, 25.0, 10.0]), torch.randn(197, generator=torch.Generator().manual_seed(5))]).double()
     A = _matrix(200, 5, spectrum)
     exact = float(torch.trace(A))
-    errors, inside = [], 0
+    errors, stderrs = [], []
     for seed in range(40):
         est = estimator(lambda v: A @ v, 200, 30, torch.Generator().manual_seed(seed), torch.float64)
         errors.append(est.value - exact)
-        inside += abs(est.value - exact) <= 2 * est.stderr
-    errors_t = torch.tensor(errors)
+        stderrs.append(est.stderr)
+    errors_t, se = torch.tensor(errors), torch.tensor(stderrs)
     assert abs(errors_t.mean()) < 3 * errors_t.std() / 40**0.5 + 1e-9  # unbiased
-    assert inside / 40 >= 0.8  # stderr calibrated
+    # Calibrated from both sides: E[stderr²]/E[error²] (measured 0.96 Hutchinson, 1.5 Hutch++; half or twice
+    # the true stderr gives 0.25 or 4), ~68 % within one stderr, most within two.
+    assert 0.5 <= float(se.pow(2).mean() / errors_t.pow(2).mean()) <= 2.2
+    assert 0.5 <= float((errors_t.abs() <= se).double().mean()) <= 0.9
+    assert float((errors_t.abs() <= 2 * se).double().mean()) >= 0.8
 
 
 def test_hutchpp_beats_hutchinson_on_a_spiky_spectrum() -> None:
