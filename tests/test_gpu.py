@@ -8,8 +8,7 @@ from torch import nn
 
 from exact import exact_hessian
 from lightning_helpers import loaders, small_task, trainer
-from lightning_landscape import HessianSpectrum, LandscapeMonitor, ProbeContext
-from lightning_landscape.guards import probe_guard
+from lightning_landscape import HessianSpectrum, LandscapeMonitor
 from test_hardening import _Capture
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
