@@ -19,6 +19,14 @@ MONITOR_TAGS: dict[str, tuple[str, str, str]] = {
     "monitor/seconds": ("wall time of this measurement", "—", "each measurement"),
     "monitor/overhead": ("monitoring time so far / training time so far", "—", "each measurement"),
     "monitor/nonfinite": ("1 when the probe loss or gradient was NaN/Inf (Hessian probes skipped)", "—", "when it happens"),
+    "monitor/states": ("text: what is warming up or not measured, and why (each new reason once)", "—", "when it changes"),
+    "alerts/<rule>": ("1 while the rule is in alarm, else 0 (one tag per rule of the `AlertManager`)", "—",
+                      "each measurement, and when an alert fires"),
+    "alerts/events": ("text: one line per fired alert and weight-decay change, at its step", "—", "when one fires"),
+    "l2/weight_decay": ("weight decay applied by the `WeightDecayController` (first controlled group)", "—",
+                        "with the controller"),
+    "l2/weight_decay/group_<i>": ("weight decay applied to param group i (with several controlled groups)", "—",
+                                  "with the controller"),
 }
 
 
@@ -29,12 +37,13 @@ def load_all_probes() -> None:
 
 
 def rows(prefix: str = "landscape") -> list[tuple[str, str, str, str]]:
-    """``(tag, meaning, cost, default interval)`` for every documented tag."""
+    """``(tag, meaning, cost, default interval)`` for every documented tag (histogram, image and text tags
+    say their kind first)."""
     load_all_probes()
     out = []
     for name in sorted(PROBES):
         cls = PROBES[name]
-        for key, meaning in cls.scalar_tags.items():
+        for key, meaning in {**cls.scalar_tags, **cls.other_tags}.items():
             out.append((f"{prefix}/{cls.group}/{key}", meaning, cls.cost or "—", f"{cls.default_every_n_steps} steps ({name})"))
     for key, (meaning, cost, when) in MONITOR_TAGS.items():
         out.append((f"{prefix}/{key}", meaning, cost, when))

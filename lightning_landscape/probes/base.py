@@ -72,6 +72,8 @@ class Probe(ABC):
     cost: ClassVar[str] = ""
     #: Optional TensorBoard charts: title -> keys drawn together (default: one chart of all tags).
     charts: ClassVar[dict[str, list[str]] | None] = None
+    #: Histogram, image and text tags (key -> "kind: meaning"), for the README tag table.
+    other_tags: ClassVar[dict[str, str]] = {}
     #: Keys whose verdict may be held back while they warm up (``ProbeResult.warming_up``): the monitor
     #: logs ``<group>/ready/<key>`` (0/1) for them at every measurement.
     gated_keys: ClassVar[tuple[str, ...]] = ()

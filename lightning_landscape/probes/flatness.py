@@ -284,6 +284,10 @@ class LandscapeSlice(Probe):
     scalar_tags = {
         "slice_descent": "L(θ) minus the lowest loss seen on the slices (> 0: lower ground within the slice)",
     }
+    other_tags = {
+        "slice_1d": "image: loss along one filter-normalised direction (and the gradient's)",
+        "slice_2d": "image: loss on a 2-D filter-normalised plane (contours)",
+    }
 
     def __init__(
         self,

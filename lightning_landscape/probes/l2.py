@@ -80,6 +80,7 @@ class L2Transition(Probe):
     default_every_n_steps = 200
     cost = "≈ 7 forward passes (warm-started ray; 22 cold) and one gradient"
     gated_keys = ("margin", "critical_beta", "margin_tracked")
+    other_tags = {"convention": "text: the collapsing set and the weight-decay convention (once, and when it changes)"}
     scalar_tags = {
         "theta_sq": "‖θ‖² of the collapsing parameters (decayed ones by default)",
         "loss": "probe-batch loss (without the penalty)",
@@ -94,7 +95,8 @@ class L2Transition(Probe):
         "ray_argmax_scale": "s of the ray maximum: ≈ 0 continuous-type, interior (< 1) jump-type barrier",
         "radial_balance": "−(d/ds)L(sθ) at s=1 over 2β‖θ‖²: 1 in equilibrium with the decay, ≈ 0 while decay drains "
         "norm the loss does not need (the margin is judged only near equilibrium)",
-        "ready/margin": "1 once the margin can carry a verdict (model learned, weights in radial equilibrium), else 0",
+        "ready/<key>": "1 once <key> (margin, critical_beta, margin_tracked) can carry a verdict (model learned, "
+        "weights in radial equilibrium), else 0",
         "beta_eff": "‖θ‖²-weighted mean penalty β over the collapsing parameters (what margin divides by); "
         "tracked at every step from the optimizer's weight decay",
         "beta/group<i>": "penalty β of param group i (SGD/Adam: weight_decay/2; AdamW: frozen-preconditioner equivalent)",

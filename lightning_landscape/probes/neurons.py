@@ -128,6 +128,10 @@ class WeightDynamics(Probe):
         "total/update_ratio": "mean per-step ‖Δθ‖/‖θ‖ since the previous measurement",
         "init_step": "step at which the initial-weight reference was taken",
     }
+    other_tags: ClassVar[dict[str, str]] = {
+        "<neuron layer>/neuron_out_norm": "histogram: per-neuron output-weight norms ‖a_i‖",
+        "<neuron layer>/neuron_in_norm": "histogram: per-neuron input-weight norms ‖w_i‖ (bias included)",
+    }
     charts: ClassVar[dict[str, list[str]]] = {
         "norms": [r"[^/]+/norm"],
         "distance from init": [r"[^/]+/distance_from_init"],

@@ -413,6 +413,7 @@ class HessianDensity(Probe):
     scalar_tags = {
         "negative_mass": "fraction of the spectral density below zero (SLQ); > 0 away from a minimum",
     }
+    other_tags = {"density": "histogram: SLQ eigenvalue density (counts add up to the number of parameters)"}
 
     def __init__(
         self,
