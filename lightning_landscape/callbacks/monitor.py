@@ -1,7 +1,8 @@
 """``LandscapeMonitor``: the Lightning callback that schedules probes and logs what they measure.
 
-The class derives from the ``Callback`` of every installed Lightning flavour (``lightning.pytorch`` and
-``pytorch_lightning``), so the same object is accepted by either Trainer and either LightningCLI.
+The class derives from the ``Callback`` of every Lightning flavour in use (``lightning.pytorch``,
+``pytorch_lightning``; see :mod:`lightning_landscape._compat`), so the same object is accepted by either
+Trainer and either LightningCLI.
 All hook logic is framework-free: it only touches duck-typed trainer attributes.
 """
 
@@ -16,12 +17,7 @@ from typing import Any, Callable, Literal, Optional, Union
 import torch
 from torch import nn
 
-from lightning_landscape._compat import (
-    CALLBACK_BASES,
-    DEEPSPEED_STRATEGIES,
-    FSDP_STRATEGIES,
-    MODEL_PARALLEL_STRATEGIES,
-)
+from lightning_landscape._compat import adopt_flavours, callback_bases, loaded_classes
 from lightning_landscape.alerts import AlertManager, Event, as_event
 from lightning_landscape.callbacks.loss_closure import batches_loss, resolve_loss
 from lightning_landscape.callbacks.probe_batch import ProbeBatchCache, split_batch
@@ -76,7 +72,8 @@ def _build_probes(probes: Optional[list[Union[Probe, str]]]) -> list[Probe]:
     return built
 
 
-class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
+@adopt_flavours
+class LandscapeMonitor(*callback_bases()):  # type: ignore[misc]
     """Measure the loss landscape during training and log it to every attached logger.
 
     Args:
@@ -246,7 +243,10 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
             return
         self._enabled = True
         strategy = getattr(trainer, "strategy", None)
-        unsupported = FSDP_STRATEGIES + DEEPSPEED_STRATEGIES + MODEL_PARALLEL_STRATEGIES
+        unsupported = sum(
+            (loaded_classes(f"strategies.{name}") for name in ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")),
+            (),
+        )
         if unsupported and isinstance(strategy, unsupported):
             self._disable(
                 f"strategy {type(strategy).__name__} shards parameters, which the Hessian probes do not support "
