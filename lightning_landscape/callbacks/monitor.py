@@ -22,7 +22,7 @@ from lightning_landscape.alerts import AlertManager, Event, as_event
 from lightning_landscape.callbacks.loss_closure import batches_loss, resolve_loss
 from lightning_landscape.callbacks.probe_batch import ProbeBatchCache, split_batch
 from lightning_landscape.callbacks.writer import MetricWriter, logging_step, prefixed, should_log, tags_by_group
-from lightning_landscape.control.weight_decay import WeightDecayController
+from lightning_landscape.control import WeightDecayController
 from lightning_landscape.guards import probe_guard
 from lightning_landscape.optim_info import describe_optimizer
 from lightning_landscape.parameters import ParameterSpace
