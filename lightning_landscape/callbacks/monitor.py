@@ -27,7 +27,7 @@ from lightning_landscape.guards import probe_guard
 from lightning_landscape.optim_info import describe_optimizer
 from lightning_landscape.parameters import ParameterSpace
 from lightning_landscape.probes import PROBES, NonFiniteLossError, Probe, ProbeContext, ProbeResult, default_probes
-from lightning_landscape.probes.base import check_choice, check_positive_int
+from lightning_landscape.probes.base import check_choice, check_positive_int, order_probes
 
 
 _log = logging.getLogger("lightning_landscape")
@@ -377,9 +377,8 @@ class LandscapeMonitor(*callback_bases()):  # type: ignore[misc]
                 loss_chunks=self._loss_chunks(trainer, batches),
             )
             nonfinite = False
-            # Hessian probes first: they share one gradient graph, which a weight-perturbing probe would invalidate.
-            # The spectrum goes first so later probes can reuse its λmax/λmin (ctx.extras).
-            for probe in sorted(probes, key=lambda p: (p.name != "hessian_spectrum", not p.needs_hessian)):
+            # Providers of shared values before the probes that need them; Hessian probes first (order_probes).
+            for probe in order_probes(probes):
                 if nonfinite and probe.needs_hessian:
                     continue
                 try:
