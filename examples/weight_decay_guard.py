@@ -1,4 +1,4 @@
-"""Alerts and the weight-decay controller end to end, with the real probes (issue 6's evidence).
+"""Alerts and the weight-decay controller end to end, with the real probes.
 
 **1. L2 collapse under a weight-decay ramp.** A two-hidden-layer linear net (no biases) learns a linear
 teacher on whitened inputs, so the collapse threshold is known in closed form (``docs/l2_theory.md``):

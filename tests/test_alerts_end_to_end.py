@@ -1,4 +1,4 @@
-"""Issue 6's end-to-end evidence with the real probes (the runs of ``examples/weight_decay_guard.py``,
+"""End-to-end evidence for the alerts and the controller with the real probes (the runs of ``examples/weight_decay_guard.py``,
 which also draws the README curves, so the tested numbers and the plotted ones are the same runs).
 
 1. A two-hidden-layer linear net on whitened teacher data (closed-form collapse threshold ``wd_c``)

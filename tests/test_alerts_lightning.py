@@ -1,5 +1,5 @@
-"""End to end through a real Trainer: alerts + controller wired into LandscapeMonitor the way the report
-recommends (``WiredMonitor`` below is that wiring, verbatim), with a synthetic L2/neuron probe.
+"""End to end through a real Trainer: alerts + controller wired into LandscapeMonitor (its ``alerts`` and
+``weight_decay`` arguments), with a synthetic L2/neuron probe.
 
 * without the controller, a run whose weight decay sits close to the collapse threshold fires
   ``l2_threshold`` and (``stop_on``) stops; with the controller the margin is restored before the
@@ -60,9 +60,6 @@ class FakeL2Probe(Probe):
 PROBES.pop(FakeL2Probe.name)  # a test double: keep it out of the registry other tests parametrise over
 
 
-WiredMonitor = LandscapeMonitor  # the wiring now lives in the monitor itself
-
-
 class Collect(Sink):
     def __init__(self) -> None:
         super().__init__("info")
@@ -76,8 +73,8 @@ def run(max_steps, controller, wd=0.01, ckpt_dir=None, resume=None, channel=(10*
     sink = Collect()
     alerts = AlertManager([L2Threshold(margin_below=1.5, k=2), ChannelEntry(cooldown_steps=5)], sinks=[sink],
                           stop_on=["l2_threshold"] if stop else None)
-    monitor = WiredMonitor(probes=[FakeL2Probe(channel_from=channel[0], channel_to=channel[1])],
-                           measure_first_step=False, alerts=alerts, weight_decay=controller)
+    monitor = LandscapeMonitor(probes=[FakeL2Probe(channel_from=channel[0], channel_to=channel[1])],
+                               measure_first_step=False, alerts=alerts, weight_decay=controller)
     callbacks = [monitor]
     extra = {}
     if ckpt_dir is not None:

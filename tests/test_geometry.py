@@ -160,7 +160,7 @@ def _random_point(n: int, seed: int, grad_scale: float, negative: int = 3):
 
 @pytest.mark.parametrize("grad_scale", [0.0, 0.3, 3.0])
 def test_moment_formulas_match_eigen_route(grad_scale: float) -> None:
-    """DESIGN.md §4's closed forms for tr S and R, and Ric from one HVP, against the eigenvalues of S."""
+    """The moment closed forms for tr S and R (``geometry/estimators.py``), and Ric from one HVP, against the eigenvalues of S."""
     H, g = _random_point(30, 0, grad_scale)
     geo = exact_geometry(H, g)
     q = 1 + float(g @ g)

@@ -1,4 +1,4 @@
-"""The alerts and the controller on realistic runs: the scenario benchmark's ``--quick`` subset (issue 13).
+"""The alerts and the controller on realistic runs: the scenario benchmark's ``--quick`` subset.
 
 ``benchmarks/scenarios.py --quick`` trains an MLP, a BatchNorm ResNet and a Transformer that are healthy,
 and runs that fail (a learning-rate ramp, an Adam loss spike, a weight-decay ramp through the L2 collapse,

@@ -1,4 +1,4 @@
-"""Verdicts only on values that can carry them (issue 13, DESIGN §7).
+"""Verdicts only on values that can carry them.
 
 * a key a probe reports as ``warming_up`` is logged but no rule and no controller sees it; once ready,
   the same value fires;

@@ -8,21 +8,18 @@
 
 from lightning_landscape.alerts.events import SEVERITIES, Event, as_event
 from lightning_landscape.alerts.manager import AlertManager
-from lightning_landscape.alerts.rules import (
+from lightning_landscape.alerts.base import Rule
+from lightning_landscape.alerts.detectors import CusumDetector, HysteresisDetector
+from lightning_landscape.alerts.generic import ChangePoint, EventRule, Threshold
+from lightning_landscape.alerts.ready_made import (
     RULES,
-    ChangePoint,
     ChannelEntry,
-    CusumDetector,
     EdgeOfStability,
-    EventRule,
-    HysteresisDetector,
     L2Threshold,
     NonFinite,
-    Rule,
     Saddle,
     SaddleBranch,
     SharpnessSpike,
-    Threshold,
     default_rules,
 )
 from lightning_landscape.alerts.sinks import CallableSink, LoggingSink, Sink, TensorBoardPayload, TensorBoardSink

@@ -1,7 +1,8 @@
 """``LandscapeMonitor``: the Lightning callback that schedules probes and logs what they measure.
 
-The class derives from the ``Callback`` of every installed Lightning flavour (``lightning.pytorch`` and
-``pytorch_lightning``), so the same object is accepted by either Trainer and either LightningCLI.
+The class derives from the ``Callback`` of every Lightning flavour in use (``lightning.pytorch``,
+``pytorch_lightning``; see :mod:`lightning_landscape._compat`), so the same object is accepted by either
+Trainer and either LightningCLI.
 All hook logic is framework-free: it only touches duck-typed trainer attributes.
 """
 
@@ -16,22 +17,17 @@ from typing import Any, Callable, Literal, Optional, Union
 import torch
 from torch import nn
 
-from lightning_landscape._compat import (
-    CALLBACK_BASES,
-    DEEPSPEED_STRATEGIES,
-    FSDP_STRATEGIES,
-    MODEL_PARALLEL_STRATEGIES,
-)
+from lightning_landscape._compat import adopt_flavours, callback_bases, loaded_classes
 from lightning_landscape.alerts import AlertManager, Event, as_event
 from lightning_landscape.callbacks.loss_closure import batches_loss, resolve_loss
 from lightning_landscape.callbacks.probe_batch import ProbeBatchCache, split_batch
 from lightning_landscape.callbacks.writer import MetricWriter, prefixed, should_log, tags_by_group
-from lightning_landscape.control.weight_decay import WeightDecayController
+from lightning_landscape.control import WeightDecayController
 from lightning_landscape.guards import probe_guard
 from lightning_landscape.optim_info import describe_optimizer
 from lightning_landscape.parameters import ParameterSpace
 from lightning_landscape.probes import PROBES, NonFiniteLossError, Probe, ProbeContext, ProbeResult, default_probes
-from lightning_landscape.probes.base import check_choice, check_positive_int
+from lightning_landscape.probes.base import check_choice, check_positive_int, order_probes
 
 
 _log = logging.getLogger("lightning_landscape")
@@ -76,7 +72,8 @@ def _build_probes(probes: Optional[list[Union[Probe, str]]]) -> list[Probe]:
     return built
 
 
-class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
+@adopt_flavours
+class LandscapeMonitor(*callback_bases()):  # type: ignore[misc]
     """Measure the loss landscape during training and log it to every attached logger.
 
     Args:
@@ -246,7 +243,10 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
             return
         self._enabled = True
         strategy = getattr(trainer, "strategy", None)
-        unsupported = FSDP_STRATEGIES + DEEPSPEED_STRATEGIES + MODEL_PARALLEL_STRATEGIES
+        unsupported = sum(
+            (loaded_classes(f"strategies.{name}") for name in ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")),
+            (),
+        )
         if unsupported and isinstance(strategy, unsupported):
             self._disable(
                 f"strategy {type(strategy).__name__} shards parameters, which the Hessian probes do not support "
@@ -377,9 +377,8 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
                 loss_chunks=self._loss_chunks(trainer, batches),
             )
             nonfinite = False
-            # Hessian probes first: they share one gradient graph, which a weight-perturbing probe would invalidate.
-            # The spectrum goes first so later probes can reuse its λmax/λmin (ctx.extras).
-            for probe in sorted(probes, key=lambda p: (p.name != "hessian_spectrum", not p.needs_hessian)):
+            # Providers of shared values before the probes that need them; Hessian probes first (order_probes).
+            for probe in order_probes(probes):
                 if nonfinite and probe.needs_hessian:
                     continue
                 try:

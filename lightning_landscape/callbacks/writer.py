@@ -13,7 +13,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from lightning_landscape._compat import TENSORBOARD_LOGGERS
+from lightning_landscape._compat import loaded_classes
 from lightning_landscape.probes.base import Histogram
 
 
@@ -44,7 +44,7 @@ class MetricWriter:
     def _tensorboards(self) -> list[Any]:
         if not self.is_global_zero:
             return []
-        return [lg for lg in getattr(self.trainer, "loggers", []) if isinstance(lg, TENSORBOARD_LOGGERS)]
+        return [lg for lg in getattr(self.trainer, "loggers", []) if isinstance(lg, loaded_classes("loggers.TensorBoardLogger"))]
 
     @staticmethod
     def layout(groups: dict[str, list[str]], title: str = "landscape") -> dict[str, Any]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from lightning_landscape._compat import FLAVOURS
+from lightning_landscape._compat import primary
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     if args.epochs < 1 or args.every < 1:
         raise SystemExit("demo: --epochs and --every must be >= 1")
-    L = FLAVOURS[0]
+    L = primary()
     from lightning_landscape import HessianDensity, HessianSpectrum, HessianTrace, LandscapeMonitor
     from lightning_landscape.tasks import MLPTask, make_teacher_student
 

@@ -166,7 +166,6 @@ class _LanczosState:
         self.matvecs = 0
         self.broke_down = False
         self._max_alpha = self._max_beta = 0.0
-        self.second_passes = 0
 
     def basis_rows(self, k: int | None = None) -> torch.Tensor:
         """The first ``k`` (default: all computed) basis vectors as the rows of one tensor."""
@@ -198,7 +197,6 @@ class _LanczosState:
             w, _ = self.basis.project_out(w, j + 1)
             beta_t = torch.linalg.vector_norm(w)
             beta = float(beta_t)
-            self.second_passes += 1
         self.alphas.append(alpha)
         self.betas.append(beta)
         self._max_alpha = max(self._max_alpha, abs(alpha))

@@ -4,11 +4,12 @@ Importing this package registers every built-in probe in :data:`PROBES` (names u
 ``LandscapeMonitor(probes=[...])`` and in YAML).
 """
 
-from lightning_landscape.probes.base import PROBES, Histogram, Probe, ProbeResult
+from lightning_landscape.probes.base import PROBES, Histogram, Probe, ProbeResult, order_probes
 from lightning_landscape.probes.context import NonFiniteLossError, ProbeContext
 from lightning_landscape.probes.flatness import EscapeRadius, LandscapeSlice, Sharpness
 from lightning_landscape.probes.geometry import LossSurfaceGeometry
 from lightning_landscape.probes.l2 import L2Transition
+from lightning_landscape.probes.shared import SharedValues
 from lightning_landscape.probes.neurons import ChannelDetector, SaddleBranches, WeightDynamics
 from lightning_landscape.probes.spectrum import HessianDensity, HessianSpectrum, HessianTrace
 
@@ -34,7 +35,9 @@ __all__ = [
     "ProbeContext",
     "ProbeResult",
     "SaddleBranches",
+    "SharedValues",
     "Sharpness",
     "WeightDynamics",
     "default_probes",
+    "order_probes",
 ]

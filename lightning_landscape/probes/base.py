@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
 import torch
 
+from lightning_landscape.probes.shared import check_shared_fields
 from lightning_landscape.validation import check_bool, check_choice, check_number, check_positive_float, check_positive_int  # noqa: F401
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ class Histogram:
 class ProbeResult:
     """What one probe measured at one step. Keys are relative to the probe's group.
 
-    Two kinds of "not yet" are kept apart from the values (DESIGN §7):
+    Two kinds of "not yet" are kept apart from the values:
 
     * ``warming_up``: key -> why. The value *is* in ``scalars`` and is logged, but it cannot carry a
       verdict yet (an L2 margin before the model has learned, Adam's preconditioned sharpness before its
@@ -58,7 +59,10 @@ class Probe(ABC):
 
     Subclasses set ``name`` (registry key), ``group`` (tag group), ``needs_hessian``,
     ``default_every_n_steps`` and ``scalar_tags`` (key -> one-line meaning, used for docs and the
-    TensorBoard layout), and implement :meth:`run`.
+    TensorBoard layout), and implement :meth:`run`. A probe that reuses what another measured at the
+    same step declares it: ``provides`` / ``needs`` name fields of
+    :class:`~lightning_landscape.probes.shared.SharedValues` (``ctx.shared``), and the monitor runs
+    providers first.
     """
 
     name: ClassVar[str] = ""
@@ -77,9 +81,15 @@ class Probe(ABC):
     #: Keys whose verdict may be held back while they warm up (``ProbeResult.warming_up``): the monitor
     #: logs ``<group>/ready/<key>`` (0/1) for them at every measurement.
     gated_keys: ClassVar[tuple[str, ...]] = ()
+    #: ``ctx.shared`` fields this probe publishes for the probes that run after it at the same step.
+    provides: ClassVar[tuple[str, ...]] = ()
+    #: ``ctx.shared`` fields this probe reuses when published: it runs after every probe providing one.
+    needs: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        cls.provides = check_shared_fields(cls.__name__, "provides", cls.provides)
+        cls.needs = check_shared_fields(cls.__name__, "needs", cls.needs)
         if cls.name:
             PROBES[cls.name] = cls
 
@@ -125,3 +135,28 @@ class Probe(ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"{type(self).__name__}({args})"
+
+
+def order_probes(probes: Sequence[Probe]) -> list[Probe]:
+    """The order in which to run ``probes`` at one measurement.
+
+    Every probe runs after the probes that provide a field it needs; among probes free to run, those
+    that need the Hessian go first (they share one gradient graph, which a probe that perturbs the
+    weights would invalidate), then the given order. Cycles fall back to the given order.
+
+    >>> from lightning_landscape.probes import ChannelDetector, HessianSpectrum, HessianTrace
+    >>> [p.name for p in order_probes([ChannelDetector(), HessianTrace(), HessianSpectrum()])]
+    ['hessian_trace', 'hessian_spectrum', 'channels']
+    """
+    probes = list(probes)
+    providers = {i: set(p.provides) for i, p in enumerate(probes)}
+    waits_for = {
+        i: {j for j in providers if j != i and providers[j] & set(p.needs)} for i, p in enumerate(probes)
+    }
+    order: list[int] = []
+    while len(order) < len(probes):
+        ready = [i for i in range(len(probes)) if i not in order and not waits_for[i] - set(order)]
+        if not ready:  # a cycle of declarations: keep the remaining probes in the given order
+            ready = [i for i in range(len(probes)) if i not in order]
+        order.append(min(ready, key=lambda i: (not probes[i].needs_hessian, i)))
+    return [probes[i] for i in order]

@@ -11,6 +11,7 @@ from torch import nn
 from lightning_landscape.hessian import ChunkedHessianOperator, HessianOperator, LossChunk, Reduce
 from lightning_landscape.optim_info import OptimizerInfo
 from lightning_landscape.parameters import ParameterSpace
+from lightning_landscape.probes.shared import SharedValues, SharedView
 
 LossClosure = Callable[[], torch.Tensor]
 
@@ -25,7 +26,8 @@ class ProbeContext:
     All probes that run at the same step share one gradient graph (or, given ``loss_chunks`` —
     ``(weight, closure)`` pieces of the loss — a :class:`ChunkedHessianOperator` that keeps none). Random vectors come from
     :meth:`generator`, seeded from ``(seed, step, name)``, so every DDP rank draws the same vectors and
-    the global RNG streams are never touched.
+    the global RNG streams are never touched. What one probe measured for later ones goes in the typed
+    :attr:`shared` (:class:`~lightning_landscape.probes.shared.SharedValues`).
 
     >>> net = torch.nn.Linear(3, 1)
     >>> x, y = torch.randn(8, 3), torch.randn(8, 1)
@@ -46,7 +48,6 @@ class ProbeContext:
         seed: int = 0,
         epoch: int = 0,
         batch: Any = None,
-        extras: dict[str, Any] | None = None,
         loss_chunks: list[LossChunk] | None = None,
     ) -> None:
         self.module = module
@@ -59,13 +60,18 @@ class ProbeContext:
         self.reduce_mean = reduce_mean or (lambda t: t)
         self.seed = seed
         self.batch = batch
-        self.extras = extras or {}  # values one probe publishes for later ones (e.g. Ritz vectors)
+        self.shared = SharedValues()  # what one probe publishes for later ones (λmax, its Ritz vector, ...)
         # Memory-light mode: (weight, closure) pieces of the loss; the Hessian then keeps no graph.
         self.loss_chunks = loss_chunks
         self._operator: HessianOperator | ChunkedHessianOperator | None = None
         self._operator_versions: tuple[int, ...] = ()
         self._spent = 0  # HVPs of operators rebuilt during this measurement
         self._loss: float | None = None
+
+    @property
+    def extras(self) -> SharedView:
+        """The published :attr:`shared` fields as a mapping by field name."""
+        return SharedView(self.shared)
 
     def generator(self, name: str) -> torch.Generator:
         """A private generator on the parameters' device, identical on every rank."""

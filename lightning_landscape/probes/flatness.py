@@ -143,7 +143,6 @@ class Sharpness(Probe):
                 asam = sharpness(loss_fn, ctx.space, grad, self.adaptive_rho, adaptive=True,
                                  eta=self.adaptive_eta, base_loss=base)
                 scalars["adaptive_sharpness"] = asam.sharpness
-        ctx.extras["sharpness"] = sam.sharpness
         return ProbeResult(scalars=scalars)
 
 
@@ -238,7 +237,6 @@ class EscapeRadius(Probe):
             directions = (filter_normalized_direction(ctx.space, gen, theta, self.bias_bn) for _ in range(self.walkers))
             res = escape_radius(loss_fn, ctx.space, directions, delta, self.sigma_min, self.sigma_max,
                                 self.growth, self.rel_tol, base_loss=base)
-        ctx.extras["escape_radius"] = res.mean
         return ProbeResult(scalars={
             "escape_radius": res.mean,
             "escape_radius_std": res.std,

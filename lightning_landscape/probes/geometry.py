@@ -54,6 +54,8 @@ class LossSurfaceGeometry(Probe):
     name = "loss_geometry"
     group = "geometry"
     needs_hessian = True
+    needs = ("hessian_top_vector",)
+    provides = ("scalar_curvature",)
     default_every_n_steps = 1000
     cost = "exact (n ≤ 500 params): n HVPs + dense eigh; else ≈ 41 HVPs"
     scalar_tags = {
@@ -127,8 +129,7 @@ class LossSurfaceGeometry(Probe):
             scalars = self._estimate(ctx, g)
         scalars["gradient_norm"] = float(torch.linalg.vector_norm(g.double()))
         scalars["geometry_hvps"] = float(op.num_matvecs - start)
-        ctx.extras["scalar_curvature"] = scalars["scalar_curvature"]
-        ctx.extras["mean_curvature"] = scalars["mean_curvature"]
+        ctx.shared.scalar_curvature = scalars["scalar_curvature"]
         return ProbeResult(scalars=scalars)
 
     def _exact(self, ctx: ProbeContext, g: torch.Tensor) -> dict[str, float]:
@@ -182,7 +183,7 @@ class LossSurfaceGeometry(Probe):
             "num_positive": pos,
         }
         # The top direction the spectrum probe logged λmax for, when it ran first; else our own Ritz vector.
-        top = ctx.extras.get("hessian_top_vector")
+        top = ctx.shared.hessian_top_vector
         if not isinstance(top, torch.Tensor) or top.numel() != space.dim or not torch.isfinite(top).all():
             top = sketch.top_vector()
         top = top.detach().to(dtype=g.dtype, device=g.device).reshape(-1)

@@ -199,10 +199,8 @@ class L2Transition(Probe):
                 s["critical_beta"] = est.critical_beta
                 if math.isfinite(est.argmax_scale):  # NaN when the loss is flat along the ray (collapsed)
                     s["ray_argmax_scale"] = est.argmax_scale
-                ctx.extras["critical_beta"] = est.critical_beta
                 if beta_eff is not None and beta_eff > 0:
                     s["margin"] = s["margin_tracked"] = est.critical_beta / beta_eff
-                    ctx.extras["l2_margin"] = s["margin"]
                     balance = self._radial_balance(ctx, params, beta_eff, theta_sq)
                     if math.isfinite(balance):
                         s["radial_balance"] = balance

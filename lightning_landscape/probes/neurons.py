@@ -4,9 +4,9 @@ Hidden layers are discovered on the first run from one traced forward pass of th
 (see :mod:`lightning_landscape.neurons.discovery`), or named with ``layers=[["fc1", "fc2", "tanh"]]``.
 Tags use the input module's qualified name as the layer key, e.g. ``landscape/neurons/net.0/effective_width``.
 
-Put :class:`ChannelDetector` and :class:`SaddleBranches` *after* ``HessianSpectrum`` in the probe list:
-they then reuse its ``lambda_max`` / ``lambda_min`` (published in ``ctx.extras``) instead of running
-their own Lanczos.
+:class:`ChannelDetector` and :class:`SaddleBranches` reuse ``HessianSpectrum``'s ``lambda_max`` /
+``lambda_min`` (``ctx.shared``) when it is in the probe list, instead of running their own Lanczos (they
+declare ``needs``, so the monitor runs the spectrum first wherever it is listed).
 """
 
 from __future__ import annotations
@@ -215,7 +215,7 @@ class ChannelDetector(Probe):
     Emits a ``channel_entry`` event (key ``"<layer>:<i>-<j>"``) when a pair meets all six criteria of
     :class:`~lightning_landscape.neurons.channels.ChannelTracker` (ε shrinking, ‖aᵢ‖+‖aⱼ‖ growing with
     opposite signs, log-log slope ≈ −1, stable GLU coefficient, slow loss decrease). If ``lambda_max``
-    is in ``ctx.extras`` (``HessianSpectrum`` ran first), the event is *confirmed* when λmax grew over the
+    is in ``ctx.shared`` (``HessianSpectrum`` is in the probe list), the event is *confirmed* when λmax grew over the
     window or the edge-of-stability ratio is ≥ ``eos_confirm``.
 
     Args:
@@ -297,7 +297,7 @@ class ChannelDetector(Probe):
     def run(self, ctx: ProbeContext) -> ProbeResult:
         out = ProbeResult()
         loss = ctx.loss()
-        lam = ctx.extras.get("lambda_max")
+        lam = ctx.shared.lambda_max
         lam = float(lam) if lam is not None else None
         info = ctx.optimizer_info
         eos = lam / info.eos_threshold() if lam is not None and info is not None and info.kind == "sgd" and info.lr > 0 else None
@@ -376,7 +376,7 @@ class SaddleBranches(Probe):
       either ``‖∇L‖ ≤ grad_tol`` or — scale-free — the loss has stalled (fell by less than ``stall_tol``
       since the previous measurement) with ``‖∇L‖² ≤ stall_grad_ratio · 2(L − loss_floor)|λmin|`` (the
       descent the gradient offers is negligible next to what the negative curvature offers: a plateau at
-      a saddle, in whatever units the loss has); λmin/λmax come from ``ctx.extras`` (``HessianSpectrum``)
+      a saddle, in whatever units the loss has); λmin/λmax come from ``ctx.shared`` (``HessianSpectrum``)
       or, with ``compute_spectrum=True``, from an own Lanczos run.
     * ``recovery_state``: 0 moving (gradient above ``grad_tol``), 1 global minimum (loss at its floor),
       2 saddle branch, 3 plateau; ``convergence_rate`` = ``−d log(L − loss_floor)/d step`` over the window.
@@ -392,7 +392,7 @@ class SaddleBranches(Probe):
         ratio_tol: smallest ``|λmin|/λmax`` that counts as a strict saddle.
         contribution_tol: relative contribution below which a neuron is negligible.
         merge_tol: relative function error below which two neurons count as one.
-        compute_spectrum: run Lanczos when ``ctx.extras`` has no ``lambda_min`` and the gradient is small
+        compute_spectrum: run Lanczos when ``ctx.shared`` has no ``lambda_min`` and the gradient is small
             (``‖∇L‖ ≤ grad_tol``: with a larger gradient no saddle is declared, so the products are saved).
         max_iter: Lanczos steps (Hessian-vector products) for the own spectrum run.
         tol: Lanczos stop when both extreme Ritz residuals are ``≤ tol · max|λ|`` (λmin is less accurate
@@ -416,6 +416,8 @@ class SaddleBranches(Probe):
     name = "saddle_branches"
     group = "neurons"
     needs_hessian = True
+    needs = ("lambda_max", "lambda_min")
+    provides = ("lambda_max", "lambda_min")  # its own Lanczos values, when no spectrum ran
     default_every_n_steps = 500
     cost = "1 forward + gradient; Lanczos ≤ max_iter HVPs only with a small gradient, unless the spectrum probe ran"
     scalar_tags: ClassVar[dict[str, str]] = {
@@ -482,16 +484,19 @@ class SaddleBranches(Probe):
                 "loss_floor": self.loss_floor, "layers": self.layers}
 
     def _spectrum(self, ctx: ProbeContext) -> tuple[float, float]:
-        if "lambda_min" in ctx.extras and "lambda_max" in ctx.extras:
-            return float(ctx.extras["lambda_max"]), float(ctx.extras["lambda_min"])
+        shared = ctx.shared
+        if shared.lambda_min is not None and shared.lambda_max is not None:
+            return float(shared.lambda_max), float(shared.lambda_min)
         if not self.compute_spectrum:
             return float("nan"), float("nan")
         op = ctx.hessian()
         v0 = gaussian(ctx.space.dim, ctx.generator(self.name), ctx.space.dtype, ctx.space.device)
         res = lanczos_extremes(op.matvec, v0, max_iter=min(self.max_iter, ctx.space.dim), tol=self.tol,
                                 min_iter=min(2, ctx.space.dim))
-        ctx.extras.setdefault("lambda_max", res.lambda_max)
-        ctx.extras.setdefault("lambda_min", res.lambda_min)
+        if shared.lambda_max is None:
+            shared.lambda_max = res.lambda_max
+        if shared.lambda_min is None:
+            shared.lambda_min = res.lambda_min
         return res.lambda_max, res.lambda_min
 
     def _stalled(self, step: int, loss: float) -> bool:
@@ -531,7 +536,7 @@ class SaddleBranches(Probe):
         stalled = self._stalled(ctx.step, loss)
         # A saddle needs a small gradient or a stalled loss: only then is the spectrum worth its products
         # (unless another probe already measured it at this step).
-        if grad_norm <= self.grad_tol or stalled or "lambda_min" in ctx.extras:
+        if grad_norm <= self.grad_tol or stalled or ctx.shared.lambda_min is not None:
             lam_max, lam_min = self._spectrum(ctx)
         else:
             lam_max = lam_min = float("nan")

@@ -83,6 +83,7 @@ class HessianSpectrum(Probe):
     name = "hessian_spectrum"
     group = "hessian"
     needs_hessian = True
+    provides = ("lambda_max", "lambda_min", "hessian_top_vector")
     default_every_n_steps = 500
     cost = "≤ max_iter HVPs (20); warm-started ~3–8; Adam: a second run for P⁻¹H"
     scalar_tags = {
@@ -264,10 +265,8 @@ class HessianSpectrum(Probe):
             max_iter=self.max_iter, tol=self.tol, min_iter=2, max_basis=self.max_basis,
         )
         self._vectors = [res.vector_max.detach(), res.vector_min.detach()]
-        ctx.extras["hessian_top_vector"] = res.vector_max
-        ctx.extras["hessian_bottom_vector"] = res.vector_min
-        ctx.extras["lambda_max"] = res.lambda_max
-        ctx.extras["lambda_min"] = res.lambda_min
+        ctx.shared.hessian_top_vector = res.vector_max
+        ctx.shared.lambda_max, ctx.shared.lambda_min = res.lambda_max, res.lambda_min
         out = ProbeResult(
             scalars={
                 "lambda_max": res.lambda_max,
@@ -378,7 +377,6 @@ class HessianTrace(Probe):
         gen = ctx.generator(self.name)
         estimator = hutchpp_trace if self.method == "hutchpp" else hutchinson_trace
         est = estimator(op.matvec, ctx.space.dim, self.num_matvecs, gen, ctx.space.dtype, ctx.space.device)
-        ctx.extras["trace"] = est
         return ProbeResult(scalars={"trace": est.value, "trace_stderr": est.stderr})
 
 

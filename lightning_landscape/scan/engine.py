@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
@@ -24,6 +24,7 @@ from lightning_landscape.l2.ray import ray_critical_beta
 from lightning_landscape.linalg import lanczos_extremes
 from lightning_landscape.linalg.random import gaussian
 from lightning_landscape.parameters import ParameterSpace
+from lightning_landscape.scan.point import ScanPoint
 from lightning_landscape.scan.problem import ScanProblem
 
 
@@ -92,34 +93,6 @@ class ScanConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class ScanPoint:
-    """Everything measured at one point of the sweep (a row of the CSV)."""
-
-    index: int
-    direction: str
-    beta: float
-    loss: float
-    objective: float
-    theta_sq: float
-    loss_trivial: float
-    collapse_ratio: float
-    critical_beta: float = float("nan")
-    ray_argmax_scale: float = float("nan")
-    lambda_max: float = float("nan")
-    lambda_min: float = float("nan")
-    grad_norm: float = float("nan")
-    steps: int = 0
-    converged: bool = False
-    seconds: float = 0.0
-    layer_norms: dict[str, float] = field(default_factory=dict)
-
-    def row(self) -> dict[str, Any]:
-        out = {k: v for k, v in asdict(self).items() if k != "layer_norms"}
-        out.update({f"norm/{k}": v for k, v in self.layer_norms.items()})
-        return out
 
 
 def _mean_loss(problem: ScanProblem) -> torch.Tensor:

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from lightning_landscape.scan.point import ScanPoint
 from lightning_landscape.scan.problem import ScanProblem
 
 STATE_JSON = "scan_state.json"
@@ -54,8 +55,6 @@ class ScanState:
 
     @classmethod
     def open(cls, directory: str | Path, problem: ScanProblem, config: Any) -> "ScanState":
-        from lightning_landscape.scan.engine import ScanPoint
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         key = fingerprint(problem, config)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from lightning_landscape._compat import FLAVOURS
+from lightning_landscape._compat import primary
 from lightning_landscape.tasks.data import make_teacher_student
 
-_L = FLAVOURS[0]
+_L = primary()
 
 
 class TeacherStudentDataModule(_L.LightningDataModule):

@@ -5,7 +5,7 @@ Two opposite pressures, with collapse avoidance winning:
 * **raise** on a ``channel_entry`` event (neuron pairs diverging to infinity): multiply the weight
   decay by ``raise_factor`` (L2 bounds the output weights and closes the channel), but never so far
   that the predicted L2 margin drops below ``target_margin``;
-* **lower** when ``landscape/l2/margin`` (critical β / current β, DESIGN §4) is below
+* **lower** when ``landscape/l2/margin`` (critical β / current β, ``docs/l2_theory.md``) is below
   ``target_margin``: the margin scales like 1/β, so ``wd_new = wd · margin / target`` restores it,
   bounded per change by ``lower_factor``.
 
