@@ -24,7 +24,15 @@ import torch
 from torch import nn
 
 from lightning_landscape.compare.align import Alignment, Method, align, parameter_distance
-from lightning_landscape.compare.data import Data, InputFn, LossFn, default_inputs, iter_batches, mean_loss
+from lightning_landscape.compare.data import (
+    Data,
+    InputFn,
+    LossFn,
+    default_inputs,
+    example_input,
+    iter_batches,
+    mean_loss,
+)
 from lightning_landscape.compare.permute import Permutations, permute_model, random_permutations
 from lightning_landscape.compare.spec import PermutationSpec, permutation_spec
 
@@ -161,7 +169,8 @@ def permutation_barrier(
     """Barrier between ``model`` and a copy with permuted hidden units (random ones from ``seed`` unless
     ``perms`` is given). Both ends compute the same function, so any barrier is pure symmetry.
     ``kwargs`` go to :func:`loss_barrier`."""
-    spec = spec if spec is not None else permutation_spec(model)
+    if spec is None:
+        spec = permutation_spec(model, example_input(data, kwargs.get("input_fn")))
     if perms is None:
         perms = random_permutations(spec, torch.Generator().manual_seed(seed))
     return loss_barrier(model, permute_model(model, perms, spec), data, **kwargs)
@@ -202,8 +211,12 @@ def compare_pair(
     spec: PermutationSpec | None = None,
     align_kwargs: dict | None = None,
 ) -> PairComparison:
-    """Align ``model_b`` to ``model_a`` and measure the straight-path barrier before and after."""
-    spec = spec if spec is not None else permutation_spec(model_a)
+    """Align ``model_b`` to ``model_a`` and measure the straight-path barrier before and after.
+
+    Without ``spec`` the permutation spec is derived from ``model_a`` (traced on the first inputs of ``data``
+    when its layers do not live in one ``nn.Sequential``).
+    """
+    spec = spec if spec is not None else permutation_spec(model_a, example_input(data, input_fn))
     extra = dict(align_kwargs or {})
     if method == "activation":
         extra.setdefault("input_fn", input_fn)

@@ -25,7 +25,7 @@ from torch import nn
 
 from lightning_landscape.compare.align import Method, align, parameter_distance
 from lightning_landscape.compare.barrier import loss_barrier
-from lightning_landscape.compare.data import Data
+from lightning_landscape.compare.data import Data, example_input
 from lightning_landscape.compare.spec import permutation_spec
 
 LINKAGES: tuple[str, ...] = ("average", "complete", "single", "weighted")
@@ -82,7 +82,7 @@ def pairwise_comparisons(
     labels = list(labels) if labels is not None else [f"model{i}" for i in range(n)]
     if len(labels) != n:
         raise ValueError(f"labels: expected {n} labels, got {len(labels)}")
-    spec = permutation_spec(models[0])
+    spec = permutation_spec(models[0], None if data is None else example_input(data))
     with_barriers = barriers and data is not None
     mats = {k: np.zeros((n, n)) for k in ("db", "da", "bb", "ba")}
     for i, j in itertools.combinations(range(n), 2):
