@@ -171,7 +171,8 @@ class _Propagator(fx.Interpreter):
     def describe(n: fx.Node) -> str:
         """``add = add(embed, getitem_1)``: the node, its operation and inputs, for messages."""
         t = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
-        inputs = [a.name for a in n.args if isinstance(a, fx.Node)]
+        inputs: list[str] = []
+        fx.node.map_arg(n.args, lambda a: inputs.append(a.name) or a)
         return f"{n.name} = {t}({', '.join(inputs)})"
 
     def fix_args(self, node: fx.Node, why: str | None = None) -> None:
@@ -448,9 +449,8 @@ class _Propagator(fx.Interpreter):
         if others:
             self.fix_args(n, self.describe(n))
             return None
-        if not isinstance(x_tag, _Tag):
-            if x_tag is not None:
-                self.fix_tag(x_tag)
+        if not isinstance(x_tag, _Tag):  # e.g. torch.cat([a, b]): tagged values inside a list
+            self.fix_args(n, self.describe(n))
             return None
         if (not is_method and t in _ELEMENTWISE_FUNCTIONS) or (is_method and t in _ELEMENTWISE_METHODS):
             if isinstance(out, torch.Tensor) and out.shape == x.shape:
