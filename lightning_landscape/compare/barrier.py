@@ -237,37 +237,41 @@ def _figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=100)
+    # constrained layout makes room for a legend placed "outside" the axes, inside the figure
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
-def _finish(fig, ax, title: str, path: str | Path, entries: int) -> Path:
+def _decorate(fig, ax, title: str, entries: int) -> None:
     ax.set_xlabel("t  (0: model a, 1: model b)")
     ax.set_ylabel("loss along (1−t)·θa + t·θb")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    # legend under the axes, so it never hides the curves
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2 if entries > 4 else 1, frameon=False)
-    fig.tight_layout()
+    # legend under the axes (never hides the curves), inside the figure
+    fig.legend(fontsize=7, loc="outside lower center", ncol=2 if entries > 4 else 1, frameon=False)
+
+
+def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path
 
 
-def plot_paths(paths: Mapping[str, BarrierResult], path: str | Path, title: str = "Loss along the straight path") -> Path:
-    """Save a PNG of loss against ``t`` for each labelled path (matplotlib Agg, no pyplot state)."""
-    fig = _figure(6.4, 4.4 + 0.12 * len(paths))
+def paths_figure(paths: Mapping[str, BarrierResult], title: str = "Loss along the straight path"):
+    """The figure :func:`plot_paths` saves (a matplotlib ``Figure``, no pyplot state)."""
+    fig = _figure(6.4, 4.4 + 0.14 * len(paths))
     ax = fig.add_subplot()
     for label, result in paths.items():
         ax.plot(result.ts, result.losses, marker=".", label=f"{label} (barrier {result.barrier:.3g})")
-    return _finish(fig, ax, title, path, len(paths))
+    _decorate(fig, ax, title, len(paths))
+    return fig
 
 
-def plot_pair_paths(pairs: Mapping[str, PairComparison], path: str | Path, title: str = "Straight paths between solutions") -> Path:
-    """Save a PNG with, per pair, the raw path (dashed) and the aligned path (solid, same colour)."""
-    fig = _figure(6.4, 4.4 + 0.12 * 2 * len(pairs))
+def pair_paths_figure(pairs: Mapping[str, PairComparison], title: str = "Straight paths between solutions"):
+    """The figure :func:`plot_pair_paths` saves: per pair the raw path (dashed) and the aligned one (solid)."""
+    fig = _figure(6.4, 4.4 + 0.14 * len(pairs) * (2 if len(pairs) <= 2 else 1))
     ax = fig.add_subplot()
     for k, (label, pair) in enumerate(pairs.items()):
         colour = f"C{k % 10}"
@@ -275,4 +279,15 @@ def plot_pair_paths(pairs: Mapping[str, PairComparison], path: str | Path, title
                 label=f"{label} raw (barrier {pair.before.barrier:.3g})")
         ax.plot(pair.after.ts, pair.after.losses, "-", color=colour, marker=".",
                 label=f"{label} aligned (barrier {pair.after.barrier:.3g})")
-    return _finish(fig, ax, title, path, 2 * len(pairs))
+    _decorate(fig, ax, title, 2 * len(pairs))
+    return fig
+
+
+def plot_paths(paths: Mapping[str, BarrierResult], path: str | Path, title: str = "Loss along the straight path") -> Path:
+    """Save a PNG of loss against ``t`` for each labelled path (matplotlib Agg, no pyplot state)."""
+    return _save(paths_figure(paths, title), path)
+
+
+def plot_pair_paths(pairs: Mapping[str, PairComparison], path: str | Path, title: str = "Straight paths between solutions") -> Path:
+    """Save a PNG with, per pair, the raw path (dashed) and the aligned path (solid, same colour)."""
+    return _save(pair_paths_figure(pairs, title), path)

@@ -208,7 +208,7 @@ def plot_dendrogram(clustering: Clustering, path: str | Path, ylabel: str = "ali
     from matplotlib.figure import Figure
 
     n = len(clustering.labels)
-    fig = Figure(figsize=(max(6.4, 0.45 * n + 2.5), 4.6), dpi=100)
+    fig = Figure(figsize=(max(6.4, 0.45 * n + 2.5), 4.6), dpi=100, layout="constrained")  # labels stay inside
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     hierarchy.dendrogram(clustering.linkage, labels=clustering.labels, ax=ax, leaf_rotation=45)
@@ -220,7 +220,6 @@ def plot_dendrogram(clustering: Clustering, path: str | Path, ylabel: str = "ali
         fontsize=9,
     )
     ax.set_ylabel(ylabel)
-    fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
