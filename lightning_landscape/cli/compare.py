@@ -170,9 +170,13 @@ def load_checkpoint(path: Path, module: str | None, trust: bool) -> tuple[nn.Mod
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=not trust)
     except Exception as err:  # noqa: BLE001 - torch raises several types for unpicklable content
+        lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(err)).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else "")[:300]
+        if trust:
+            raise SystemExit(f"cannot read {path} ({type(err).__name__}: {detail})") from err
         raise SystemExit(
-            f"cannot read {path} with weights_only={not trust} ({type(err).__name__}: {err}); "
-            "if you trust the file, add --trust-checkpoint"
+            f"cannot read {path} with weights_only=True: it holds objects that only unpickling can rebuild "
+            f"({type(err).__name__}: {detail}); if you trust the file, add --trust-checkpoint"
         ) from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise SystemExit(f"{path} is not a Lightning checkpoint (no 'state_dict')")
@@ -192,8 +196,8 @@ def load_checkpoint(path: Path, module: str | None, trust: bool) -> tuple[nn.Mod
 
 
 def checkpoint_labels(paths: list[Path]) -> list[str]:
-    """Short distinct labels: the file name without ``.ckpt``, prefixed by the nearest parent folder that
-    tells the files apart (``checkpoints`` folders skipped), else numbered.
+    """Short distinct labels: the file name without ``.ckpt``, prefixed by the nearest parent folders in
+    which the files differ (``checkpoints`` folders and folders they share skipped), else numbered.
 
     >>> checkpoint_labels([Path("a/lightning_logs/version_0/checkpoints/epoch=2.ckpt"),
     ...                    Path("b/lightning_logs/version_0/checkpoints/epoch=2.ckpt")])
@@ -203,8 +207,13 @@ def checkpoint_labels(paths: list[Path]) -> list[str]:
     if len(set(stems)) == len(stems):
         return stems
     parents = [[q for q in p.resolve().parent.parts if q not in ("checkpoints", "/")] for p in paths]
+
+    def varies(k: int) -> bool:  # folder k levels up differs between the files
+        return len({q[-k] if len(q) >= k else None for q in parents}) > 1
+
     for depth in range(1, max(len(q) for q in parents) + 1):
-        labels = [f"{q[-depth]}/{s}" if len(q) >= depth else s for q, s in zip(parents, stems)]
+        keep = [k for k in range(depth, 0, -1) if varies(k)]
+        labels = ["/".join([q[-k] for k in keep if len(q) >= k] + [s]) for q, s in zip(parents, stems)]
         if len(set(labels)) == len(labels):
             return labels
     return [f"{i}:{s}" for i, s in enumerate(stems)]
@@ -218,7 +227,13 @@ def load_permutation_spec(path: str, model: nn.Module) -> Any:
         obj = import_object(path, "--permutation-spec")
     except ValueError as err:
         raise SystemExit(str(err)) from err
-    spec = obj if isinstance(obj, PermutationSpec) else obj(model) if callable(obj) else obj
+    spec = obj
+    if callable(obj) and not isinstance(obj, PermutationSpec):
+        try:
+            spec = obj(model)
+        except Exception as err:  # noqa: BLE001 - a user callable
+            raise SystemExit(f"--permutation-spec {path!r}: calling it on the model failed "
+                             f"({type(err).__name__}: {err}); pass a PermutationSpec or a callable model -> spec") from err
     if not isinstance(spec, PermutationSpec):
         raise SystemExit(f"--permutation-spec {path!r} must be a PermutationSpec or a callable returning one, "
                          f"got {type(spec).__name__}")

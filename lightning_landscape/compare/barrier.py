@@ -243,13 +243,20 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _decorate(fig, ax, title: str, entries: int) -> None:
+def _layout(labels: list[str]) -> tuple[int, float]:
+    """Legend columns and figure height: two columns only when the labels are short enough to fit."""
+    ncol = 2 if len(labels) > 4 and max(map(len, labels)) <= 42 else 1
+    rows = -(-len(labels) // ncol)
+    return ncol, 4.4 + 0.16 * rows
+
+
+def _decorate(fig, ax, title: str, ncol: int) -> None:
     ax.set_xlabel("t  (0: model a, 1: model b)")
     ax.set_ylabel("loss along (1−t)·θa + t·θb")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     # legend under the axes (never hides the curves), inside the figure
-    fig.legend(fontsize=7, loc="outside lower center", ncol=2 if entries > 4 else 1, frameon=False)
+    fig.legend(fontsize=7, loc="outside lower center", ncol=ncol, frameon=False)
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -261,25 +268,28 @@ def _save(fig, path: str | Path) -> Path:
 
 def paths_figure(paths: Mapping[str, BarrierResult], title: str = "Loss along the straight path"):
     """The figure :func:`plot_paths` saves (a matplotlib ``Figure``, no pyplot state)."""
-    fig = _figure(6.4, 4.4 + 0.14 * len(paths))
+    labels = [f"{label} (barrier {result.barrier:.3g})" for label, result in paths.items()]
+    ncol, height = _layout(labels)
+    fig = _figure(6.4, height)
     ax = fig.add_subplot()
-    for label, result in paths.items():
-        ax.plot(result.ts, result.losses, marker=".", label=f"{label} (barrier {result.barrier:.3g})")
-    _decorate(fig, ax, title, len(paths))
+    for text, result in zip(labels, paths.values()):
+        ax.plot(result.ts, result.losses, marker=".", label=text)
+    _decorate(fig, ax, title, ncol)
     return fig
 
 
 def pair_paths_figure(pairs: Mapping[str, PairComparison], title: str = "Straight paths between solutions"):
     """The figure :func:`plot_pair_paths` saves: per pair the raw path (dashed) and the aligned one (solid)."""
-    fig = _figure(6.4, 4.4 + 0.14 * len(pairs) * (2 if len(pairs) <= 2 else 1))
+    labels = [f"{label} {kind} (barrier {res.barrier:.3g})" for label, pair in pairs.items()
+              for kind, res in (("raw", pair.before), ("aligned", pair.after))]
+    ncol, height = _layout(labels)
+    fig = _figure(6.4, height)
     ax = fig.add_subplot()
-    for k, (label, pair) in enumerate(pairs.items()):
+    for k, pair in enumerate(pairs.values()):
         colour = f"C{k % 10}"
-        ax.plot(pair.before.ts, pair.before.losses, "--", color=colour, marker=".",
-                label=f"{label} raw (barrier {pair.before.barrier:.3g})")
-        ax.plot(pair.after.ts, pair.after.losses, "-", color=colour, marker=".",
-                label=f"{label} aligned (barrier {pair.after.barrier:.3g})")
-    _decorate(fig, ax, title, 2 * len(pairs))
+        ax.plot(pair.before.ts, pair.before.losses, "--", color=colour, marker=".", label=labels[2 * k])
+        ax.plot(pair.after.ts, pair.after.losses, "-", color=colour, marker=".", label=labels[2 * k + 1])
+    _decorate(fig, ax, title, ncol)
     return fig
 
 
