@@ -243,3 +243,29 @@ def test_legend_lies_inside_the_figure() -> None:
         assert box.x0 >= frame.x0 - 1 and box.y0 >= frame.y0 - 1 and box.x1 <= frame.x1 + 1 and box.y1 <= frame.y1 + 1
         axes_box = fig.axes[0].get_window_extent(renderer)
         assert box.y1 <= axes_box.y0 + 1  # under the axes: never over the curves
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_checkpoints_of_the_cli_example_load_untrusted_without_module(tmp_path) -> None:
+    """``examples/cli.py`` (LightningCLI(MLPTask, ...)) writes MLPTask's arguments plus ``_instantiator``."""
+    from lightning.pytorch.cli import LightningCLI
+
+    from lightning_landscape.tasks import MLPTask, TeacherStudentDataModule
+
+    ckpts = []
+    for seed in (1, 2):
+        LightningCLI(MLPTask, TeacherStudentDataModule, args=[
+            "fit", "--model.input_dim=6", "--model.hidden=[8]", "--data.input_dim=6", "--data.num_samples=128",
+            "--data.batch_size=64", f"--seed_everything={seed}", "--trainer.max_epochs=1",
+            f"--trainer.default_root_dir={tmp_path / f'v{seed}'}", "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+        ], save_config_callback=None)
+        (ckpt,) = (tmp_path / f"v{seed}" / "checkpoints").glob("*.ckpt")
+        ckpts.append(str(ckpt))
+    assert "_instantiator" in torch.load(ckpts[0], weights_only=True)["hyper_parameters"]
+    out = tmp_path / "out"
+    assert main(["compare", *ckpts, "--data", "teacher-student", "--num-samples", "128", "--out", str(out),
+                 "--num-points", "3"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["classes"][0].endswith("MLPTask (hyper-parameters match MLPTask)")
+    assert summary["labels"] == ["v1/epoch=0-step=2", "v2/epoch=0-step=2"]
