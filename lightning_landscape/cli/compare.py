@@ -49,8 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"'{TEACHER_STUDENT}' (built-in MLPTask data) or a .pt/.pth/.npz file holding (x, y)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--module", default=None, metavar="PKG.MOD:CLASS",
-                   help="LightningModule class, built with the checkpoint's init arguments (default: MLPTask when "
-                        "the arguments are MLPTask's; the class the checkpoint names only with --trust-checkpoint)")
+                   help="LightningModule class, built with the checkpoint's init arguments; without it: MLPTask when "
+                        "the arguments are MLPTask's, the class the checkpoint names only with --trust-checkpoint")
     p.add_argument("--permutation-spec", default=None, metavar="PKG.MOD:OBJ",
                    help="a PermutationSpec (or a callable model -> PermutationSpec) instead of the derived one")
     p.add_argument("--method", choices=("weight", "activation"), default="weight", help="alignment method")
