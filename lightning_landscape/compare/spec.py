@@ -184,7 +184,7 @@ def check_spec(model: nn.Module, spec: PermutationSpec, example_input: Any, seed
                  if e.numel()), default=0.0)
     if len(flat_e) != len(flat_g) or worst > 1e-4:
         raise NotImplementedError(
-            f"{type(model).__name__}: permuting its hidden units as derived changes its outputs (relative "
+            f"{type(model).__name__}: permuting its hidden units as the spec says changes its outputs (relative "
             f"difference {worst:.2g}); some operation mixes units in a way the tracer does not model. Pass a "
             "hand-written PermutationSpec (spec=...; CLI: --permutation-spec module:obj)"
         )
