@@ -269,3 +269,8 @@ def test_checkpoints_of_the_cli_example_load_untrusted_without_module(tmp_path) 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["classes"][0].endswith("MLPTask (hyper-parameters match MLPTask)")
     assert summary["labels"] == ["v1/epoch=0-step=2", "v2/epoch=0-step=2"]
+    trusted = tmp_path / "trusted"  # trusted: through Lightning's load_from_checkpoint and its instantiator
+    assert main(["compare", *ckpts, "--data", "teacher-student", "--num-samples", "128", "--out", str(trusted),
+                 "--num-points", "3", "--trust-checkpoint"]) == 0
+    again = json.loads((trusted / "summary.json").read_text())
+    assert again["pairs"][0]["distance_before"] == pytest.approx(summary["pairs"][0]["distance_before"], rel=1e-6)
