@@ -178,9 +178,10 @@ def _permuted_transformer(net: TokenTransformer, seed: int) -> nn.Module:
 
     twin, g = copy.deepcopy(net), torch.Generator().manual_seed(seed)
     d, heads = 16, 4
-    stream = _perm(d, g) if net.pos is None else None  # a position tensor keeps the stream unpermuted
-    if stream is not None:
-        _rows(twin.embed.weight.data, stream, dim=1)
+    stream = _perm(d, g)
+    _rows(twin.embed.weight.data, stream, dim=1)
+    if twin.pos is not None:  # the position tensor added in forward moves with the stream
+        _rows(twin.pos.data, stream, dim=1)
     for layer in twin.encoder.layers:
         attn, hp, mlp = layer.self_attn, _perm(heads, g), _perm(24, g)
         for section in range(3):  # whole heads: head_dim rows of each of q, k, v
@@ -189,16 +190,14 @@ def _permuted_transformer(net: TokenTransformer, seed: int) -> nn.Module:
         _rows(attn.out_proj.weight.data, hp, block=d // heads, dim=1)
         _out(layer.linear1, mlp)
         _in(layer.linear2, mlp)
-        if stream is not None:
-            _rows(attn.in_proj_weight.data, stream, dim=1)
-            _out(attn.out_proj, stream)
-            _in(layer.linear1, stream)
-            _out(layer.linear2, stream)
-            for norm in (layer.norm1, layer.norm2):
-                _out(norm, stream)
-    if stream is not None:
-        _out(twin.norm, stream)
-        _in(twin.head, stream)
+        _rows(attn.in_proj_weight.data, stream, dim=1)
+        _out(attn.out_proj, stream)
+        _in(layer.linear1, stream)
+        _out(layer.linear2, stream)
+        for norm in (layer.norm1, layer.norm2):
+            _out(norm, stream)
+    _out(twin.norm, stream)
+    _in(twin.head, stream)
     return twin
 
 
@@ -247,19 +246,43 @@ def test_resnet_spec_shares_one_permutation_per_residual_stream() -> None:
     assert ("fc.weight", 0) not in by_key and ("stem.0.weight", 1) not in by_key  # outputs and inputs stay
 
 
-def test_transformer_spec_moves_whole_heads_and_says_what_stays_unpermuted() -> None:
+def test_transformer_spec_moves_whole_heads_and_the_stream_with_its_position_tensor() -> None:
     net, x, _, _ = CASES["transformer_pos"]()
     spec = permutation_spec(net, x)
     assert [(h.name, h.size) for h in spec.layers] == [
+        ("embed", 16),
         ("encoder.layers.0.self_attn.heads", 4), ("encoder.layers.0.linear1", 24),
         ("encoder.layers.1.self_attn.heads", 4), ("encoder.layers.1.linear1", 24),
     ]
     heads = spec.layer("encoder.layers.0.self_attn.heads")
     assert Axis("encoder.layers.0.self_attn.in_proj_weight", 0, 4, 16) in heads.axes  # the k section, 4 rows a head
     assert Axis("encoder.layers.0.self_attn.out_proj.weight", 1, 4, 0) in heads.axes
-    assert any("pos" in s or "getitem" in s for s in spec.unpermuted)  # the position tensor fixed the stream
-    free = permutation_spec(CASES["transformer"]()[0], x)
-    assert free.layers[0].name == "embed" and free.layers[0].size == 16 and not free.unpermuted
+    stream = {(a.key, a.dim) for a in spec.layer("embed").axes}
+    assert {("pos", 1), ("embed.weight", 1), ("encoder.layers.1.norm2.bias", 0), ("norm.weight", 0),
+            ("head.weight", 1), ("encoder.layers.0.self_attn.in_proj_weight", 1)} <= stream
+    assert not spec.unpermuted
+
+
+def test_a_parameter_used_otherwise_in_forward_keeps_its_units_unpermuted() -> None:
+    class Scaled(nn.Module):
+        def __init__(self, other_use: bool) -> None:
+            super().__init__()
+            self.inp, self.out = nn.Linear(3, 5), nn.Linear(5, 2)
+            self.scale = nn.Parameter(torch.linspace(0.5, 1.5, 5))
+            self.other_use = other_use
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.tanh(self.inp(x)) * self.scale  # units × a per-unit parameter: it moves with them
+            if self.other_use:
+                h = h + self.scale[:3].sum()  # ... unless it is also read in a way that is not unit-wise
+            return self.out(h)
+
+    torch.manual_seed(0)
+    x = torch.randn(8, 3)
+    free = permutation_spec(Scaled(False), x)
+    assert Axis("scale", 0) in free.layer("inp").axes
+    pinned = permutation_spec(Scaled(True), x)
+    assert pinned.layers == () and any("sum" in s for s in pinned.unpermuted)
 
 
 def test_a_wrong_spec_is_caught_by_the_numerical_check() -> None:

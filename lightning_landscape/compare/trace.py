@@ -16,12 +16,12 @@ wherever the function forces them to share one permutation:
   attention heads as units (whole heads move: q/k/v rows and ``out_proj`` columns, ``head_dim`` at a
   time), the MLP hidden units (``linear1`` rows, ``linear2`` columns), and attach the residual-stream
   axes (projections' input columns, output rows, both LayerNorms) to the stream's space;
-* anything else that touches a tagged value (an unknown module or function, a parameter used directly in
-  ``forward``, the network's inputs and outputs) *fixes* its space: it is left unpermuted. Fixing is
+* a parameter read directly in ``forward`` and combined unit-wise with a tagged value (``x + self.pos[:n]``,
+  ``h * self.scale``) moves with those units, as long as every use of it is of that kind;
+* anything else that touches a tagged value (an unknown module or function, any other use of such a
+  parameter, the network's inputs and outputs) *fixes* its space: it is left unpermuted. Fixing is
   always safe, so an operation the tracer does not know costs alignment freedom, never correctness.
 
-A transformer whose residual stream receives a learned position tensor used directly in ``forward``
-(``x + self.pos``) therefore keeps its stream unpermuted (heads and MLP units are still aligned).
 :func:`lightning_landscape.compare.spec.permutation_spec` checks the result numerically.
 """
 
@@ -50,6 +50,16 @@ class _Tag:
     axis: int
     ndim: int
     block: int = 1
+
+
+@dataclass(frozen=True)
+class _Param:
+    """A parameter/buffer read directly in ``forward`` (``self.pos``), possibly sliced: value axis ``i`` is the
+    tensor's axis ``dims[i]`` (``None``: a new axis); ``partial`` are tensor axes cut by a slice."""
+
+    key: str
+    dims: tuple[int | None, ...]
+    partial: frozenset[int] = frozenset()
 
 
 class _Spaces:
@@ -155,6 +165,12 @@ class _Propagator(fx.Interpreter):
         self.calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
         self.index = 0
         self.unknown: list[str] = []  # operations that fixed a space (for messages)
+        self.state_keys = set(gm.state_dict())
+        # parameters read directly in forward: the (dim, spaces) they were attached along, and those that
+        # must stay put because some use of them is not a unit-wise elementwise op
+        self.param_axes: dict[str, tuple[int, list[int]]] = {}
+        self.param_blocked: set[str] = set()
+        self.param_ok: set[fx.Node] = set()  # _Param arguments the current node's handler accounted for
 
     # ---------------------------------------------------------------------------------------- helpers
     def tag(self, arg: Any) -> Any:
@@ -211,7 +227,11 @@ class _Propagator(fx.Interpreter):
         out = super().run_node(n)
         args, kwargs = self.fetch_args_kwargs_from_env(n)
         self.index += 1
-        if n.op in ("placeholder", "get_attr"):
+        self.param_ok = set()
+        if n.op == "get_attr":
+            ok = isinstance(out, torch.Tensor) and n.target in self.state_keys
+            tag = _Param(n.target, tuple(range(out.dim()))) if ok else None
+        elif n.op == "placeholder":
             tag = None
         elif n.op == "output":
             self.fix_args(n)
@@ -223,8 +243,32 @@ class _Propagator(fx.Interpreter):
                 self.spaces.probes[self.spaces.find(tag.space)].append((self.index, n.target, tag.axis, activation))
         else:
             tag = self.on_function(n, args, kwargs, out)
+        used: list[fx.Node] = []
+        fx.node.map_arg((n.args, n.kwargs), lambda a: used.append(a) or a)
+        for a in used:  # any use of a direct parameter not accounted for pins it
+            if isinstance(self.tags.get(a), _Param) and a not in self.param_ok:
+                self.block_param(self.tags[a].key, n)
         self.tags[n] = tag
         return out
+
+    def block_param(self, key: str, n: fx.Node) -> None:
+        if key not in self.param_blocked:
+            self.param_blocked.add(key)
+            for s in self.param_axes.get(key, (0, []))[1]:
+                if not self.spaces.fixed[self.spaces.find(s)]:
+                    self.unknown.append(self.describe(n))
+                self.spaces.fix(s)
+
+    def attach_param(self, p: _Param, dim: int, space: int, block: int) -> bool:
+        """Permute tensor ``p.key`` along its axis ``dim`` with ``space``; False if that is not allowed."""
+        if p.key in self.param_blocked or dim in p.partial:
+            return False
+        known = self.param_axes.get(p.key)
+        if known is not None and known[0] != dim:
+            return False
+        self.param_axes.setdefault(p.key, (dim, []))[1].append(space)
+        self.spaces.attach(space, Axis(p.key, dim, block))
+        return True
 
     # ---------------------------------------------------------------------------------------- modules
     def on_module(self, n: fx.Node, mod: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
@@ -414,12 +458,17 @@ class _Propagator(fx.Interpreter):
         first = tagged[0]
         rel = first.axis - first.ndim  # position from the end (broadcasting aligns from the right)
         ok = isinstance(out, torch.Tensor) and len(n.args) == 2 and not n.kwargs
+        params = []  # (node, tag, tensor axis) of parameters that vary along the units
         for a, v in tensors:
             t = self.tags.get(a) if isinstance(a, fx.Node) else None
             if isinstance(t, _Tag):
                 ok = ok and t.axis - t.ndim == rel and t.block == first.block
             elif v.dim() >= -rel and v.shape[v.dim() + rel] != 1:
-                ok = False  # an unpermuted tensor that varies along the units
+                dim = t.dims[v.dim() + rel] if isinstance(t, _Param) else None
+                if dim is None:
+                    ok = False  # an unpermuted tensor that varies along the units
+                else:
+                    params.append((a, t, dim))
         if not ok:
             for t in tagged:
                 self.spaces.fix(t.space)
@@ -428,6 +477,12 @@ class _Propagator(fx.Interpreter):
         s = first.space
         for t in tagged[1:]:
             s = self.spaces.union(s, t.space)
+        for node, p, dim in params:  # ``x + self.pos``: the parameter moves with the units
+            if self.attach_param(p, dim, s, first.block):
+                self.param_ok.add(node)
+            else:
+                self.spaces.fix(s)
+                self.unknown.append(self.describe(n))
         return _Tag(s, out.dim() + rel, out.dim(), first.block)
 
     def on_function(self, n: fx.Node, args: tuple, kwargs: dict, out: Any) -> Any:
@@ -436,6 +491,12 @@ class _Propagator(fx.Interpreter):
         x_tag = self.tag(n.args[0]) if n.args else None
         x = args[0] if args else None
         if t is operator.getitem:
+            if isinstance(x_tag, _Param) and isinstance(out, torch.Tensor):
+                sliced = self.param_getitem(x_tag, x, args[1])
+                if sliced is not None:
+                    self.param_ok.add(n.args[0])
+                fx.node.map_arg(n.args[1], lambda a: self.fix_tag(self.tags.get(a)) or a)
+                return sliced
             if isinstance(x_tag, tuple):
                 return x_tag[n.args[1]] if isinstance(n.args[1], int) else None
             return self.getitem(n, x_tag, x, args[1], out)
@@ -496,6 +557,31 @@ class _Propagator(fx.Interpreter):
             return self.keep(tag, out, len(o) - tail)
         self.spaces.fix(tag.space)
         return None
+
+    @staticmethod
+    def param_getitem(p: _Param, x: torch.Tensor, index: Any) -> _Param | None:
+        """``self.pos[: x.shape[1]]``: basic indexing keeps track of which tensor axes survive, and which are cut."""
+        index = index if isinstance(index, tuple) else (index,)
+        if not all(isinstance(i, (int, slice, type(None), type(Ellipsis))) for i in index):
+            return None
+        consumed = sum(1 for i in index if i is not None and i is not Ellipsis)
+        expanded: list[Any] = []
+        for i in index:
+            expanded += [slice(None)] * (x.dim() - consumed) if i is Ellipsis else [i]
+        expanded += [slice(None)] * (x.dim() - sum(1 for i in expanded if i is not None))
+        dims, partial, d = [], set(p.partial), 0
+        for i in expanded:
+            if i is None:
+                dims.append(None)
+                continue
+            src = p.dims[d]
+            if isinstance(i, int) or range(x.shape[d])[i] != range(x.shape[d]):
+                if src is not None:
+                    partial.add(src)
+            if isinstance(i, slice):
+                dims.append(src)
+            d += 1
+        return _Param(p.key, tuple(dims), frozenset(partial))
 
     def getitem(self, n: fx.Node, tag: Any, x: Any, index: Any, out: Any) -> Any:
         """``x[index]`` with basic indexing (ints, slices, None, Ellipsis) that leaves the units' axis whole."""
