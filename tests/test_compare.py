@@ -398,7 +398,9 @@ def test_cli_compare_refuses_unknown_class_and_missing_files(tmp_path) -> None:
 
     with pytest.raises(SystemExit, match="pass --module"):
         resolve_class({"width": 3}, None)
-    assert resolve_class({"_class_path": "lightning_landscape.tasks.MLPTask"}, None)[0] is MLPTask
+    with pytest.raises(SystemExit, match="untrusted checkpoint does not choose code to import"):
+        resolve_class({"_class_path": "lightning_landscape.tasks.MLPTask"}, None)
+    assert resolve_class({"_class_path": "lightning_landscape.tasks.MLPTask"}, None, trust=True)[0] is MLPTask
     with pytest.raises(SystemExit, match="not an nn.Module"):
         resolve_class({}, "lightning_landscape.tasks:make_teacher_student")
     with pytest.raises(SystemExit, match="checkpoint not found"):

@@ -6,9 +6,12 @@ hidden units of the second to the first. With two or more checkpoints: hierarchi
 aligned distance and a dendrogram; with three or more, an ultrametricity check. Writes ``summary.json``, ``paths.png``,
 ``permutation_paths.png`` and ``dendrogram.png`` to ``--out`` and prints a table.
 
-The LightningModule class comes from ``--module pkg.mod:Class``, else from the checkpoint's
-hyper-parameters (``_class_path``, written by LightningCLI), else — when the hyper-parameters are exactly
-those of :class:`lightning_landscape.tasks.MLPTask` — that class. ``--data teacher-student`` rebuilds the
+The LightningModule class comes from ``--module pkg.mod:Class`` (built with the checkpoint's init
+arguments), else — when the init arguments are exactly those of :class:`lightning_landscape.tasks.MLPTask`
+— that class; a class the checkpoint itself names (LightningCLI's ``_class_path`` or ``class_path`` /
+``init_args``) is imported only with ``--trust-checkpoint``, which also unpickles the file. Hidden units
+are aligned with a permutation spec derived from the first model (traced on the data for ResNets and
+Transformers) or given with ``--permutation-spec pkg.mod:obj``. ``--data teacher-student`` rebuilds the
 built-in teacher–student data of an ``MLPTask`` (dimensions from its hyper-parameters; pass the
 ``--data-seed`` and teacher options used in training); ``--data FILE`` reads ``(x, y)`` from a
 ``torch.save``d tuple (``.pt``/``.pth``) or an ``.npz`` with arrays ``x`` and ``y``.
@@ -21,6 +24,7 @@ import inspect
 import itertools
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"'{TEACHER_STUDENT}' (built-in MLPTask data) or a .pt/.pth/.npz file holding (x, y)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--module", default=None, metavar="PKG.MOD:CLASS",
-                   help="LightningModule class (default: from the checkpoint's hyper-parameters)")
+                   help="LightningModule class, built with the checkpoint's init arguments; without it: MLPTask when "
+                        "the arguments are MLPTask's, the class the checkpoint names only with --trust-checkpoint")
+    p.add_argument("--permutation-spec", default=None, metavar="PKG.MOD:OBJ",
+                   help="a PermutationSpec (or a callable model -> PermutationSpec) instead of the derived one")
     p.add_argument("--method", choices=("weight", "activation"), default="weight", help="alignment method")
     p.add_argument("--loss", choices=("default", "error"), default="default",
                    help="path metric: the module's landscape_loss, else CE/MSE by target type; or classification error")
@@ -60,7 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-reset-batchnorm", action="store_true",
                    help="interpolate BatchNorm running statistics instead of recomputing them on the data")
     p.add_argument("--trust-checkpoint", action="store_true",
-                   help="load checkpoints with weights_only=False (needed for non-primitive hyper-parameters)")
+                   help="trust the files: unpickle them (weights_only=False) and import the class they name "
+                        "(LightningCLI's class_path/_class_path)")
     ts = p.add_argument_group("teacher-student data (--data teacher-student)")
     ts.add_argument("--data-seed", type=int, default=0)
     ts.add_argument("--num-samples", type=int, default=4096)
@@ -71,13 +79,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def _import_class(path: str) -> type:
+def _import_class(path: str, setting: str = "--module") -> type:
     try:
-        obj = import_object(path, "--module")
+        obj = import_object(path, setting)
     except ValueError as err:
         raise SystemExit(str(err)) from err
     if not isinstance(obj, type) or not issubclass(obj, nn.Module):
-        raise SystemExit(f"{path!r} is not an nn.Module class")
+        raise SystemExit(f"{setting} {path!r} is not an nn.Module class")
     return obj
 
 
@@ -87,45 +95,149 @@ def _mlp_task_params() -> set[str]:
     return set(inspect.signature(MLPTask.__init__).parameters) - {"self"}
 
 
-def resolve_class(hparams: dict, module: str | None) -> tuple[type, str]:
-    """The LightningModule class for a checkpoint and where it came from."""
+def named_class(hparams: dict) -> tuple[str | None, str | None, dict]:
+    """``(class path, field it came from, init arguments)`` as the checkpoint states them (nothing imported).
+
+    LightningCLI writes ``_class_path`` next to the init arguments (subclass mode) or nests them as
+    ``class_path`` / ``init_args``; ``save_hyperparameters()`` writes the init arguments only.
+    """
+    if isinstance(hparams.get("class_path"), str) and isinstance(hparams.get("init_args", {}), dict):
+        return hparams["class_path"], "class_path", dict(hparams.get("init_args") or {})
+    kwargs = {k: v for k, v in hparams.items() if not k.startswith("_")}
+    if isinstance(hparams.get("_class_path"), str):
+        return hparams["_class_path"], "_class_path", kwargs
+    return None, None, kwargs
+
+
+def resolve_class(hparams: dict, module: str | None, trust: bool = False) -> tuple[type, dict, str]:
+    """The LightningModule class for a checkpoint, its init arguments and where the class came from.
+
+    A class named by the checkpoint is imported only with ``trust``: a file the user did not write must
+    not choose code to run. ``--module`` is the user's own word; MLPTask is recognised by its arguments.
+    """
+    name, field, kwargs = named_class(hparams)
     if module:
-        return _import_class(module), "--module"
-    class_path = hparams.get("_class_path")
-    if isinstance(class_path, str):
-        return _import_class(class_path), "checkpoint _class_path"
-    if hparams and set(hparams) == _mlp_task_params():
+        return _import_class(module), kwargs, "--module"
+    if name is not None:
+        if not trust:
+            plain = re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+", name) is not None
+            module_hint = f"--module {name.rpartition('.')[0]}:{name.rpartition('.')[2]}" if plain else "--module pkg.mod:Class"
+            raise SystemExit(
+                f"the checkpoint names its class {name!r} (hyper_parameters.{field}); an untrusted checkpoint does "
+                f"not choose code to import. Pass {module_hint} if that is the class you mean, or "
+                "--trust-checkpoint if you trust the file"
+            )
+        return _import_class(name, f"checkpoint {field}"), kwargs, f"checkpoint {field}, trusted"
+    if kwargs and set(kwargs) == _mlp_task_params():
         from lightning_landscape.tasks import MLPTask
 
-        return MLPTask, "hyper-parameters match MLPTask"
+        return MLPTask, kwargs, "hyper-parameters match MLPTask"
+    args = ", ".join(sorted(kwargs)) or "none"
     raise SystemExit(
-        "cannot tell the LightningModule class of the checkpoint (no _class_path in its hyper-parameters): "
-        "pass --module pkg.mod:Class"
+        "the checkpoint does not name its LightningModule class (save_hyperparameters() stores only the init "
+        f"arguments: {args}): pass --module pkg.mod:Class"
     )
 
 
+def _construct(cls: type, kwargs: dict, state_dict: dict, path: Path) -> nn.Module:
+    params = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in params}
+    try:
+        model = cls(**kwargs)
+    except Exception as err:  # noqa: BLE001 - user classes raise anything on bad arguments
+        raise SystemExit(
+            f"{path}: cannot build {cls.__qualname__} from the checkpoint's hyper-parameters "
+            f"({type(err).__name__}: {err})"
+        ) from err
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as err:
+        raise SystemExit(f"{path}: the weights do not fit {cls.__qualname__}: {err}") from err
+    return model
+
+
 def load_checkpoint(path: Path, module: str | None, trust: bool) -> tuple[nn.Module, dict, str]:
-    """Load one checkpoint into its LightningModule on the CPU, in eval mode."""
+    """Load one checkpoint into its LightningModule on the CPU, in eval mode.
+
+    Untrusted (the default): ``torch.load(weights_only=True)``, no class named by the file is imported,
+    and the model is built from ``--module`` (or MLPTask) with the stored init arguments. Trusted: the
+    class may come from the checkpoint, and LightningCLI checkpoints load through Lightning's own
+    ``load_from_checkpoint`` (which imports the instantiator the file names).
+    """
     if not path.is_file():
         raise SystemExit(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=not trust)
     except Exception as err:  # noqa: BLE001 - torch raises several types for unpicklable content
+        lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(err)).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else "")[:300]
+        if trust:
+            raise SystemExit(f"cannot read {path} ({type(err).__name__}: {detail})") from err
         raise SystemExit(
-            f"cannot read {path} with weights_only={not trust} ({type(err).__name__}: {err}); "
-            "if you trust the file, add --trust-checkpoint"
+            f"cannot read {path} with weights_only=True: it holds objects that only unpickling can rebuild "
+            f"({type(err).__name__}: {detail}); if you trust the file, add --trust-checkpoint"
         ) from err
-    if "state_dict" not in ckpt:
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise SystemExit(f"{path} is not a Lightning checkpoint (no 'state_dict')")
-    hparams = dict(ckpt.get("hyper_parameters") or {})
-    cls, origin = resolve_class(hparams, module)
-    if hasattr(cls, "load_from_checkpoint"):
-        model = cls.load_from_checkpoint(path, map_location="cpu", weights_only=not trust)
+    hparams = ckpt.get("hyper_parameters") or {}
+    if not isinstance(hparams, dict):
+        raise SystemExit(f"{path}: hyper_parameters is a {type(hparams).__name__}, expected a dict")
+    try:
+        cls, kwargs, origin = resolve_class(dict(hparams), module, trust)
+    except SystemExit as err:
+        raise SystemExit(f"{path}: {err}") from err
+    if trust and "_instantiator" in hparams and hasattr(cls, "load_from_checkpoint"):
+        model = cls.load_from_checkpoint(path, map_location="cpu", weights_only=False)
     else:
-        model = cls(**{k: v for k, v in hparams.items() if not k.startswith("_")})
-        model.load_state_dict(ckpt["state_dict"])
+        model = _construct(cls, kwargs, ckpt["state_dict"], path)
     model.eval()
-    return model, hparams, f"{cls.__module__}.{cls.__qualname__} ({origin})"
+    return model, {**hparams, **kwargs}, f"{cls.__module__}.{cls.__qualname__} ({origin})"
+
+
+def checkpoint_labels(paths: list[Path]) -> list[str]:
+    """Short distinct labels: the file name without ``.ckpt``, prefixed by the nearest parent folders in
+    which the files differ (``checkpoints`` folders and folders they share skipped), else numbered.
+
+    >>> checkpoint_labels([Path("a/lightning_logs/version_0/checkpoints/epoch=2.ckpt"),
+    ...                    Path("b/lightning_logs/version_0/checkpoints/epoch=2.ckpt")])
+    ['a/epoch=2', 'b/epoch=2']
+    """
+    stems = [p.stem for p in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    parents = [[q for q in p.resolve().parent.parts if q not in ("checkpoints", "/")] for p in paths]
+
+    def varies(k: int) -> bool:  # folder k levels up differs between the files
+        return len({q[-k] if len(q) >= k else None for q in parents}) > 1
+
+    for depth in range(1, max(len(q) for q in parents) + 1):
+        keep = [k for k in range(depth, 0, -1) if varies(k)]
+        labels = ["/".join([q[-k] for k in keep if len(q) >= k] + [s]) for q, s in zip(parents, stems)]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [f"{i}:{s}" for i, s in enumerate(stems)]
+
+
+def load_permutation_spec(path: str, model: nn.Module) -> Any:
+    """``--permutation-spec module:obj``: a PermutationSpec, or a callable ``model -> PermutationSpec``."""
+    from lightning_landscape.compare import PermutationSpec
+
+    try:
+        obj = import_object(path, "--permutation-spec")
+    except ValueError as err:
+        raise SystemExit(str(err)) from err
+    spec = obj
+    if callable(obj) and not isinstance(obj, PermutationSpec):
+        try:
+            spec = obj(model)
+        except Exception as err:  # noqa: BLE001 - a user callable
+            raise SystemExit(f"--permutation-spec {path!r}: calling it on the model failed "
+                             f"({type(err).__name__}: {err}); pass a PermutationSpec or a callable model -> spec") from err
+    if not isinstance(spec, PermutationSpec):
+        raise SystemExit(f"--permutation-spec {path!r} must be a PermutationSpec or a callable returning one, "
+                         f"got {type(spec).__name__}")
+    return spec
 
 
 def load_data(args: argparse.Namespace, hparams: dict) -> tuple[tuple[torch.Tensor, torch.Tensor], str]:
@@ -182,12 +294,14 @@ def run(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.checkpoints]
     loaded = [load_checkpoint(p, args.module, args.trust_checkpoint) for p in paths]
     models = [m for m, _, _ in loaded]
-    labels = [p.stem for p in paths]
-    if len(set(labels)) != len(labels):
-        labels = [f"{i}:{p.stem}" for i, p in enumerate(paths)]
+    labels = checkpoint_labels(paths)
     data, data_desc = load_data(args, loaded[0][1])
     try:
-        spec = cmp.permutation_spec(models[0])
+        if args.permutation_spec:
+            spec = load_permutation_spec(args.permutation_spec, models[0])
+            cmp.check_spec(models[0], spec, cmp.example_input(data))
+        else:
+            spec = cmp.permutation_spec(models[0], cmp.example_input(data))
     except (ValueError, NotImplementedError) as err:
         raise SystemExit(f"cannot align this architecture: {err}") from err
     loss_fn = cmp.classification_error if args.loss == "error" else None
@@ -207,6 +321,9 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"{len(models)} checkpoint(s), {summary['classes'][0]}; data: {data_desc}")
     print(f"hidden layers: {', '.join(f'{h.name}[{h.size}]' for h in spec.layers)}; method: {args.method}")
+    if spec.unpermuted:
+        print(f"left unpermuted (units these operations touch): {'; '.join(spec.unpermuted)}")
+        summary["unpermuted"] = list(spec.unpermuted)
     per_model, perm_paths = [], {}
     metric = "error" if args.loss == "error" else "loss"
     print(f"\n{'model':<20} {metric:>10} {'perm. barrier':>14}")

@@ -1,8 +1,9 @@
 """Offline comparison of solutions (checkpoints): hidden-unit alignment, loss barriers, clustering.
 
-Pure torch/numpy/scipy (no Lightning). Supports ``nn.Sequential`` MLPs and CNNs (Linear/Conv2d,
-BatchNorm, activations, pooling, Flatten), also when wrapped in a module that keeps them in one
-``Sequential`` attribute (e.g. ``MLPTask.net``).
+Pure torch/numpy/scipy (no Lightning). The symmetry of a model (which tensor axes move together when
+hidden units are permuted) is read off an ``nn.Sequential`` MLP/CNN directly, or derived by tracing the
+forward pass of any other model on example inputs (ResNets: residual streams, BatchNorm, projection
+shortcuts; Transformers: attention heads, MLP units), or written by hand as a :class:`PermutationSpec`.
 
 >>> import torch
 >>> from torch import nn
@@ -44,7 +45,13 @@ from lightning_landscape.compare.cluster import (
     plot_dendrogram,
     ultrametricity,
 )
-from lightning_landscape.compare.data import classification_error, default_loss, iter_batches, mean_loss
+from lightning_landscape.compare.data import (
+    classification_error,
+    default_loss,
+    example_input,
+    iter_batches,
+    mean_loss,
+)
 from lightning_landscape.compare.permute import (
     identity_permutations,
     invert,
@@ -52,7 +59,14 @@ from lightning_landscape.compare.permute import (
     permute_state_dict,
     random_permutations,
 )
-from lightning_landscape.compare.spec import Axis, HiddenLayer, PermutationSpec, find_sequential, permutation_spec
+from lightning_landscape.compare.spec import (
+    Axis,
+    HiddenLayer,
+    PermutationSpec,
+    check_spec,
+    find_sequential,
+    permutation_spec,
+)
 
 __all__ = [
     "METHODS",
@@ -67,10 +81,12 @@ __all__ = [
     "Ultrametricity",
     "activation_matching",
     "align",
+    "check_spec",
     "classification_error",
     "cluster_solutions",
     "compare_pair",
     "default_loss",
+    "example_input",
     "find_sequential",
     "identity_permutations",
     "interpolate_states",

@@ -25,7 +25,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from lightning_landscape.compare.data import Data, InputFn, default_inputs, iter_batches
+from lightning_landscape.compare.data import Data, InputFn, default_inputs, example_input, iter_batches
 from lightning_landscape.compare.permute import (
     Permutations,
     identity_permutations,
@@ -69,7 +69,8 @@ def _assign(similarity: np.ndarray) -> np.ndarray:
 
 def _unit_major(tensor: torch.Tensor, axis: Axis, size: int) -> torch.Tensor:
     """``(size, -1)`` view: row ``i`` holds everything unit ``i`` owns in this tensor (blocks included)."""
-    return tensor.movedim(axis.dim, 0).reshape(size, -1)
+    moved = tensor.movedim(axis.dim, 0)
+    return moved[axis.offset : axis.offset + size * axis.block].reshape(size, -1)
 
 
 def _check_same_structure(spec: PermutationSpec, state_a: Mapping, state_b: Mapping) -> None:
@@ -194,11 +195,12 @@ class _Moments:
         return cov / (va.sqrt()[:, None] * vb.sqrt()[None, :] + eps)
 
 
-def _as_rows(h: torch.Tensor) -> torch.Tensor:
-    """``(N, C, *spatial)`` → ``(N * prod(spatial), C)``: every position is a sample of each channel."""
-    if h.dim() == 2:
+def _as_rows(h: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Units on axis ``dim`` (default 1) → ``(samples, units)``: every other position is a sample."""
+    dim = 1 if dim is None else dim
+    if h.dim() == 2 and dim == 1:
         return h
-    return h.movedim(1, -1).reshape(-1, h.shape[1])
+    return h.movedim(dim, -1).reshape(-1, h.shape[dim])
 
 
 @torch.no_grad()
@@ -214,7 +216,9 @@ def activation_matching(
     """Permutations of ``model_b``'s hidden units maximising the correlation of matched activations.
 
     Both models run in eval mode (modes restored); activations are read after each hidden layer's
-    activation (the last channel-wise module before the next weight layer).
+    activation (the last channel-wise module before the next weight layer). Units with no module to read
+    them from (``probe=None``: attention heads, a ``TransformerEncoderLayer``'s MLP) are then matched by
+    their weights, given the permutations found for the others.
 
     >>> from lightning_landscape.compare.permute import random_permutations, invert
     >>> net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
@@ -225,19 +229,21 @@ def activation_matching(
     >>> torch.equal(found["0"], invert(p)["0"])
     True
     """
-    spec = spec if spec is not None else permutation_spec(model_a)
-    _check_same_structure(spec, model_a.state_dict(), model_b.state_dict())
     input_fn = input_fn or default_inputs
+    spec = spec if spec is not None else permutation_spec(model_a, example_input(data, input_fn))
+    state_a, state_b = model_a.state_dict(), model_b.state_dict()
+    _check_same_structure(spec, state_a, state_b)
+    probed = [h for h in spec.layers if h.probe is not None]
     captured: dict[tuple[int, str], torch.Tensor] = {}
     handles = []
     modes = [(m, m.training) for model in (model_a, model_b) for m in model.modules()]
     for which, model in enumerate((model_a, model_b)):
-        for hidden in spec.layers:
+        for hidden in probed:
             def hook(_mod, _inp, out, key=(which, hidden.name)):
                 captured[key] = out.detach()
 
             handles.append(model.get_submodule(hidden.probe).register_forward_hook(hook))
-    moments = {h.name: _Moments() for h in spec.layers}
+    moments = {h.name: _Moments() for h in probed}
     try:
         model_a.eval()
         model_b.eval()
@@ -247,9 +253,10 @@ def activation_matching(
             inputs = input_fn(batch)
             model_a(inputs)
             model_b(inputs)
-            for hidden in spec.layers:
+            for hidden in probed:
                 moments[hidden.name].update(
-                    _as_rows(captured[(0, hidden.name)]), _as_rows(captured[(1, hidden.name)])
+                    _as_rows(captured[(0, hidden.name)], hidden.probe_dim),
+                    _as_rows(captured[(1, hidden.name)], hidden.probe_dim),
                 )
             captured.clear()
     finally:
@@ -259,12 +266,17 @@ def activation_matching(
             m.training = mode
     if any(m.n == 0 for m in moments.values()):
         raise ValueError("data: no batches to compute activations on")
-    perms, similarity = {}, {}
-    for hidden in spec.layers:
+    perms, similarity = identity_permutations(spec), {}
+    for hidden in probed:
         corr = moments[hidden.name].correlation()
         perm = _assign(corr.numpy())
         perms[hidden.name] = torch.from_numpy(perm)
         similarity[hidden.name] = float(corr[torch.arange(hidden.size), torch.from_numpy(perm)].mean())
+    for hidden in spec.layers:  # no activations to read: match by weights, the others' permutations applied
+        if hidden.probe is None:
+            sim = _layer_similarity(state_a, state_b, spec, perms, hidden.name, lambda k, n: True)
+            perms[hidden.name] = torch.from_numpy(_assign(sim.numpy()))
+            similarity[hidden.name] = float(sim[torch.arange(hidden.size), perms[hidden.name]].mean())
     return Alignment(perms, "activation", 1, similarity)
 
 
@@ -283,7 +295,8 @@ def align(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
-    spec = spec if spec is not None else permutation_spec(model_a)
+    if spec is None:
+        spec = permutation_spec(model_a, None if data is None else example_input(data, kwargs.get("input_fn")))
     if method == "weight":
         alignment = weight_matching(model_a, model_b, spec, **kwargs)
     else:

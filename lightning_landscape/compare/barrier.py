@@ -24,7 +24,15 @@ import torch
 from torch import nn
 
 from lightning_landscape.compare.align import Alignment, Method, align, parameter_distance
-from lightning_landscape.compare.data import Data, InputFn, LossFn, default_inputs, iter_batches, mean_loss
+from lightning_landscape.compare.data import (
+    Data,
+    InputFn,
+    LossFn,
+    default_inputs,
+    example_input,
+    iter_batches,
+    mean_loss,
+)
 from lightning_landscape.compare.permute import Permutations, permute_model, random_permutations
 from lightning_landscape.compare.spec import PermutationSpec, permutation_spec
 
@@ -161,7 +169,8 @@ def permutation_barrier(
     """Barrier between ``model`` and a copy with permuted hidden units (random ones from ``seed`` unless
     ``perms`` is given). Both ends compute the same function, so any barrier is pure symmetry.
     ``kwargs`` go to :func:`loss_barrier`."""
-    spec = spec if spec is not None else permutation_spec(model)
+    if spec is None:
+        spec = permutation_spec(model, example_input(data, kwargs.get("input_fn")))
     if perms is None:
         perms = random_permutations(spec, torch.Generator().manual_seed(seed))
     return loss_barrier(model, permute_model(model, perms, spec), data, **kwargs)
@@ -202,8 +211,12 @@ def compare_pair(
     spec: PermutationSpec | None = None,
     align_kwargs: dict | None = None,
 ) -> PairComparison:
-    """Align ``model_b`` to ``model_a`` and measure the straight-path barrier before and after."""
-    spec = spec if spec is not None else permutation_spec(model_a)
+    """Align ``model_b`` to ``model_a`` and measure the straight-path barrier before and after.
+
+    Without ``spec`` the permutation spec is derived from ``model_a`` (traced on the first inputs of ``data``
+    when its layers do not live in one ``nn.Sequential``).
+    """
+    spec = spec if spec is not None else permutation_spec(model_a, example_input(data, input_fn))
     extra = dict(align_kwargs or {})
     if method == "activation":
         extra.setdefault("input_fn", input_fn)
@@ -224,42 +237,67 @@ def _figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=100)
+    # constrained layout makes room for a legend placed "outside" the axes, inside the figure
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
-def _finish(fig, ax, title: str, path: str | Path, entries: int) -> Path:
+def _layout(labels: list[str]) -> tuple[int, float]:
+    """Legend columns and figure height: two columns only when the labels are short enough to fit."""
+    ncol = 2 if len(labels) > 4 and max(map(len, labels)) <= 42 else 1
+    rows = -(-len(labels) // ncol)
+    return ncol, 4.4 + 0.16 * rows
+
+
+def _decorate(fig, ax, title: str, ncol: int) -> None:
     ax.set_xlabel("t  (0: model a, 1: model b)")
     ax.set_ylabel("loss along (1−t)·θa + t·θb")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    # legend under the axes, so it never hides the curves
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2 if entries > 4 else 1, frameon=False)
-    fig.tight_layout()
+    # legend under the axes (never hides the curves), inside the figure
+    fig.legend(fontsize=7, loc="outside lower center", ncol=ncol, frameon=False)
+
+
+def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path
 
 
+def paths_figure(paths: Mapping[str, BarrierResult], title: str = "Loss along the straight path"):
+    """The figure :func:`plot_paths` saves (a matplotlib ``Figure``, no pyplot state)."""
+    labels = [f"{label} (barrier {result.barrier:.3g})" for label, result in paths.items()]
+    ncol, height = _layout(labels)
+    fig = _figure(6.4, height)
+    ax = fig.add_subplot()
+    for text, result in zip(labels, paths.values()):
+        ax.plot(result.ts, result.losses, marker=".", label=text)
+    _decorate(fig, ax, title, ncol)
+    return fig
+
+
+def pair_paths_figure(pairs: Mapping[str, PairComparison], title: str = "Straight paths between solutions"):
+    """The figure :func:`plot_pair_paths` saves: per pair the raw path (dashed) and the aligned one (solid)."""
+    labels = [f"{label} {kind} (barrier {res.barrier:.3g})" for label, pair in pairs.items()
+              for kind, res in (("raw", pair.before), ("aligned", pair.after))]
+    ncol, height = _layout(labels)
+    fig = _figure(6.4, height)
+    ax = fig.add_subplot()
+    for k, pair in enumerate(pairs.values()):
+        colour = f"C{k % 10}"
+        ax.plot(pair.before.ts, pair.before.losses, "--", color=colour, marker=".", label=labels[2 * k])
+        ax.plot(pair.after.ts, pair.after.losses, "-", color=colour, marker=".", label=labels[2 * k + 1])
+    _decorate(fig, ax, title, ncol)
+    return fig
+
+
 def plot_paths(paths: Mapping[str, BarrierResult], path: str | Path, title: str = "Loss along the straight path") -> Path:
     """Save a PNG of loss against ``t`` for each labelled path (matplotlib Agg, no pyplot state)."""
-    fig = _figure(6.4, 4.4 + 0.12 * len(paths))
-    ax = fig.add_subplot()
-    for label, result in paths.items():
-        ax.plot(result.ts, result.losses, marker=".", label=f"{label} (barrier {result.barrier:.3g})")
-    return _finish(fig, ax, title, path, len(paths))
+    return _save(paths_figure(paths, title), path)
 
 
 def plot_pair_paths(pairs: Mapping[str, PairComparison], path: str | Path, title: str = "Straight paths between solutions") -> Path:
     """Save a PNG with, per pair, the raw path (dashed) and the aligned path (solid, same colour)."""
-    fig = _figure(6.4, 4.4 + 0.12 * 2 * len(pairs))
-    ax = fig.add_subplot()
-    for k, (label, pair) in enumerate(pairs.items()):
-        colour = f"C{k % 10}"
-        ax.plot(pair.before.ts, pair.before.losses, "--", color=colour, marker=".",
-                label=f"{label} raw (barrier {pair.before.barrier:.3g})")
-        ax.plot(pair.after.ts, pair.after.losses, "-", color=colour, marker=".",
-                label=f"{label} aligned (barrier {pair.after.barrier:.3g})")
-    return _finish(fig, ax, title, path, 2 * len(pairs))
+    return _save(pair_paths_figure(pairs, title), path)

@@ -25,7 +25,7 @@ from torch import nn
 
 from lightning_landscape.compare.align import Method, align, parameter_distance
 from lightning_landscape.compare.barrier import loss_barrier
-from lightning_landscape.compare.data import Data
+from lightning_landscape.compare.data import Data, example_input
 from lightning_landscape.compare.spec import permutation_spec
 
 LINKAGES: tuple[str, ...] = ("average", "complete", "single", "weighted")
@@ -82,7 +82,7 @@ def pairwise_comparisons(
     labels = list(labels) if labels is not None else [f"model{i}" for i in range(n)]
     if len(labels) != n:
         raise ValueError(f"labels: expected {n} labels, got {len(labels)}")
-    spec = permutation_spec(models[0])
+    spec = permutation_spec(models[0], None if data is None else example_input(data))
     with_barriers = barriers and data is not None
     mats = {k: np.zeros((n, n)) for k in ("db", "da", "bb", "ba")}
     for i, j in itertools.combinations(range(n), 2):
@@ -208,7 +208,7 @@ def plot_dendrogram(clustering: Clustering, path: str | Path, ylabel: str = "ali
     from matplotlib.figure import Figure
 
     n = len(clustering.labels)
-    fig = Figure(figsize=(max(6.4, 0.45 * n + 2.5), 4.6), dpi=100)
+    fig = Figure(figsize=(max(6.4, 0.45 * n + 2.5), 4.6), dpi=100, layout="constrained")  # labels stay inside
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     hierarchy.dendrogram(clustering.linkage, labels=clustering.labels, ax=ax, leaf_rotation=45)
@@ -220,7 +220,6 @@ def plot_dendrogram(clustering: Clustering, path: str | Path, ylabel: str = "ali
         fontsize=9,
     )
     ax.set_ylabel(ylabel)
-    fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

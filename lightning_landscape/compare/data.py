@@ -38,6 +38,16 @@ def iter_batches(data: Data, batch_size: int | None = None) -> Iterator[Any]:
     yield from data
 
 
+def example_input(data: Data, input_fn: InputFn | None = None, max_samples: int = 64) -> Any:
+    """The inputs of the first batch of ``data`` (at most ``max_samples`` rows of a tensor input): what a
+    traced :func:`~lightning_landscape.compare.spec.permutation_spec` runs the model on."""
+    batch = next(iter(iter_batches(data, None)), None)
+    if batch is None:
+        raise ValueError("data: no batches")
+    inputs = (input_fn or default_inputs)(batch)
+    return inputs[:max_samples] if isinstance(inputs, torch.Tensor) else inputs
+
+
 def batch_size_of(batch: Any) -> int:
     """Number of samples in a batch (first dimension of its first tensor)."""
     if isinstance(batch, torch.Tensor):

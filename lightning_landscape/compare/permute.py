@@ -26,8 +26,22 @@ def _index(perm: torch.Tensor, block: int) -> torch.Tensor:
 
 
 def permute_axis(tensor: torch.Tensor, axis: Axis, perm: torch.Tensor) -> torch.Tensor:
-    """``tensor`` with axis ``axis.dim`` re-ordered by ``perm`` (expanded to blocks where needed)."""
-    return tensor.index_select(axis.dim, _index(perm.to(tensor.device), axis.block))
+    """``tensor`` with axis ``axis.dim`` re-ordered by ``perm`` (expanded to blocks, shifted by ``offset``).
+
+    >>> w = torch.arange(6.0)  # e.g. a packed q/k bias: units [2, 3] and [4, 5] of the second half
+    >>> permute_axis(w, Axis("b", 0, block=2, offset=2), torch.tensor([1, 0])).tolist()
+    [0.0, 1.0, 4.0, 5.0, 2.0, 3.0]
+    """
+    index = _index(perm.to(tensor.device), axis.block)
+    length = tensor.shape[axis.dim]
+    if axis.offset or index.numel() != length:
+        if axis.offset + index.numel() > length:
+            raise ValueError(f"{axis.key}: axis {axis.dim} has {length} entries, the units need "
+                             f"{axis.offset} + {index.numel()}")
+        full = torch.arange(length, device=tensor.device)
+        full[axis.offset : axis.offset + index.numel()] = index + axis.offset
+        index = full
+    return tensor.index_select(axis.dim, index)
 
 
 def identity_permutations(spec: PermutationSpec) -> Permutations:

@@ -6,7 +6,10 @@ that follows it (BatchNorm weight, bias and running statistics, PReLU, LayerNorm
 consumer's input axis (the next Linear/Conv2d's weight columns). Permuting all of them with the same
 permutation leaves the network function unchanged.
 
-Supported architectures: an ``nn.Sequential`` (nested ones are flattened) of ``Linear`` / ``Conv2d``
+Two ways to get one: :func:`permutation_spec` reads it off a model (below, or by tracing the forward pass
+of any other model, see :mod:`.trace`), or write a :class:`PermutationSpec` by hand.
+
+Read directly: an ``nn.Sequential`` (nested ones are flattened) of ``Linear`` / ``Conv2d``
 (``groups=1``) producers, ``BatchNorm1d/2d``, ``LayerNorm`` (1-D), ``PReLU``, elementwise activations,
 dropout, pooling, and ``Flatten`` between the last convolution and the first Linear (its input axis is
 then ``C * block`` long, channel-major, and each channel moves as a block of ``block`` columns). The
@@ -18,8 +21,9 @@ outputs and are never permuted.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
+import torch
 from torch import nn
 
 #: Parameter-free modules that act on each unit/channel independently (or pool spatially per channel).
@@ -36,11 +40,14 @@ CHANNELWISE: tuple[type[nn.Module], ...] = (
 @dataclass(frozen=True)
 class Axis:
     """Axis ``dim`` of the state-dict entry ``key``; with ``block > 1`` unit ``c`` owns indices
-    ``c*block ... c*block + block - 1`` (a Linear after ``Flatten``)."""
+    ``offset + c*block ... offset + c*block + block - 1`` (a Linear after ``Flatten``; an attention head's
+    ``head_dim`` rows). ``offset`` places the units inside a packed tensor (the k section of
+    ``in_proj_weight`` starts at ``embed_dim``); indices outside ``offset ... offset + size*block`` stay put."""
 
     key: str
     dim: int
     block: int = 1
+    offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -48,13 +55,16 @@ class HiddenLayer:
     """One group of interchangeable units.
 
     ``name`` is the producer's module path; ``probe`` is the path of the module whose output holds the
-    post-activation values of these units (used by activation matching).
+    post-activation values of these units, on axis ``probe_dim`` (default: 1, the channel/feature axis),
+    used by activation matching. Units without such a module (attention heads, the hidden units of an
+    ``nn.TransformerEncoderLayer``) have ``probe=None`` and are matched by their weights.
     """
 
     name: str
     size: int
     axes: tuple[Axis, ...]
-    probe: str
+    probe: str | None
+    probe_dim: int | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,7 @@ class PermutationSpec:
 
     layers: tuple[HiddenLayer, ...]
     parameter_keys: tuple[str, ...]
+    unpermuted: tuple[str, ...] = ()  # operations that kept units unpermuted (traced specs)
 
     def layer(self, name: str) -> HiddenLayer:
         for hidden in self.layers:
@@ -106,13 +117,90 @@ def find_sequential(model: nn.Module) -> tuple[str, nn.Sequential]:
         if isinstance(sub, nn.Sequential) and wanted <= {id(p) for p in sub.parameters()}:
             return path, sub
     raise ValueError(
-        f"{type(model).__name__}: no nn.Sequential holds all trainable parameters; hidden-unit alignment "
-        "supports Sequential MLPs/CNNs (Linear/Conv2d, BatchNorm, activations, Flatten) — pass a model whose "
-        "layers live in one nn.Sequential"
+        f"{type(model).__name__}: no nn.Sequential holds all trainable parameters, so its permutation spec must "
+        "be derived by tracing the forward pass on an example input: permutation_spec(model, example_input=x) "
+        "(compare_pair, permutation_barrier, align with data and the CLI do this from their data), or pass a "
+        "hand-written PermutationSpec (spec=...; CLI: --permutation-spec module:obj)"
     )
 
 
-def permutation_spec(model: nn.Module) -> PermutationSpec:
+def permutation_spec(model: nn.Module, example_input: Any = None, check: bool = True) -> PermutationSpec:
+    """Which tensor axes of ``model`` move together when its hidden units are permuted.
+
+    A model whose parameters all live in one ``nn.Sequential`` is read layer by layer. Any other model
+    (ResNets, Transformers, ...) is traced on ``example_input`` (see :mod:`.trace`): residual streams share
+    one permutation with every block that adds into them, BatchNorm moves with its channels, attention
+    heads move as blocks. With ``example_input`` and ``check=True`` the spec is verified numerically: a
+    randomly permuted copy must reproduce the outputs, else ``NotImplementedError``.
+
+    >>> import torch
+    >>> class Block(nn.Module):
+    ...     def __init__(self) -> None:
+    ...         super().__init__()
+    ...         self.inp, self.hidden, self.back, self.out = nn.Linear(3, 4), nn.Linear(4, 8), nn.Linear(8, 4), nn.Linear(4, 2)
+    ...     def forward(self, x):
+    ...         h = self.inp(x)
+    ...         return self.out(h + self.back(torch.relu(self.hidden(h))))  # a residual block
+    >>> spec = permutation_spec(Block(), example_input=torch.randn(5, 3))
+    >>> [(h.name, h.size) for h in spec.layers]  # the stream (inp, back) and the block's hidden units
+    [('inp', 4), ('hidden', 8)]
+    """
+    try:
+        spec = _sequential_spec(model)
+    except (ValueError, NotImplementedError):
+        if example_input is None:
+            raise
+        from lightning_landscape.compare.trace import traced_spec
+
+        layers, unknown = traced_spec(model, example_input)
+        spec = PermutationSpec(tuple(layers), tuple(n for n, p in model.named_parameters() if p.requires_grad),
+                               tuple(unknown))
+    if example_input is not None and check:
+        check_spec(model, spec, example_input)
+    return spec
+
+
+def check_spec(model: nn.Module, spec: PermutationSpec, example_input: Any, seed: int = 0) -> None:
+    """Raise ``NotImplementedError`` unless a randomly permuted copy of ``model`` (eval mode) gives its outputs.
+
+    Outputs are compared to ``1e-4`` relative to their largest magnitude (float rounding of re-ordered sums).
+    """
+    from lightning_landscape.compare.permute import permute_model, random_permutations
+
+    if not spec.layers:
+        return
+    twin = permute_model(model, random_permutations(spec, torch.Generator().manual_seed(seed)), spec).eval()
+    modes = [(m, m.training) for m in model.modules()]
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    try:
+        model.eval()
+        with torch.no_grad():
+            expected, got = model(*args), twin(*args)
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    flat_e, flat_g = _tensors(expected), _tensors(got)
+    worst = max((float((e - g).abs().max()) / max(1.0, float(e.abs().max())) for e, g in zip(flat_e, flat_g)
+                 if e.numel()), default=0.0)
+    if len(flat_e) != len(flat_g) or worst > 1e-4:
+        raise NotImplementedError(
+            f"{type(model).__name__}: permuting its hidden units as the spec says changes its outputs (relative "
+            f"difference {worst:.2g}); some operation mixes units in a way the tracer does not model. Pass a "
+            "hand-written PermutationSpec (spec=...; CLI: --permutation-spec module:obj)"
+        )
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value.detach().to(torch.float64)]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
+def _sequential_spec(model: nn.Module) -> PermutationSpec:
     """Walk the model's ``Sequential`` and group the tensor axes of every hidden layer.
 
     Raises ``NotImplementedError`` naming the first layer it cannot handle (unknown layers could mix
