@@ -294,6 +294,8 @@ class _Recorder(TorchFunctionMode):
         if not outs:
             return out
         op = _Op(name, in_keys, [(id(t), t._version) for t in outs])
+        if set(op.outputs) <= set(in_keys):
+            return out  # returned its input unchanged (e.g. dropout in eval mode): transparent
         if name in _LAYER_FUNCS and len(args) >= 2 and isinstance(args[1], torch.Tensor):
             op.layer = self.weight_owner.get(id(args[1]))
         if name in _SCALAR_FUNCS and len(flat_in) == 1 and len(args) >= 2:

@@ -297,7 +297,8 @@ class ChannelDetector(Probe):
         lam = float(lam) if lam is not None else None
         info = ctx.optimizer_info
         eos = lam / info.eos_threshold() if lam is not None and info is not None and info.kind == "sgd" and info.lr > 0 else None
-        layers = self._neurons.get(ctx)
+        # channels to infinity are a neuron-pair notion: attention heads are not searched
+        layers = [layer for layer in self._neurons.get(ctx) if layer.kind == "neurons"]
         if not layers:
             out.not_measured["channel_score"] = self._neurons.why_none
             return out
