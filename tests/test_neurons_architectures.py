@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import warnings
@@ -271,9 +272,15 @@ def test_neuron_probes_run_in_a_trainer_and_emit_per_layer_values(kind):
                                                                                   window=3),
               SaddleBranches(every_n_steps=2, compute_spectrum=False)]
     monitor = LandscapeMonitor(probes=probes)
+    plain = copy.deepcopy(net)
     with warnings.catch_warnings():
         warnings.simplefilter("error", NeuronDiscoveryWarning)
+        L.seed_everything(1, verbose=False)
         trainer(max_steps=4, callbacks=[monitor]).fit(_Task(net), data)
+    L.seed_everything(1, verbose=False)
+    trainer(max_steps=4).fit(_Task(plain), data)
+    for (name, p), q in zip(net.state_dict().items(), plain.state_dict().values()):
+        assert torch.equal(p, q), name  # weights and BatchNorm buffers: the probes changed nothing
     tags = monitor.last_values
     widths = {n: spec[-1] for n, spec in zip(neurons, RESNET_LAYERS)} if kind == "resnet" else \
         {**{n: 32 for n in neurons}, **{n: 4 for n in heads}}
@@ -289,3 +296,34 @@ def test_neuron_probes_run_in_a_trainer_and_emit_per_layer_values(kind):
         assert f"landscape/neurons/{name}/channel_score" in tags
     for name in heads:
         assert f"landscape/neurons/{name}/channel_eps" not in tags
+
+
+class _Attend(nn.Module):
+    def __init__(self, **kwargs) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 4, **kwargs)
+
+    def forward(self, q, kv, mask):
+        return self.attn(q, kv, kv, key_padding_mask=mask)[0]
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"kdim": 8, "vdim": 8}, {"add_bias_kv": True, "add_zero_attn": True},
+                                    {"bias": False, "batch_first": True}])
+def test_head_capture_leaves_the_attention_output_unchanged(kwargs):
+    torch.manual_seed(0)
+    net = _Attend(**kwargs).eval()
+    batch_first = kwargs.get("batch_first", False)
+    kdim = kwargs.get("kdim", 16)
+    q = torch.randn(3, 5, 16) if batch_first else torch.randn(5, 3, 16)
+    kv = torch.randn(3, 7, kdim) if batch_first else torch.randn(7, 3, kdim)
+    mask = torch.zeros(3, 7, dtype=torch.bool)
+    mask[0, -2:] = True
+    layer = discover_layers(net, forward=lambda: net(q, kv, mask)).layers[0]
+    assert isinstance(layer, HeadLayer) and layer.width == 4 and layer.input_weights().shape[0] == 4
+    seen = []
+    with torch.no_grad():
+        expected = net(q, kv, mask)
+    stats = hidden_statistics([layer], lambda: seen.append(net(q, kv, mask)))
+    assert torch.allclose(seen[0], expected, atol=1e-6)
+    h_rms, scale = stats["attn"]
+    assert h_rms.shape == (4,) and bool((h_rms > 0).all()) and scale > 0

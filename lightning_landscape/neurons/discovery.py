@@ -1,4 +1,4 @@
-"""Find the hidden neuron layers of an arbitrary module: ``Linear → σ → Linear``, ``Conv → σ → Conv``.
+"""Find the hidden units of an arbitrary module: ``Linear/Conv → [BatchNorm] → σ → Linear/Conv``, attention heads.
 
 A *neuron layer* is an input layer (rows of its weight, plus bias, are the neurons' input weights
 ``wᵢ``), an element-wise activation σ, and an output layer (columns — input channels for convolutions —
@@ -10,16 +10,38 @@ of its weight are the output weights ``aᵢ``). What can be said about neurons d
   *modulo positive scaling*;
 * ``"none"`` (softplus, GELU, SiLU, ELU, sigmoid, ...): only equal input weights merge.
 
+A BatchNorm between the input layer and σ (``Conv → BatchNorm → ReLU → Conv``, as in every ResNet block)
+is folded into the input weights in eval form (:mod:`lightning_landscape.neurons.layers`), so ε, merging
+and width compare what each neuron computes. Dropout, pooling and scalar multiples between layers are
+transparent. Not neuron layers, and said so:
+
+* a **residual stream** — a layer whose output is added to a skip connection (``conv2 → bn2 → + x``,
+  ``linear2 → + x``), or whose hidden values are also read by one (a ResNet stem): its channels are
+  shared by every block that adds into it, so no unit belongs to one layer. These are listed in
+  ``Discovery.residual`` and noted once (log, INFO); the hidden units *inside* the blocks are analysed;
+* a LayerNorm / GroupNorm / InstanceNorm between a layer and σ (it normalises across channels or per
+  sample: no neuron has a fixed input weight), a BatchNorm without running statistics, or a
+  normalisation after σ: skipped with the reason (explicit layers across one raise ``ValueError``).
+
+Attention heads: every ``nn.MultiheadAttention`` called in the traced forward (``nn.TransformerEncoderLayer``
+included) becomes a :class:`~lightning_landscape.neurons.layers.HeadLayer`, the heads being its units
+(duplicate heads merge, dead heads drop out: the effective number of heads). Hand-written attention is not
+recognised as heads.
+
 Discovery, in order of preference:
 
 1. explicit ``layers=[("fc1", "fc2", "tanh"), ...]`` (activation optional; when it cannot be
-   determined it is taken as ``"none"`` — the strictest — and a warning says so);
+   determined it is taken as ``"none"`` — the strictest — and a warning says so). A BatchNorm the trace
+   (or the ``nn.Sequential``) shows between them is folded; another normalisation there raises;
 2. a **trace** of one forward pass (``forward`` callable, e.g. the loss closure): every torch function
    call is recorded with a ``TorchFunctionMode``, so activations called functionally (``F.relu``) and
-   modules outside any ``nn.Sequential`` are found by following the actual data flow. A hidden tensor
-   that also feeds anything else (a residual add, a BatchNorm, a reshape) breaks the pattern: the layer
-   is skipped, with the reason;
-3. without a ``forward``: the order of children inside each ``nn.Sequential`` (exact there).
+   modules outside any ``nn.Sequential`` are found by following the actual data flow. ``torch.fx``
+   symbolic tracing is not used: it fails on ``nn.TransformerEncoderLayer``. While the mode is active
+   PyTorch's fused Transformer fast path is off, so attention appears as one ``multi_head_attention_forward``
+   call (its internals are not followed: heads come from the module, by the rule above). A hidden tensor
+   that also feeds anything else (a reshape, a second branch) breaks the pattern: the layer is skipped,
+   with the reason;
+3. without a ``forward``: the order of children inside each ``nn.Sequential`` (exact there; no heads).
 
 When nothing is found a :class:`NeuronDiscoveryWarning` says why — the library never guesses silently.
 
