@@ -189,13 +189,15 @@ def _compatible(first: nn.Module, second: nn.Module) -> str | None:
     return f"{type(first).__name__} → {type(second).__name__} is not Linear → Linear or Conv → Conv"
 
 
-def _norm_refusal(layer: str, norm: nn.Module | None, norm_name: str, after_activation: bool = False) -> str | None:
+def _norm_refusal(layer: str, norm: nn.Module | None, norm_name: str, after_activation: bool = False) -> str | None:  # noqa: E501
     """Why the normalisation ``norm`` between ``layer`` and its activation cannot be folded (None: it can)."""
-    kind = type(norm).__name__ if norm is not None else "normalisation"
+    if norm is None:  # a functional call on tensors that belong to no normalisation module
+        return f"output of {layer} goes through a functional {norm_name!r} call before its activation (no module to fold: not analysed)"
+    kind = type(norm).__name__
     if after_activation:
         return (f"{kind} {norm_name!r} after the activation of {layer} rescales the hidden values (only a "
                 "BatchNorm between the layer and its activation is folded)")
-    if isinstance(norm, nn.modules.batchnorm._BatchNorm) and not isinstance(norm, nn.SyncBatchNorm):
+    if isinstance(norm, nn.modules.batchnorm._BatchNorm):  # SyncBatchNorm too: the same eval-form map
         if norm.running_mean is None or norm.running_var is None:
             return (f"{kind} {norm_name!r} after {layer} keeps no running statistics (track_running_stats="
                     "False): its eval-form affine map is undefined, so it cannot be folded")
@@ -326,7 +328,7 @@ class _Recorder(TorchFunctionMode):
         if name in _ADD_FUNCS and len(flat_in) == 2 and "alpha" not in kwargs:
             op.residual = flat_in[0].shape == flat_in[1].shape
         if name in _NORM_FUNCS:
-            op.norm = next((self.norm_owner[id(t)] for t in flat_in if id(t) in self.norm_owner), "?")
+            op.norm = next((self.norm_owner[id(t)] for t in flat_in if id(t) in self.norm_owner), f"F.{name}")
         if name == _MHA_FUNC:
             op.attention = next((self.mha_owner[id(t)] for t in flat_in if id(t) in self.mha_owner), None)
         if name.startswith("hardtanh"):
