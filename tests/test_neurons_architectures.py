@@ -163,6 +163,8 @@ def test_explicit_layers_across_a_normalisation_are_folded_or_refused():
     spec = [("layer1.0.conv1", "layer1.0.conv2", "relu")]
     layer = discover_layers(net, forward=lambda: net(x), layers=spec).layers[0]
     assert layer.norm is net.layer1[0].bn1 and layer.norm_name == "layer1.0.bn1"
+    with pytest.raises(ValueError, match="'layer1.0.conv2' is a residual stream"):  # conv2 → bn2 → + x
+        discover_layers(net, forward=lambda: net(x), layers=[("layer1.0.conv2", "layer1.1.conv1", "relu")])
     with pytest.warns(NeuronDiscoveryWarning, match="layer1.0.bn1"):  # no forward, not a Sequential: cannot check
         discover_layers(net, layers=spec)
 

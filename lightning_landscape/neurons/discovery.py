@@ -32,7 +32,8 @@ Discovery, in order of preference:
 
 1. explicit ``layers=[("fc1", "fc2", "tanh"), ...]`` (activation optional; when it cannot be
    determined it is taken as ``"none"`` — the strictest — and a warning says so). A BatchNorm the trace
-   (or the ``nn.Sequential``) shows between them is folded; another normalisation there raises;
+   (or the ``nn.Sequential``) shows between them is folded; another normalisation there, or a first
+   layer that writes into a residual stream, raises;
 2. a **trace** of one forward pass (``forward`` callable, e.g. the loss closure): every torch function
    call is recorded with a ``TorchFunctionMode``, so activations called functionally (``F.relu``) and
    modules outside any ``nn.Sequential`` are found by following the actual data flow. ``torch.fx``
@@ -549,6 +550,9 @@ def _explicit(module: nn.Module, layers: Sequence[Sequence[str]], forward: Calla
         if first in auto.unfoldable:  # a normalisation sits between: never taken silently
             raise ValueError(f"layers: {first!r} → {second!r}: {auto.unfoldable[first]}; pick layers without a "
                              "normalisation between, or leave layers unset")
+        if first in auto.residual:
+            raise ValueError(f"layers: {first!r} → {second!r}: the output of {first!r} is a residual stream (added to "
+                             "a skip connection, which every block adding into it shares), not a neuron layer")
         same = [l for l in auto.layers if l.input_name == first]
         norm, norm_name = (same[0].norm, same[0].norm_name) if same else (None, None)
         if not same and forward is None and not _in_sequential(module, named[first]):
