@@ -89,13 +89,34 @@ class Residual(nn.Module):
         return self.fc4(h)
 
 
-def test_unsupported_patterns_are_reported_not_guessed():
+def test_residual_stream_and_batchnorm_patterns():
     net, x = Residual(), torch.randn(8, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the residual stream is noted (log), not warned about
+        found = discover_layers(net, forward=lambda: net(x))
+    # fc1's hidden values are the residual stream (read by the skip connection), fc2 writes into it;
+    # the BatchNorm between fc3 and its ReLU is folded
+    assert sorted(found.residual) == ["fc1", "fc2"]
+    assert _describe(found) == [("fc3", "fc4", "relu", "homogeneous", 4)] and found.layers[0].norm is net.bn
+
+
+class Unsupported(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(3, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x).reshape(-1, 3))  # a reshape between the layer and its activation
+        return self.fc2(h)
+
+
+def test_unsupported_patterns_are_reported_not_guessed():
+    net, x = Unsupported(), torch.randn(8, 4)
     with pytest.warns(NeuronDiscoveryWarning) as record:
         found = discover_layers(net, forward=lambda: net(x))
     assert found.layers == []
     text = str(record[0].message)
-    assert "fc1" in text and "fc3" in text and "batch_norm" in text and "layers=[" in text
+    assert "fc1" in text and "reshape" in text and "layers=[" in text
 
 
 def test_explicit_layers():

@@ -10,6 +10,7 @@ from lightning_landscape.neurons.discovery import (
     activation_symmetry,
     discover_layers,
 )
+from lightning_landscape.neurons.layers import HeadLayer, batchnorm_affine
 from lightning_landscape.neurons.dynamics import distances, layer_norms, neuron_norms, parameter_layers, snapshot
 from lightning_landscape.neurons.recovery import STATES, classify_state, convergence_rate
 from lightning_landscape.neurons.width import (
@@ -26,6 +27,7 @@ __all__ = [
     "ChannelTracker",
     "Discovery",
     "Erf",
+    "HeadLayer",
     "LayerReport",
     "NeuronDiscoveryWarning",
     "NeuronLayer",
@@ -33,6 +35,7 @@ __all__ = [
     "PairVerdict",
     "WidthReport",
     "activation_symmetry",
+    "batchnorm_affine",
     "candidate_pairs",
     "classify_state",
     "convergence_rate",

@@ -1,4 +1,4 @@
-"""Find the hidden neuron layers of an arbitrary module: ``Linear → σ → Linear``, ``Conv → σ → Conv``.
+"""Find the hidden units of an arbitrary module: ``Linear/Conv → [BatchNorm] → σ → Linear/Conv``, attention heads.
 
 A *neuron layer* is an input layer (rows of its weight, plus bias, are the neurons' input weights
 ``wᵢ``), an element-wise activation σ, and an output layer (columns — input channels for convolutions —
@@ -10,16 +10,39 @@ of its weight are the output weights ``aᵢ``). What can be said about neurons d
   *modulo positive scaling*;
 * ``"none"`` (softplus, GELU, SiLU, ELU, sigmoid, ...): only equal input weights merge.
 
+A BatchNorm between the input layer and σ (``Conv → BatchNorm → ReLU → Conv``, as in every ResNet block)
+is folded into the input weights in eval form (:mod:`lightning_landscape.neurons.layers`), so ε, merging
+and width compare what each neuron computes. Dropout, pooling and scalar multiples between layers are
+transparent. Not neuron layers, and said so:
+
+* a **residual stream** — a layer whose output is added to a skip connection (``conv2 → bn2 → + x``,
+  ``linear2 → + x``), or whose hidden values are also read by one (a ResNet stem): its channels are
+  shared by every block that adds into it, so no unit belongs to one layer. These are listed in
+  ``Discovery.residual`` and noted once (log, INFO); the hidden units *inside* the blocks are analysed;
+* a LayerNorm / GroupNorm / InstanceNorm between a layer and σ (it normalises across channels or per
+  sample: no neuron has a fixed input weight), a BatchNorm without running statistics, or a
+  normalisation after σ: skipped with the reason (explicit layers across one raise ``ValueError``).
+
+Attention heads: every ``nn.MultiheadAttention`` called in the traced forward (``nn.TransformerEncoderLayer``
+included) becomes a :class:`~lightning_landscape.neurons.layers.HeadLayer`, the heads being its units
+(duplicate heads merge, dead heads drop out: the effective number of heads). Hand-written attention is not
+recognised as heads.
+
 Discovery, in order of preference:
 
 1. explicit ``layers=[("fc1", "fc2", "tanh"), ...]`` (activation optional; when it cannot be
-   determined it is taken as ``"none"`` — the strictest — and a warning says so);
+   determined it is taken as ``"none"`` — the strictest — and a warning says so). A BatchNorm the trace
+   (or the ``nn.Sequential``) shows between them is folded; another normalisation there, or a first
+   layer that writes into a residual stream, raises;
 2. a **trace** of one forward pass (``forward`` callable, e.g. the loss closure): every torch function
    call is recorded with a ``TorchFunctionMode``, so activations called functionally (``F.relu``) and
-   modules outside any ``nn.Sequential`` are found by following the actual data flow. A hidden tensor
-   that also feeds anything else (a residual add, a BatchNorm, a reshape) breaks the pattern: the layer
-   is skipped, with the reason;
-3. without a ``forward``: the order of children inside each ``nn.Sequential`` (exact there).
+   modules outside any ``nn.Sequential`` are found by following the actual data flow. ``torch.fx``
+   symbolic tracing is not used: it fails on ``nn.TransformerEncoderLayer``. While the mode is active
+   PyTorch's fused Transformer fast path is off, so attention appears as one ``multi_head_attention_forward``
+   call (its internals are not followed: heads come from the module, by the rule above). A hidden tensor
+   that also feeds anything else (a reshape, a second branch) breaks the pattern: the layer is skipped,
+   with the reason;
+3. without a ``forward``: the order of children inside each ``nn.Sequential`` (exact there; no heads).
 
 When nothing is found a :class:`NeuronDiscoveryWarning` says why — the library never guesses silently.
 
@@ -31,6 +54,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -39,6 +63,10 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
+
+from lightning_landscape.neurons.layers import HeadLayer, NeuronLayer
+
+logger = logging.getLogger(__name__)
 
 Symmetry = Literal["odd", "homogeneous", "none"]
 SYMMETRIES: tuple[str, ...] = ("odd", "homogeneous", "none")
@@ -107,56 +135,17 @@ _METADATA_FUNCS = {"size", "dim", "numel", "is_contiguous", "__get__", "__len__"
                    "data_ptr", "element_size", "__format__", "__repr__", "item", "tolist", "detach", "requires_grad_"}
 
 
-@dataclass(eq=False)
-class NeuronLayer:
-    """One hidden layer of neurons: ``input_module`` → σ → ``output_module``.
-
-    ``name`` (the input module's qualified name) is the tag key: ``neurons/<name>/effective_width``.
-
-    >>> fc1, fc2 = torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)
-    >>> layer = NeuronLayer("fc1", "fc1", "fc2", fc1, fc2, "relu", "homogeneous")
-    >>> tuple(layer.input_weights().shape), tuple(layer.output_weights().shape)
-    ((4, 4), (4, 2))
-    """
-
-    name: str
-    input_name: str
-    output_name: str
-    input_module: nn.Module
-    output_module: nn.Module
-    activation: str
-    symmetry: str
-
-    @property
-    def width(self) -> int:
-        """Number of neurons (output features / channels of the input module)."""
-        return int(self.input_module.weight.shape[0])
-
-    def input_weights(self) -> torch.Tensor:
-        """``[width, fan_in (+1 with bias)]``: row i is neuron i's input weights (bias last), detached."""
-        w = self.input_module.weight.detach()
-        rows = w.reshape(w.shape[0], -1)
-        bias = getattr(self.input_module, "bias", None)
-        if bias is not None:
-            rows = torch.cat([rows, bias.detach().reshape(-1, 1).to(rows.dtype)], dim=1)
-        return rows
-
-    def output_weights(self) -> torch.Tensor:
-        """``[width, fan_out]``: row i is neuron i's output weights (a column / input channel of the next layer)."""
-        w = self.output_module.weight.detach()
-        return w.transpose(0, 1).reshape(w.shape[1], -1)
-
-    def describe(self) -> str:
-        return f"{self.input_name} → {self.activation} ({self.symmetry}) → {self.output_name}, width {self.width}"
-
-
 @dataclass
 class Discovery:
-    """What :func:`discover_layers` found: ``layers``, ``skipped`` (name, reason) and the ``method`` used."""
+    """What :func:`discover_layers` found: ``layers``, ``skipped`` (name, reason), ``residual`` (layers whose
+    outputs are a residual stream: not neuron layers) and the ``method`` used."""
 
     layers: list[NeuronLayer] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     method: str = ""
+    residual: list[str] = field(default_factory=list)
+    # layers whose path to the activation crosses a normalisation that cannot be folded: name -> reason
+    unfoldable: dict[str, str] = field(default_factory=dict)
 
 
 def activation_symmetry(activation: str | nn.Module) -> str:
@@ -201,7 +190,28 @@ def _compatible(first: nn.Module, second: nn.Module) -> str | None:
     return f"{type(first).__name__} → {type(second).__name__} is not Linear → Linear or Conv → Conv"
 
 
+def _norm_refusal(layer: str, norm: nn.Module | None, norm_name: str, after_activation: bool = False) -> str | None:  # noqa: E501
+    """Why the normalisation ``norm`` between ``layer`` and its activation cannot be folded (None: it can)."""
+    if norm is None:  # a functional call on tensors that belong to no normalisation module
+        return f"output of {layer} goes through a functional {norm_name!r} call before its activation (no module to fold: not analysed)"
+    kind = type(norm).__name__
+    if after_activation:
+        return (f"{kind} {norm_name!r} after the activation of {layer} rescales the hidden values (only a "
+                "BatchNorm between the layer and its activation is folded)")
+    if isinstance(norm, nn.modules.batchnorm._BatchNorm):  # SyncBatchNorm too: the same eval-form map
+        if norm.running_mean is None or norm.running_var is None:
+            return (f"{kind} {norm_name!r} after {layer} keeps no running statistics (track_running_stats="
+                    "False): its eval-form affine map is undefined, so it cannot be folded")
+        return None
+    return (f"output of {layer} goes through {kind} {norm_name!r} before its activation: it normalises across "
+            "channels or per sample, so a neuron has no fixed input weight (not folded)")
+
+
 # ---------------------------------------------------------------- nn.Sequential scan
+_NORM_MODULES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm,
+                 nn.LocalResponseNorm) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+
+
 def _scan_sequential(module: nn.Module) -> Discovery:
     found = Discovery(method="sequential")
     names = {id(m): n for n, m in module.named_modules()}
@@ -212,27 +222,44 @@ def _scan_sequential(module: nn.Module) -> Discovery:
         for i, first in enumerate(children):
             if not isinstance(first, _LAYER_TYPES):
                 continue
+            name = names[id(first)]
             act: tuple[str, str] | None = None
+            norm: nn.Module | None = None
             for nxt in children[i + 1:]:
                 if isinstance(nxt, _PASSTHROUGH_MODULES):
                     continue
+                if isinstance(nxt, _NORM_MODULES):
+                    why = _norm_refusal(name, nxt, names[id(nxt)], after_activation=act is not None)
+                    if why is None and norm is None:
+                        norm = nxt
+                        continue
+                    why = why or f"output of {name} goes through two normalisations"
+                    found.skipped.append((name, why))
+                    found.unfoldable[name] = why
+                    break
                 if act is None and _module_activation(nxt) is not None:
                     act = _module_activation(nxt)
                     continue
                 if act is not None and isinstance(nxt, _LAYER_TYPES):
                     why = _compatible(first, nxt)
                     if why is None:
-                        found.layers.append(NeuronLayer(names[id(first)], names[id(first)], names[id(nxt)], first, nxt, *act))
+                        found.layers.append(NeuronLayer(name, name, names[id(nxt)], first, nxt, *act, norm=norm,
+                                                        norm_name=names[id(norm)] if norm is not None else None))
                     else:
-                        found.skipped.append((names[id(first)], why))
+                        found.skipped.append((name, why))
                 elif act is not None or not isinstance(nxt, _LAYER_TYPES):
-                    found.skipped.append((names[id(first)], f"followed by {type(nxt).__name__} (not an activation "
-                                                            "between two layers)"))
+                    found.skipped.append((name, f"followed by {type(nxt).__name__} (not an activation "
+                                                "between two layers)"))
                 break
     return found
 
 
 # ---------------------------------------------------------------- forward trace
+_NORM_FUNCS = {"batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm", "local_response_norm"}
+_ADD_FUNCS = {"add", "add_", "__add__", "__radd__", "__iadd__"}
+_MHA_FUNC = "multi_head_attention_forward"
+
+
 @dataclass
 class _Op:
     name: str
@@ -241,6 +268,22 @@ class _Op:
     layer: str | None = None  # qualified module name for linear/conv calls with a module's weight
     scalar: bool = False  # elementwise multiply/divide by a python number
     symmetric_hardtanh: bool = True
+    norm: str | None = None  # qualified name of the normalisation module of a *_norm call
+    residual: bool = False  # a tensor + tensor of the same shape (a skip connection)
+    attention: str | None = None  # qualified name of the nn.MultiheadAttention of an attention call
+
+
+@dataclass
+class _Path:
+    """Where a layer's output goes: the next layer (with activation and a folded norm), nothing (not a
+    hidden layer), a residual stream, or the reason the pattern breaks."""
+
+    next: str | None = None
+    act: tuple[str, str] | None = None
+    norm: str | None = None
+    reason: str = ""
+    residual: bool = False
+    unfoldable: bool = False  # the reason is a normalisation that cannot be folded
 
 
 def _tensors(obj: Any) -> Iterable[torch.Tensor]:
@@ -253,11 +296,14 @@ def _tensors(obj: Any) -> Iterable[torch.Tensor]:
 
 
 class _Recorder(TorchFunctionMode):
-    """Record every torch call's tensor inputs/outputs as (id, version) keys (refs kept: ids stay unique)."""
+    """Record every torch call's tensor inputs/outputs as (id, version) keys (refs kept: ids stay unique).
 
-    def __init__(self, weight_owner: dict[int, str]) -> None:
+    While it is active, ``has_torch_function`` is true, which also keeps PyTorch's fused Transformer fast
+    path off: ``nn.MultiheadAttention`` shows up as one ``multi_head_attention_forward`` call."""
+
+    def __init__(self, weight_owner: dict[int, str], norm_owner: dict[int, str], mha_owner: dict[int, str]) -> None:
         super().__init__()
-        self.weight_owner = weight_owner
+        self.weight_owner, self.norm_owner, self.mha_owner = weight_owner, norm_owner, mha_owner
         self.ops: list[_Op] = []
         self.keep: list[Any] = []
 
@@ -273,11 +319,19 @@ class _Recorder(TorchFunctionMode):
         if not outs:
             return out
         op = _Op(name, in_keys, [(id(t), t._version) for t in outs])
+        if set(op.outputs) <= set(in_keys):
+            return out  # returned its input unchanged (e.g. dropout in eval mode): transparent
         if name in _LAYER_FUNCS and len(args) >= 2 and isinstance(args[1], torch.Tensor):
             op.layer = self.weight_owner.get(id(args[1]))
         if name in _SCALAR_FUNCS and len(flat_in) == 1 and len(args) >= 2:
             other = args[1] if isinstance(args[0], torch.Tensor) else args[0]
             op.scalar = isinstance(other, (int, float)) and not isinstance(other, bool) and other != 0
+        if name in _ADD_FUNCS and len(flat_in) == 2 and "alpha" not in kwargs:
+            op.residual = flat_in[0].shape == flat_in[1].shape
+        if name in _NORM_FUNCS:
+            op.norm = next((self.norm_owner[id(t)] for t in flat_in if id(t) in self.norm_owner), f"F.{name}")
+        if name == _MHA_FUNC:
+            op.attention = next((self.mha_owner[id(t)] for t in flat_in if id(t) in self.mha_owner), None)
         if name.startswith("hardtanh"):
             lo = kwargs.get("min_val", args[1] if len(args) > 1 else -1.0)
             hi = kwargs.get("max_val", args[2] if len(args) > 2 else 1.0)
@@ -290,12 +344,18 @@ class _Recorder(TorchFunctionMode):
 def _trace(module: nn.Module, forward: Callable[[], Any]) -> Discovery:
     found = Discovery(method="trace")
     owner: dict[int, str] = {}
-    modules: dict[str, nn.Module] = {}
-    for name, m in module.named_modules():
+    norm_owner: dict[int, str] = {}
+    mha_owner: dict[int, str] = {}
+    modules = dict(module.named_modules())
+    for name, m in modules.items():
         if isinstance(m, _LAYER_TYPES):
             owner[id(m.weight)] = name
-            modules[name] = m
-    recorder = _Recorder(owner)
+        elif isinstance(m, _NORM_MODULES):
+            for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)):
+                norm_owner[id(t)] = name
+        elif isinstance(m, nn.MultiheadAttention):
+            mha_owner[id(m.out_proj.weight)] = name
+    recorder = _Recorder(owner, norm_owner, mha_owner)
     with torch.no_grad(), recorder:
         forward()
     ops = recorder.ops
@@ -303,63 +363,96 @@ def _trace(module: nn.Module, forward: Callable[[], Any]) -> Discovery:
     for k, op in enumerate(ops):
         for key in set(op.inputs):
             consumers.setdefault(key, []).append(k)
-    seen: dict[str, tuple[str, str, str] | str] = {}
+    seen: dict[str, _Path] = {}
+    attention: list[str] = []
     for k, op in enumerate(ops):
+        if op.attention is not None and op.attention not in attention:
+            attention.append(op.attention)
         if op.layer is None:
             continue
-        result = _follow(ops, consumers, k)
+        result = _follow(ops, consumers, k, modules)
         previous = seen.get(op.layer)
         if previous is not None and previous != result:
-            seen[op.layer] = "used in more than one way in the forward pass"
+            seen[op.layer] = _Path(reason="used in more than one way in the forward pass")
         else:
             seen[op.layer] = result
-    for name, result in seen.items():
-        if isinstance(result, str):
-            if result != "":
-                found.skipped.append((name, result))
+    for name, path in seen.items():
+        if path.residual:
+            found.residual.append(name)
             continue
-        nxt, act, sym = result
-        why = _compatible(modules[name], modules[nxt])
+        if path.next is None:
+            if path.reason:
+                found.skipped.append((name, path.reason))
+                if path.unfoldable:
+                    found.unfoldable[name] = path.reason
+            continue
+        why = _compatible(modules[name], modules[path.next])
         if why is not None:
             found.skipped.append((name, why))
             continue
-        found.layers.append(NeuronLayer(name, name, nxt, modules[name], modules[nxt], act, sym))
+        norm = modules[path.norm] if path.norm is not None else None
+        found.layers.append(NeuronLayer(name, name, path.next, modules[name], modules[path.next], *path.act,
+                                        norm=norm, norm_name=path.norm))
+    for name in attention:
+        found.layers.append(HeadLayer.of(name, modules[name]))  # type: ignore[arg-type]
     return found
 
 
-def _follow(ops: list[_Op], consumers: dict[tuple[int, int], list[int]], start: int) -> tuple[str, str, str] | str:
-    """From layer op ``start``: (next layer, activation, symmetry), ``""`` (no activation follows: not a
-    hidden layer), or the reason the pattern breaks."""
+def _follow(ops: list[_Op], consumers: dict[tuple[int, int], list[int]], start: int,
+            modules: dict[str, nn.Module]) -> _Path:
+    """From layer op ``start``: the next layer (activation, folded BatchNorm), nothing (no activation
+    follows: not a hidden layer), a residual stream, or the reason the pattern breaks."""
     key = ops[start].outputs[0]
     act: tuple[str, str] | None = None
-    chain = [ops[start].layer]
+    norm: str | None = None
+    between: str | None = None  # an op between the layer and its BatchNorm (the fold would be wrong)
+    layer = ops[start].layer
     while True:
         users = consumers.get(key, [])
         if not users:
-            return "" if act is None else "activation output is not used by a layer"
+            return _Path() if act is None else _Path(reason="activation output is not used by a layer")
         if len(users) > 1:
+            if any(ops[u].residual for u in users):
+                return _Path(residual=True)  # also read by a skip connection: the residual stream
             if act is None and all(ops[u].layer is not None for u in users):
-                return ""  # e.g. one input feeding several heads: no activation, not a hidden layer
-            return f"hidden values of {chain[0]} also feed {', '.join(sorted({ops[u].name for u in users}))}"
+                return _Path()  # e.g. one input feeding several heads: no activation, not a hidden layer
+            return _Path(reason=f"hidden values of {layer} also feed "
+                                f"{', '.join(sorted({ops[u].name for u in users}))}")
         op = ops[users[0]]
         if op.layer is not None:
             if act is None:
-                return ""
+                return _Path()
             if op.inputs[0] != key:
-                return f"hidden values enter {op.layer} as a weight, not an input"
-            return op.layer, act[0], act[1]
+                return _Path(reason=f"hidden values enter {op.layer} as a weight, not an input")
+            return _Path(op.layer, act, norm)
         if op.name in ACTIVATION_SYMMETRY and act is None:
             sym = ACTIVATION_SYMMETRY[op.name]
             if op.name.startswith("hardtanh") and not op.symmetric_hardtanh:
                 sym = "none"
             act = (op.name.rstrip("_"), sym)
+        elif op.norm is not None:
+            why = _norm_refusal(layer, modules.get(op.norm), op.norm, after_activation=act is not None)
+            if why is None and norm is not None:
+                why = f"output of {layer} goes through two normalisations ({norm!r}, {op.norm!r})"
+            if why is None and between is not None:
+                why = f"output of {layer} goes through {between!r} before BatchNorm {op.norm!r} (not folded)"
+            if why is not None:
+                return _Path(reason=why, unfoldable=True)
+            norm = op.norm
+        elif op.residual:
+            return _Path(residual=True)  # added to a skip connection (before or after σ): the residual stream
         elif op.name in _PASSTHROUGH_FUNCS or op.scalar:
-            pass
+            if act is None and norm is None:
+                between = between or op.name
         else:
+            if act is None and norm is None:
+                # not a hidden layer unless an activation follows shortly (e.g. Linear → reshape → ReLU)
+                return _Path(reason=_activation_ahead(ops, consumers, op, layer))
             if act is None:
-                # not a hidden layer unless an activation follows shortly (e.g. Linear → BatchNorm → ReLU)
-                return _activation_ahead(ops, consumers, op, chain[0])
-            return f"output of {chain[0]} goes through {op.name!r} (not an element-wise activation between layers)"
+                return _Path(reason=f"output of {layer} goes through {op.name!r} after BatchNorm {norm!r}, "
+                                    "before its activation (not supported)")
+            return _Path(reason=f"output of {layer} goes through {op.name!r} (not an element-wise activation "
+                                "between layers)")
         key = op.outputs[0]
 
 
@@ -378,6 +471,7 @@ def _activation_ahead(ops: list[_Op], consumers: dict[tuple[int, int], list[int]
 
 
 # ---------------------------------------------------------------- public entry point
+_residual_noted: set[str] = set()
 
 
 def discover_layers(
@@ -413,6 +507,11 @@ def discover_layers(
         found = _trace(module, forward)
     else:
         found = _scan_sequential(module)
+    if found.residual and type(module).__name__ not in _residual_noted:
+        _residual_noted.add(type(module).__name__)  # said once per model class and process
+        logger.info("%s: the outputs of %s write into a residual stream; a residual stream is shared by every block "
+                    "that adds into it, so it is not a neuron layer and is not analysed (the hidden units inside "
+                    "the blocks are)", type(module).__name__, ", ".join(found.residual))
     if warn:
         reasons = "; ".join(f"{n}: {r}" for n, r in found.skipped)
         if not found.layers:
@@ -428,10 +527,14 @@ def discover_layers(
     return found
 
 
+def _in_sequential(module: nn.Module, target: nn.Module) -> bool:
+    return any(isinstance(c, nn.Sequential) and any(m is target for m in c.children()) for c in module.modules())
+
+
 def _explicit(module: nn.Module, layers: Sequence[Sequence[str]], forward: Callable[[], Any] | None) -> Discovery:
     named = dict(module.named_modules())
     found = Discovery(method="explicit")
-    auto: Discovery | None = None
+    auto = _trace(module, forward) if forward is not None else _scan_sequential(module)
     for spec in layers:
         if len(spec) not in (2, 3):
             raise ValueError(f"layers entries must be (input, output[, activation]) module names, got {spec!r}")
@@ -444,12 +547,27 @@ def _explicit(module: nn.Module, layers: Sequence[Sequence[str]], forward: Calla
         why = _compatible(named[first], named[second])
         if why is not None:
             raise ValueError(f"layers: {first!r} → {second!r}: {why}")
+        if first in auto.unfoldable:  # a normalisation sits between: never taken silently
+            raise ValueError(f"layers: {first!r} → {second!r}: {auto.unfoldable[first]}; pick layers without a "
+                             "normalisation between, or leave layers unset")
+        if first in auto.residual:
+            raise ValueError(f"layers: {first!r} → {second!r}: the output of {first!r} is a residual stream (added to "
+                             "a skip connection, which every block adding into it shares), not a neuron layer")
+        same = [l for l in auto.layers if l.input_name == first]
+        norm, norm_name = (same[0].norm, same[0].norm_name) if same else (None, None)
+        if not same and forward is None and not _in_sequential(module, named[first]):
+            width = int(named[first].weight.shape[0])
+            suspects = [n for n, m in named.items() if isinstance(m, _NORM_MODULES)
+                        and width in (getattr(m, "num_features", None), getattr(m, "num_channels", None))]
+            if suspects:
+                warnings.warn(f"layers: cannot check whether a normalisation ({', '.join(suspects[:3])}) sits between "
+                              f"{first!r} and its activation without a forward pass; if one does, the input weights "
+                              "are not what the activation sees (pass forward=...)", NeuronDiscoveryWarning,
+                              stacklevel=3)
         if len(spec) == 3:
             act, sym = str(spec[2]).lower(), activation_symmetry(str(spec[2]))
         else:
-            if auto is None:
-                auto = _trace(module, forward) if forward is not None else _scan_sequential(module)
-            match = [l for l in auto.layers if l.input_name == first and l.output_name == second]
+            match = [l for l in same if l.output_name == second]
             if match:
                 act, sym = match[0].activation, match[0].symmetry
             else:
@@ -457,5 +575,6 @@ def _explicit(module: nn.Module, layers: Sequence[Sequence[str]], forward: Calla
                 warnings.warn(f"layers: activation between {first!r} and {second!r} could not be determined; "
                               "treating it as having no symmetry (pass it as a third element, e.g. 'tanh')",
                               NeuronDiscoveryWarning, stacklevel=3)
-        found.layers.append(NeuronLayer(first, first, second, named[first], named[second], act, sym))
+        found.layers.append(NeuronLayer(first, first, second, named[first], named[second], act, sym, norm=norm,
+                                        norm_name=norm_name))
     return found

@@ -31,7 +31,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from lightning_landscape.neurons.discovery import NeuronLayer
+from lightning_landscape.neurons.hidden import capture_hidden
+from lightning_landscape.neurons.layers import NeuronLayer
 
 
 @dataclass
@@ -135,33 +136,7 @@ def hidden_statistics(
     >>> tuple(h_rms.shape), scale > 0
     ((3,), True)
     """
-    stats: dict[str, tuple[torch.Tensor, float]] = {}
-    handles = []
-
-    def make_hook(layer: NeuronLayer) -> Callable:
-        def hook(mod: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            if layer.name in stats:
-                return  # first call only (a closure may run the model more than once)
-            h = inputs[0].detach().double()
-            linear = isinstance(mod, torch.nn.Linear)
-            h = h if linear else h.movedim(1 if h.ndim > 1 else 0, -1)  # conv: channels last
-            h_ms = h.reshape(-1, h.shape[-1]).pow(2).mean(0)
-            out = output.detach().double()
-            bias = getattr(mod, "bias", None)
-            if bias is not None:
-                shape = [-1] if linear or out.ndim < 2 else [1, -1] + [1] * (out.ndim - 2)
-                out = out - bias.detach().double().reshape(shape)
-            stats[layer.name] = (h_ms, out.pow(2).mean())
-        return hook
-
-    try:
-        for layer in layers:
-            handles.append(layer.output_module.register_forward_hook(make_hook(layer)))
-        with torch.no_grad():
-            forward()
-    finally:
-        for handle in handles:
-            handle.remove()
+    stats = capture_hidden(layers, forward)  # hooks; attention heads via their out_proj input
     result: dict[str, tuple[torch.Tensor, float]] = {}
     for layer in layers:  # fixed order: the same collectives on every rank
         if layer.name not in stats:

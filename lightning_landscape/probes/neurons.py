@@ -2,6 +2,11 @@
 
 Hidden layers are discovered on the first run from one traced forward pass of the loss closure
 (see :mod:`lightning_landscape.neurons.discovery`), or named with ``layers=[["fc1", "fc2", "tanh"]]``.
+A BatchNorm between a layer and its activation is folded into the neurons' input weights (eval form), so
+every per-neuron quantity below (ε, merging, width, input-weight norms) is about the folded weights.
+The heads of each ``nn.MultiheadAttention`` are a layer too (key: the attention module's name):
+``WeightDynamics`` and ``SaddleBranches`` report them (per-head norms, effective number of heads);
+``ChannelDetector`` searches neuron layers only (channels to infinity are a neuron-pair notion).
 Tags use the input module's qualified name as the layer key, e.g. ``landscape/neurons/net.0/effective_width``.
 
 :class:`ChannelDetector` and :class:`SaddleBranches` reuse ``HessianSpectrum``'s ``lambda_max`` /
@@ -70,7 +75,7 @@ class _NeuronLayers:
             found = discover_layers(ctx.module, forward=ctx.evaluate_loss, layers=self.spec)
             self.layers = found.layers
             skipped = "; ".join(f"{n}: {r}" for n, r in found.skipped)
-            self.why_none = (f"no neuron layer (Linear/Conv → activation → Linear/Conv) found in "
+            self.why_none = (f"no neuron layer (Linear/Conv → [BatchNorm] → activation → Linear/Conv) found in "
                              f"{type(ctx.module).__name__}" + (f" ({skipped})" if skipped else "")
                              + "; name them with layers=[[input, output, activation], ...]")
             self._module_id = id(ctx.module)
@@ -122,7 +127,7 @@ class WeightDynamics(Probe):
         "<layer>/distance_from_init": "‖θ_layer − θ_layer(init)‖",
         "<layer>/update_ratio": "mean per-step ‖Δθ_layer‖/‖θ_layer‖ since the previous measurement",
         "<neuron layer>/max_out_norm": "largest per-neuron output-weight norm max_i ‖a_i‖ (grows in a channel)",
-        "<neuron layer>/max_in_norm": "largest per-neuron input-weight norm max_i ‖w_i‖ (bias included)",
+        "<neuron layer>/max_in_norm": "largest per-neuron input-weight norm max_i ‖w_i‖ (bias included, a BatchNorm before σ folded in)",
         "total/norm": "‖θ‖ over all trainable parameters",
         "total/distance_from_init": "‖θ − θ(init)‖",
         "total/update_ratio": "mean per-step ‖Δθ‖/‖θ‖ since the previous measurement",
@@ -301,7 +306,8 @@ class ChannelDetector(Probe):
         lam = float(lam) if lam is not None else None
         info = ctx.optimizer_info
         eos = lam / info.eos_threshold() if lam is not None and info is not None and info.kind == "sgd" and info.lr > 0 else None
-        layers = self._neurons.get(ctx)
+        # channels to infinity are a neuron-pair notion: attention heads are not searched
+        layers = [layer for layer in self._neurons.get(ctx) if layer.kind == "neurons"]
         if not layers:
             out.not_measured["channel_score"] = self._neurons.why_none
             return out
@@ -421,8 +427,8 @@ class SaddleBranches(Probe):
     default_every_n_steps = 500
     cost = "1 forward + gradient; Lanczos ≤ max_iter HVPs only with a small gradient, unless the spectrum probe ran"
     scalar_tags: ClassVar[dict[str, str]] = {
-        "<layer>/effective_width": "neurons left after removing negligible units and merging duplicates modulo σ's symmetry",
-        "<layer>/width": "number of neurons of the layer",
+        "<layer>/effective_width": "neurons (or attention heads) left after removing negligible units and merging duplicates modulo σ's symmetry",
+        "<layer>/width": "number of neurons (or heads) of the layer",
         "saddle_branch": "1 if some layer's effective width < width with a small gradient and loss above its floor",
         "saddle": "1 if λmin < 0 with |λmin|/λmax ≥ ratio_tol and a small gradient, absolute or relative to the "
         "negative curvature on a stalled loss (strict saddle)",
