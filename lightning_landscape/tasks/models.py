@@ -9,6 +9,7 @@ from torch import nn
 
 from lightning_landscape._compat import FLAVOURS
 from lightning_landscape.tasks.data import ACTIVATIONS
+from lightning_landscape.validation import check_bool
 
 _L = FLAVOURS[0]
 
@@ -23,6 +24,7 @@ def build_mlp(
     dropout: float = 0.0,
 ) -> nn.Sequential:
     """Linear → [BatchNorm] → activation → [Dropout] blocks, then a linear read-out."""
+    bias, batch_norm = check_bool("bias", bias), check_bool("batch_norm", batch_norm)
     layers: list[nn.Module] = []
     width = input_dim
     for h in hidden:
