@@ -12,6 +12,10 @@ import math
 import re
 from typing import Any
 
+from lightning_landscape import _cli_errors
+
+_cli_errors.install()  # a bad setting in a LightningCLI YAML: one line, not ~150 (see _cli_errors)
+
 
 def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
     """Validate an integer argument, naming it in the error."""
