@@ -203,3 +203,17 @@ def test_redact_url_keeps_scheme_host_and_port_only() -> None:
     assert redact_url(f"http://a:{PATH_SECRET}@h:81/?k={QUERY_SECRET}") == "http://h:81/…"
     assert redact_url("http://[::1]:8080/x") == "http://[::1]:8080/…"
     assert redact_url("https://example.com") == "https://example.com"
+
+
+def test_url_from_the_environment_keeps_it_out_of_the_configuration(monkeypatch) -> None:
+    url = f"https://hooks.example.com/services/{PATH_SECRET}"
+    monkeypatch.setenv("LL_TEST_WEBHOOK", url)
+    sink = WebhookSink(url_env="LL_TEST_WEBHOOK")
+    assert sink.url == url and PATH_SECRET not in repr(sink)
+    monkeypatch.delenv("LL_TEST_WEBHOOK")
+    with pytest.raises(ValueError, match="LL_TEST_WEBHOOK.*not set"):
+        WebhookSink(url_env="LL_TEST_WEBHOOK")
+    with pytest.raises(ValueError, match="exactly one of url and url_env"):
+        WebhookSink()
+    with pytest.raises(ValueError, match="exactly one of url and url_env"):
+        WebhookSink(url, url_env="LL_TEST_WEBHOOK")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import os
 import queue
 import re
 import threading
@@ -110,6 +111,8 @@ class WebhookSink(Sink):
         backoff: seconds before the first retry, doubled after each.
         max_queue: pending payloads kept at most; beyond that new ones are dropped (``dropped``).
         headers: extra HTTP headers (e.g. an authorization token); never shown, never sent elsewhere.
+        url_env: instead of ``url``: the name of an environment variable holding it, so the URL stays out
+            of configuration files (LightningCLI copies the configuration into the log directory).
         min_severity: events below this severity are not sent (default ``"warning"``).
 
     The counters ``sent``, ``failed`` and ``dropped`` and ``last_error`` say what happened.
@@ -125,15 +128,24 @@ class WebhookSink(Sink):
 
     def __init__(
         self,
-        url: str,
+        url: str | None = None,
         timeout: float = 5.0,
         retries: int = 2,
         backoff: float = 0.5,
         max_queue: int = 100,
         headers: dict[str, str] | None = None,
         min_severity: str = "warning",
+        url_env: str | None = None,
     ) -> None:
         super().__init__(min_severity)
+        if (url is None) == (url_env is None):
+            raise ValueError("WebhookSink: give exactly one of url and url_env")
+        if url_env is not None:
+            if not isinstance(url_env, str) or not url_env:
+                raise ValueError(f"WebhookSink.url_env must name an environment variable, got {url_env!r}")
+            url = os.environ.get(url_env)
+            if not url:
+                raise ValueError(f"WebhookSink.url_env: the environment variable {url_env!r} is not set or empty")
         _check_url(url)
         for name, value in (("timeout", timeout), ("backoff", backoff)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
