@@ -11,10 +11,13 @@ import torch
 
 from lightning_helpers import loaders, small_task, trainer
 from lightning_landscape import (
+    PROBES,
     HessianDensity,
     HessianSpectrum,
     L2Transition,
     LandscapeMonitor,
+    Probe,
+    ProbeResult,
     SaddleBranches,
     Sharpness,
     WeightDynamics,
@@ -83,6 +86,18 @@ def test_tag_prefix_accepts_plain_segments(prefix) -> None:
     assert LandscapeMonitor(log_prefix=prefix).log_prefix == prefix
 
 
+class _Emitter(Probe):
+    name = "test_emitter"
+    group = "test"
+    emits = ("my_event",)
+
+    def run(self, ctx):
+        return ProbeResult()
+
+
+PROBES.pop("test_emitter", None)
+
+
 def test_trigger_rules_must_name_an_event_or_an_alert_rule() -> None:
     with pytest.raises(ValueError, match=r"trigger_rules: \['chanel_entry'\].*allowed"):
         LandscapeMonitor(weight_decay=WeightDecayController(trigger_rules=["chanel_entry"]))
@@ -92,6 +107,8 @@ def test_trigger_rules_must_name_an_event_or_an_alert_rule() -> None:
     ok = LandscapeMonitor(alerts=alerts, weight_decay=WeightDecayController(
         trigger_rules=["edge_of_stability", "my_rule", "channel_entry", "saddle"]))
     assert ok.weight_decay.trigger_rules == ["edge_of_stability", "my_rule", "channel_entry", "saddle"]
+    custom = _Emitter()  # a custom probe declares its own events
+    assert LandscapeMonitor(probes=[custom], weight_decay=WeightDecayController(trigger_rules=["my_event"]))
     for bad in ("channel_entry", [""], [3]):
         with pytest.raises(ValueError, match="trigger_rules must be a list"):
             WeightDecayController(trigger_rules=bad)
