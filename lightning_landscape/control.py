@@ -112,7 +112,11 @@ class WeightDecayController:
                     f"got {param_groups!r}")
             param_groups = sorted(set(param_groups))
         self.param_groups = param_groups
-        self.trigger_rules = ["channel_entry"] if trigger_rules is None else [str(r) for r in trigger_rules]
+        if trigger_rules is not None and (not isinstance(trigger_rules, (list, tuple)) or not all(
+                isinstance(r, str) and r for r in trigger_rules)):
+            raise ValueError(f"WeightDecayController.trigger_rules must be a list of rule or event names, "
+                             f"got {trigger_rules!r}")
+        self.trigger_rules = ["channel_entry"] if trigger_rules is None else list(trigger_rules)
         if not isinstance(margin_tag, str) or not margin_tag:
             raise ValueError(f"WeightDecayController.margin_tag must be a non-empty tag, got {margin_tag!r}")
         self.margin_tag = margin_tag
@@ -211,6 +215,23 @@ class WeightDecayController:
                               "initial": float(g["initial_weight_decay"])},
                              "warning", msg, key=f"group_{i}", runbook=runbook_action("weight_decay")))
         return out
+
+    def check_triggers(self, known: Sequence[str]) -> None:
+        """Refuse trigger names that no probe event and no configured alert rule carries (they would
+        never fire). The monitor calls this when it is built, with both lists."""
+        unknown = [r for r in self.trigger_rules if r not in known]
+        if unknown:
+            raise ValueError(f"WeightDecayController.trigger_rules: {unknown} is neither a probe event nor a rule "
+                             f"of the AlertManager; allowed: {sorted(set(known))} (a custom probe lists the events it emits "
+                             "in its `emits` class attribute)")
+
+    def check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Refuse ``param_groups`` indices the optimizer does not have (before the first step)."""
+        n = len(optimizer.param_groups)
+        bad = [i for i in (self.param_groups or []) if i >= n]
+        if bad:
+            raise ValueError(
+                f"WeightDecayController.param_groups: indices {bad} out of range, the optimizer has {n} param group(s)")
 
     def reapply(self, optimizer: torch.optim.Optimizer) -> None:
         """Write the controller's current values into ``optimizer`` (call in ``on_train_start`` after a

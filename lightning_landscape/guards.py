@@ -12,11 +12,34 @@ from __future__ import annotations
 
 import contextlib
 import random
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
+
+
+def restore_all(steps: list[Callable[[], object]]) -> None:
+    """Run every restore step even if one fails, then raise the first failure.
+
+    A guard that stopped restoring at its first error would leave the rest of the state changed.
+
+    >>> done = []
+    >>> restore_all([lambda: done.append(1), lambda: 1 / 0, lambda: done.append(3)])
+    Traceback (most recent call last):
+    ...
+    ZeroDivisionError: division by zero
+    >>> done
+    [1, 3]
+    """
+    first: BaseException | None = None
+    for step in steps:
+        try:
+            step()
+        except BaseException as err:  # noqa: BLE001 - KeyboardInterrupt too: finish restoring first
+            first = first if first is not None else err
+    if first is not None:
+        raise first
 
 
 @contextlib.contextmanager
@@ -29,11 +52,12 @@ def isolated_rng() -> Iterator[None]:
     try:
         yield
     finally:
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
-        np.random.set_state(np_state)
-        random.setstate(py_state)
+        restore_all([
+            lambda: torch.set_rng_state(cpu),
+            lambda: cuda is not None and torch.cuda.set_rng_state_all(cuda),
+            lambda: np.random.set_state(np_state),
+            lambda: random.setstate(py_state),
+        ])
 
 
 @contextlib.contextmanager
@@ -43,11 +67,14 @@ def preserved_buffers(module: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
-        with torch.no_grad():
-            for owner, name, original, copy in saved:
-                if owner._buffers.get(name) is not original:
-                    owner._buffers[name] = original  # the probe replaced the tensor object: put it back
+
+        def put_back(owner: nn.Module, name: str, original: torch.Tensor, copy: torch.Tensor) -> None:
+            if owner._buffers.get(name) is not original:
+                owner._buffers[name] = original  # the probe replaced the tensor object: put it back
+            with torch.no_grad():
                 original.copy_(copy)
+
+        restore_all([lambda s=s: put_back(*s) for s in saved])
 
 
 @contextlib.contextmanager
@@ -57,8 +84,7 @@ def preserved_modes(module: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
-        for m, mode in modes:
-            m.training = mode
+        restore_all([lambda m=m, mode=mode: setattr(m, "training", mode) for m, mode in modes])
 
 
 @contextlib.contextmanager
@@ -69,8 +95,7 @@ def preserved_parameters(module: nn.Module) -> Iterator[None]:
         yield
     finally:
         with torch.no_grad():
-            for p, copy in saved:
-                p.copy_(copy)
+            restore_all([lambda p=p, copy=copy: p.copy_(copy) for p, copy in saved])
 
 
 @contextlib.contextmanager

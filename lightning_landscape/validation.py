@@ -9,7 +9,12 @@ ValueError: every_n_steps must be an int >= 1, got 0
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
+
+from lightning_landscape import _cli_errors
+
+_cli_errors.install()  # a bad setting in a LightningCLI YAML: one line, not ~150 (see _cli_errors)
 
 
 def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -54,4 +59,28 @@ def check_number(name: str, value: Any, low: float | None = None, strict: bool =
         raise ValueError(f"{name} must be finite, got {value}")
     if low is not None and (value <= low if strict else value < low):
         raise ValueError(f"{name} must be {'>' if strict else '>='} {low}, got {value}")
+    return value
+
+
+_TAG_SEGMENT = re.compile(r"[A-Za-z0-9_.\-]+")
+
+
+def check_tag_prefix(name: str, value: Any) -> str:
+    """A TensorBoard-safe tag prefix: ``/``-separated segments of letters, digits, ``_``, ``.`` and ``-``.
+
+    TensorBoard replaces other characters and ``//`` makes an empty segment: tags would not be where
+    the docs and the rules look for them.
+
+    >>> check_tag_prefix("log_prefix", "runs/fast-lr.1")
+    'runs/fast-lr.1'
+    >>> check_tag_prefix("log_prefix", "a b//c")
+    Traceback (most recent call last):
+    ...
+    ValueError: log_prefix must be '/'-separated segments of letters, digits, '_', '.' or '-' (no spaces, no empty segment, no leading or trailing '/'), got 'a b//c'
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, got {type(value).__name__} {value!r}")
+    if not value or not all(_TAG_SEGMENT.fullmatch(part) for part in value.split("/")):
+        raise ValueError(f"{name} must be '/'-separated segments of letters, digits, '_', '.' or '-' "
+                         f"(no spaces, no empty segment, no leading or trailing '/'), got {value!r}")
     return value

@@ -12,7 +12,7 @@ from lightning_landscape.alerts.base import Rule, _check_name, _fmt
 from lightning_landscape.alerts.detectors import CusumDetector, HysteresisDetector
 from lightning_landscape.alerts.events import Event, as_event
 from lightning_landscape.alerts.runbook import runbook_action
-from lightning_landscape.validation import check_choice, check_number, check_positive_int
+from lightning_landscape.validation import check_bool, check_choice, check_number, check_positive_int
 
 
 class Threshold(Rule):
@@ -127,11 +127,11 @@ class ChangePoint(Rule):
             threshold=check_number(f"{cls}.threshold", threshold, 0.0, strict=True),
             warmup=check_positive_int(f"{cls}.warmup", warmup, 2),
             smoothing=check_number(f"{cls}.smoothing", smoothing, 0.0),
-            log_scale=bool(log_scale),
+            log_scale=check_bool(f"{cls}.log_scale", log_scale),
             min_relative_change=check_number(f"{cls}.min_relative_change", min_relative_change, 0.0),
             min_scale=check_number(f"{cls}.min_scale", min_scale, 0.0),
             min_relative_scale=check_number(f"{cls}.min_relative_scale", min_relative_scale, 0.0),
-            trend=bool(trend),
+            trend=check_bool(f"{cls}.trend", trend),
         )
         if self.detector.smoothing > 1:
             raise ValueError(f"{cls}.smoothing must be in [0, 1], got {smoothing}")

@@ -11,10 +11,11 @@ import logging
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, Union
 
 from lightning_landscape._imports import import_object
 from lightning_landscape.alerts.events import Event, check_severity, severity_rank
+from lightning_landscape.validation import check_bool
 
 
 class Sink(ABC):
@@ -156,28 +157,46 @@ def resolve_callable(target: str, name: str = "target") -> Callable[..., Any]:
 
 
 class CallableSink(Sink):
-    """Call a user function, given by import path (YAML-friendly), with each :class:`Event`
-    (``batch=False``) or with the list of events of one observation (``batch=True``).
+    """Call a user function with each :class:`Event` (``batch=False``) or with the list of events of one
+    observation (``batch=True``).
 
+    Args:
+        target: the function itself (Python), or its import path ``"package.module:function"`` (YAML).
+            A path is imported when the sink is built: only because your own configuration names it.
+        batch: one call per observation with the list of events, instead of one call per event.
+        min_severity: events below this severity are not delivered.
+
+    >>> seen = []
+    >>> CallableSink(seen.append).handle([Event("saddle", 5, 0, {}, "info", "lambda_min < 0")])
+    >>> seen[0].rule
+    'saddle'
     >>> sink = CallableSink("builtins:print")
     >>> sink.handle([Event("saddle", 5, 0, {}, "info", "lambda_min < 0")])  # doctest: +ELLIPSIS
     Event(rule='saddle', step=5, ...)
     """
 
-    def __init__(self, target: str, batch: bool = False, min_severity: str = "info") -> None:
+    def __init__(self, target: Union[str, Callable[..., Any]], batch: bool = False, min_severity: str = "info") -> None:
         super().__init__(min_severity)
+        self.batch = check_bool("CallableSink.batch", batch)
+        if isinstance(target, str):
+            self._fn = resolve_callable(target, "CallableSink.target")
+        elif callable(target):
+            self._fn = target
+        else:
+            raise TypeError("CallableSink.target must be a callable or an import path 'package.module:function', "
+                            f"got {type(target).__name__}")
         self.target = target
-        self.batch = bool(batch)
-        self._fn = resolve_callable(target, "CallableSink.target")
 
-    def __getstate__(self) -> dict[str, Any]:  # ddp_spawn pickles callbacks: re-import on the other side
+    def __getstate__(self) -> dict[str, Any]:  # ddp_spawn pickles callbacks: an import path is re-imported there
         state = dict(self.__dict__)
-        state.pop("_fn", None)
+        if isinstance(self.target, str):
+            state.pop("_fn", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._fn = resolve_callable(self.target, "CallableSink.target")
+        if isinstance(self.target, str):
+            self._fn = resolve_callable(self.target, "CallableSink.target")
 
     def emit(self, events: list[Event]) -> None:
         if self.batch:
@@ -187,4 +206,6 @@ class CallableSink(Sink):
                 self._fn(e)
 
     def __repr__(self) -> str:
-        return f"CallableSink(target={self.target!r}, batch={self.batch}, min_severity={self.min_severity!r})"
+        target = self.target if isinstance(self.target, str) else getattr(
+            self.target, "__qualname__", type(self.target).__name__)
+        return f"CallableSink(target={target!r}, batch={self.batch}, min_severity={self.min_severity!r})"

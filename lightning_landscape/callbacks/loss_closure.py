@@ -8,7 +8,6 @@ they are muted and restored around it. A dedicated ``loss_fn(pl_module, batch)``
 from __future__ import annotations
 
 import contextlib
-import copy
 from typing import Any, Callable, Iterator
 
 import torch
@@ -26,28 +25,65 @@ def _metric_modules(module: nn.Module) -> list[nn.Module]:
 
 
 @contextlib.contextmanager
-def muted_logging(module: nn.Module) -> Iterator[None]:
-    """Silence ``self.log``/``self.log_dict`` and snapshot/restore torchmetrics states."""
-    saved_attrs = {name: module.__dict__[name] for name in ("log", "log_dict") if name in module.__dict__}
-    module.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
-    module.log_dict = lambda *args, **kwargs: None  # type: ignore[method-assign]
-    metric_states = []
-    for metric in _metric_modules(module):
-        names = list(getattr(metric, "_defaults", {}).keys())
-        extra = ("_update_count", "_computed", "_forward_cache")
-        state = {n: copy.deepcopy(getattr(metric, n)) for n in names + [e for e in extra if hasattr(metric, e)]}
-        metric_states.append((metric, state))
+def _muted_log_methods(module: nn.Module) -> Iterator[None]:
+    """``module.log``/``log_dict`` are no-ops inside the block and the user's own afterwards, whatever fails."""
+    saved = {name: module.__dict__[name] for name in ("log", "log_dict") if name in module.__dict__}
     try:
+        module.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
+        module.log_dict = lambda *args, **kwargs: None  # type: ignore[method-assign]
         yield
     finally:
         for name in ("log", "log_dict"):
-            if name in saved_attrs:
-                module.__dict__[name] = saved_attrs[name]
+            if name in saved:
+                module.__dict__[name] = saved[name]
             else:
                 module.__dict__.pop(name, None)
-        for metric, state in metric_states:
-            for n, v in state.items():
-                setattr(metric, n, v)
+
+
+@contextlib.contextmanager
+def preserved_metric(metric: nn.Module) -> Iterator[None]:
+    """Give a torchmetrics ``Metric`` back every attribute it had (states, update count, caches).
+
+    Nothing is deep-copied: ``_forward_cache``/``_computed`` may carry the user's autograd graph (a
+    ``MeanMetric`` fed the loss), and copying a non-leaf tensor raises. Instead the attributes are
+    saved by reference and the states, which ``update`` changes in place (``+=``) or by appending,
+    are swapped for detached copies while the block runs; the originals are never touched.
+
+    >>> import torchmetrics
+    >>> m = torchmetrics.MeanMetric(); loss = torch.tensor(2.0, requires_grad=True) * 3
+    >>> _ = m(loss)
+    >>> with preserved_metric(m):
+    ...     _ = m(torch.tensor(100.0))
+    >>> float(m.compute()), m._forward_cache is not None and m._forward_cache.requires_grad
+    (6.0, True)
+    """
+    saved = dict(metric.__dict__)
+    try:
+        for name in getattr(metric, "_defaults", {}):
+            value = saved.get(name)
+            if isinstance(value, torch.Tensor):
+                metric.__dict__[name] = value.detach().clone()
+            elif isinstance(value, list):
+                metric.__dict__[name] = list(value)  # list states grow by append; their tensors stay untouched
+        yield
+    finally:
+        for name in [n for n in metric.__dict__ if n not in saved]:
+            del metric.__dict__[name]
+        metric.__dict__.update(saved)
+
+
+@contextlib.contextmanager
+def muted_logging(module: nn.Module) -> Iterator[None]:
+    """Silence ``self.log``/``self.log_dict`` and give every torchmetrics metric its state back on exit.
+
+    Exception-safe both ways: if entering fails midway (or the block raises), everything already
+    changed is put back, so the user's logging never stays muted.
+    """
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_muted_log_methods(module))
+        for metric in _metric_modules(module):
+            stack.enter_context(preserved_metric(metric))
+        yield
 
 
 def extract_loss(output: Any) -> torch.Tensor:

@@ -28,6 +28,10 @@ from lightning_landscape.optim_info import describe_optimizer
 from lightning_landscape.parameters import ParameterSpace
 from lightning_landscape.probes import PROBES, NonFiniteLossError, Probe, ProbeContext, ProbeResult, default_probes
 from lightning_landscape.probes.base import check_choice, check_positive_int, order_probes
+from lightning_landscape.validation import check_bool, check_tag_prefix
+
+#: Event names the probes and the monitor emit (``Event.rule``), which a controller may be triggered by.
+PROBE_EVENTS = ("channel_entry", "saddle", "saddle_branch", "nonfinite")
 
 
 _log = logging.getLogger("lightning_landscape")
@@ -52,6 +56,8 @@ def _build_probes(probes: Optional[list[Union[Probe, str]]]) -> list[Probe]:
         return default_probes()
     if not isinstance(probes, (list, tuple)):
         raise TypeError(f"probes must be a list of Probe objects or probe names, got {type(probes).__name__}")
+    if not probes:
+        raise ValueError("probes must name at least one probe (leave it out for the default probes)")
     built: list[Probe] = []
     for item in probes:
         if isinstance(item, str):
@@ -153,19 +159,20 @@ class LandscapeMonitor(*callback_bases()):  # type: ignore[misc]
         self.precision = check_choice("precision", precision, ("fp32", "trainer"))
         self.on_error = check_choice("on_error", on_error, ("warn", "raise"))
         self.max_failures = check_positive_int("max_failures", max_failures)
-        self.measure_first_step = bool(measure_first_step)
+        self.measure_first_step = check_bool("measure_first_step", measure_first_step)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
         self.seed = seed
-        if not isinstance(log_prefix, str) or not log_prefix or log_prefix.startswith("/") or log_prefix.endswith("/"):
-            raise ValueError(f"log_prefix must be a non-empty tag prefix without leading/trailing '/', got {log_prefix!r}")
-        self.log_prefix = log_prefix
+        self.log_prefix = check_tag_prefix("log_prefix", log_prefix)
         if alerts is not None and not isinstance(alerts, AlertManager):
             raise TypeError(f"alerts must be an AlertManager, got {type(alerts).__name__}")
         if weight_decay is not None and not isinstance(weight_decay, WeightDecayController):
             raise TypeError(f"weight_decay must be a WeightDecayController, got {type(weight_decay).__name__}")
         self.alerts = alerts
         self.weight_decay = weight_decay
+        if weight_decay is not None:  # its triggers: events the probes emit or rules of `alerts` that fire
+            emitted = [e for p in self.probes for e in getattr(type(p), "emits", ())]  # a custom probe's own events
+            weight_decay.check_triggers([*PROBE_EVENTS, *emitted, *(alerts.rule_names if alerts is not None else ())])
         self.hvp_chunks = check_positive_int("hvp_chunks", hvp_chunks)
         self._state_key = self._generate_state_key(prefix=self.log_prefix, probes=[p.name for p in self.probes])
 
@@ -269,6 +276,7 @@ class LandscapeMonitor(*callback_bases()):  # type: ignore[misc]
             MetricWriter(trainer).write_layout(self._layout())
         if self.weight_decay is not None and getattr(trainer, "optimizers", None):
             # Optimizer state (param groups) is restored after on_fit_start on resume: re-apply our edits.
+            self.weight_decay.check_optimizer(trainer.optimizers[0])  # param_groups in range, before any step
             self.weight_decay.reapply(trainer.optimizers[0])
 
     def teardown(self, trainer: Any, pl_module: nn.Module, stage: str) -> None:

@@ -19,6 +19,7 @@ from lightning_landscape.probes.base import (
     check_positive_int,
 )
 from lightning_landscape.probes.context import ProbeContext
+from lightning_landscape.validation import check_bool
 
 ParamSet = Literal["decayed", "all", "weights"]
 
@@ -119,8 +120,8 @@ class L2Transition(Probe):
     ) -> None:
         super().__init__(every_n_steps)
         self.params = check_choice("L2Transition.params", params, ("decayed", "all", "weights"))
-        self.per_layer = bool(per_layer)
-        self.ray = bool(ray)
+        self.per_layer = check_bool("L2Transition.per_layer", per_layer)
+        self.ray = check_bool("L2Transition.ray", ray)
         self.s_max = check_positive_float("L2Transition.s_max", s_max)
         self.num_scales = check_positive_int("L2Transition.num_scales", num_scales, 2)
         self.refine_steps = check_positive_int("L2Transition.refine_steps", refine_steps, 0)

@@ -43,6 +43,7 @@ from lightning_landscape.probes.base import (
     check_positive_int,
 )
 from lightning_landscape.probes.context import ProbeContext
+from lightning_landscape.validation import check_bool
 
 
 def _check_layers(owner: str, layers: Sequence[Sequence[str]] | None) -> list[list[str]] | None:
@@ -155,7 +156,7 @@ class WeightDynamics(Probe):
         super().__init__(every_n_steps)
         self.histogram_every = check_positive_int("WeightDynamics.histogram_every", histogram_every, 0)
         self.bins = check_positive_int("WeightDynamics.bins", bins, 2)
-        self.checkpoint_init = bool(checkpoint_init)
+        self.checkpoint_init = check_bool(f"{type(self).__name__}.checkpoint_init", checkpoint_init)
         self.layers = _check_layers("WeightDynamics", layers)
         self._neurons = _NeuronLayers(self.layers)
         self._init: dict[str, list[torch.Tensor]] | None = None
@@ -472,7 +473,7 @@ class SaddleBranches(Probe):
         self.ratio_tol = check_positive_float("SaddleBranches.ratio_tol", ratio_tol, allow_zero=True)
         self.contribution_tol = check_positive_float("SaddleBranches.contribution_tol", contribution_tol)
         self.merge_tol = check_positive_float("SaddleBranches.merge_tol", merge_tol)
-        self.compute_spectrum = bool(compute_spectrum)
+        self.compute_spectrum = check_bool(f"{type(self).__name__}.compute_spectrum", compute_spectrum)
         self.max_iter = check_positive_int("SaddleBranches.max_iter", max_iter, 2)
         self.tol = check_positive_float("SaddleBranches.tol", tol)
         self.window = check_positive_int("SaddleBranches.window", window, 2)

@@ -126,9 +126,9 @@ class HessianSpectrum(Probe):
         super().__init__(every_n_steps)
         self.max_iter = check_positive_int("HessianSpectrum.max_iter", max_iter, 2)
         self.tol = check_positive_float("HessianSpectrum.tol", tol)
-        self.warm_start = bool(warm_start)
+        self.warm_start = check_bool("HessianSpectrum.warm_start", warm_start)
         self.warm_noise = check_positive_float("HessianSpectrum.warm_noise", warm_noise, allow_zero=True)
-        self.preconditioned_eos = bool(preconditioned_eos)
+        self.preconditioned_eos = check_bool("HessianSpectrum.preconditioned_eos", preconditioned_eos)
         self.max_basis = None if max_basis is None else check_positive_int("HessianSpectrum.max_basis", max_basis, 3)
         self.adam_warmup_steps = check_positive_int("HessianSpectrum.adam_warmup_steps", adam_warmup_steps, 0)
         self.fast_every_n_steps = (None if fast_every_n_steps is None

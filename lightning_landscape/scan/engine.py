@@ -26,6 +26,7 @@ from lightning_landscape.linalg.random import gaussian
 from lightning_landscape.parameters import ParameterSpace
 from lightning_landscape.scan.point import ScanPoint
 from lightning_landscape.scan.problem import ScanProblem
+from lightning_landscape.validation import check_bool
 
 
 @dataclass
@@ -54,6 +55,8 @@ class ScanConfig:
     ray: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("curvature", "ray"):
+            check_bool(name, getattr(self, name))
         if self.betas is not None:
             betas = [float(b) for b in self.betas]
             if len(betas) < 2 or any(b < 0 or not math.isfinite(b) for b in betas):

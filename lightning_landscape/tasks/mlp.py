@@ -7,6 +7,7 @@ from typing import Sequence
 from torch import nn
 
 from lightning_landscape.tasks.data import ACTIVATIONS
+from lightning_landscape.validation import check_bool
 
 
 def build_mlp(
@@ -19,6 +20,7 @@ def build_mlp(
     dropout: float = 0.0,
 ) -> nn.Sequential:
     """Linear → [BatchNorm] → activation → [Dropout] blocks, then a linear read-out."""
+    bias, batch_norm = check_bool("bias", bias), check_bool("batch_norm", batch_norm)
     layers: list[nn.Module] = []
     width = input_dim
     for h in hidden:
