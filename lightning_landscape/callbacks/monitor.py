@@ -7,6 +7,8 @@ All hook logic is framework-free: it only touches duck-typed trainer attributes.
 
 from __future__ import annotations
 
+import ast
+import copy
 import logging
 import time
 import warnings
@@ -170,7 +172,10 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         self.alerts = alerts
         self.weight_decay = weight_decay
         self.hvp_chunks = check_positive_int("hvp_chunks", hvp_chunks)
-        self._state_key = self._generate_state_key(prefix=self.log_prefix, probes=[p.name for p in self.probes])
+        # The prefix alone: the probe list may change between a save and a resume (the alert and controller
+        # state must survive it), and two monitors in one Trainer need distinct prefixes anyway (their tags
+        # would collide), which Lightning enforces through this key.
+        self._state_key = self._generate_state_key(prefix=self.log_prefix)
 
         self._cache = ProbeBatchCache(self.probe_batch, self.num_probe_batches, self.max_probe_samples)
         self._enabled = True
@@ -195,12 +200,13 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
     # ------------------------------------------------------------------ identity / checkpoint state
     @property
     def state_key(self) -> str:
-        # Names, not settings: changing an interval before resuming must not orphan the saved state.
-        # Built once in __init__: Lightning asks for it several times per step.
+        # The log prefix, neither probe names nor settings: adding a probe or changing an interval before
+        # resuming must not orphan the saved state. Built once in __init__: Lightning asks for it often.
         return self._state_key
 
     def state_dict(self) -> dict[str, Any]:
         return {
+            # Per probe, by its registry name (unique within a monitor): restored probe by probe.
             "probes": {p.name: p.state_dict() for p in self.probes},
             "disabled_probes": sorted(self._disabled_probes),
             "failures": dict(self._failures),
@@ -215,11 +221,28 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = dict(state_dict.get("probes", {}))
+        configured = {p.name for p in self.probes}
         for probe in self.probes:
-            if probe.name in state_dict.get("probes", {}):
-                probe.load_state_dict(state_dict["probes"][probe.name])
-        self._disabled_probes = set(state_dict.get("disabled_probes", []))
-        self._failures = defaultdict(int, state_dict.get("failures", {}))
+            if probe.name not in saved:
+                continue
+            fresh_state = copy.deepcopy(probe.__dict__)  # before its first measurement: small
+            try:
+                probe.load_state_dict(saved[probe.name])
+            except Exception as err:  # noqa: BLE001 - a stale probe state must not stop the resume
+                probe.__dict__.clear()
+                probe.__dict__.update(fresh_state)
+                self._warn(f"the saved state of probe {probe.name!r} could not be restored "
+                           f"({type(err).__name__}: {err}); it starts afresh")
+        fresh = sorted(configured - set(saved))
+        if fresh and saved:
+            _log.info("LandscapeMonitor(%s): probes new since the checkpoint start afresh: %s", self.log_prefix, fresh)
+        dropped = sorted(set(saved) - configured)
+        if dropped:
+            self._warn(f"the checkpoint holds the state of probes no longer configured ({dropped}); it is ignored. "
+                       "The alert and weight-decay controller state is restored.")
+        self._disabled_probes = {n for n in state_dict.get("disabled_probes", []) if n in configured}
+        self._failures = defaultdict(int, {n: c for n, c in state_dict.get("failures", {}).items() if n in configured})
         self.total_hvps = int(state_dict.get("total_hvps", 0))
         self.num_measurements = int(state_dict.get("num_measurements", 0))
         self.probe_seconds = float(state_dict.get("probe_seconds", 0.0))
@@ -230,6 +253,26 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
             self.alerts.load_state_dict(state_dict["alerts"])
         if self.weight_decay is not None and "weight_decay" in state_dict:
             self.weight_decay.load_state_dict(state_dict["weight_decay"])
+
+    def on_load_checkpoint(self, trainer: Any, pl_module: nn.Module, checkpoint: dict[str, Any]) -> None:
+        """Checkpoints written before the state key was the prefix alone keyed it on the probe names too:
+        Lightning restores only an exact key, so find such a state of ours by its prefix and load it."""
+        states = checkpoint.get("callbacks") or {}
+        if self.state_key in states:
+            return  # Lightning calls load_state_dict with it next
+        head = f"{type(self).__qualname__}{{"
+        found = []
+        for key, state in states.items():
+            if not (isinstance(key, str) and key.startswith(head)):
+                continue
+            try:
+                fields = ast.literal_eval(key[len(type(self).__qualname__):])  # literals only: runs no code
+            except (ValueError, SyntaxError):
+                continue
+            if isinstance(fields, dict) and fields.get("prefix") == self.log_prefix:
+                found.append(state)
+        if len(found) == 1 and found[0]:
+            self.load_state_dict(copy.deepcopy(found[0]))
 
     # ------------------------------------------------------------------ setup
     def _warn(self, message: str) -> None:
