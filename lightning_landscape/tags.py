@@ -18,7 +18,8 @@ MONITOR_TAGS: dict[str, tuple[str, str, str]] = {
     "hessian/hvps": ("Hessian-vector products spent at this measurement (all probes)", "—", "each measurement"),
     "monitor/seconds": ("wall time of this measurement", "—", "each measurement"),
     "monitor/overhead": ("monitoring time so far / training time so far", "—", "each measurement"),
-    "monitor/nonfinite": ("1 when the probe loss or gradient was NaN/Inf (Hessian probes skipped)", "—", "when it happens"),
+    "monitor/nonfinite": ("1 when the probe loss or gradient was NaN/Inf (Hessian probes skipped), else 0", "—",
+                          "each measurement"),
 }
 
 

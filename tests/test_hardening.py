@@ -208,3 +208,59 @@ def test_schedule_catches_intervals_when_global_step_jumps() -> None:
     steps = [2, 4, 6, 8, 10, 12]  # two optimizers: global_step advances by 2 per batch
     due = [s for prev, s in zip([0] + steps, steps) if probe.is_due(s, prev)]
     assert due == [4, 6, 10, 12]  # 3, 6, 9, 12 crossed
+
+
+def _alerts_into(events: list):
+    from lightning_landscape.alerts import AlertManager, NonFinite, Sink
+
+    class Collect(Sink):
+        def emit(self, batch):
+            events.extend(batch)
+
+    return AlertManager([NonFinite(cooldown_steps=0)], sinks=[Collect("info")])
+
+
+def test_nonfinite_flag_comes_down_when_the_probes_recover() -> None:
+    def loss_fn(module, batch):  # NaN at the measurement after step 2 only
+        loss = nn.functional.mse_loss(module(batch[0]), batch[1])
+        return loss * float("nan") if module.trainer.global_step == 2 else loss
+
+    events: list = []
+    monitor = LandscapeMonitor(probes=[HessianSpectrum(every_n_steps=1)], loss_fn=loss_fn,
+                               alerts=_alerts_into(events))
+    seen = []
+
+    class Watch(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append((monitor.last_values.get("landscape/monitor/nonfinite"),
+                         monitor.last_values.get("landscape/alerts/nonfinite")))
+
+    t = trainer(max_steps=4, callbacks=[monitor, Watch()])
+    with pytest.warns(LandscapeMonitorWarning, match="non-finite"):
+        t.fit(small_task(), loaders())
+    assert seen == [(0.0, 0.0), (1.0, 1.0), (0.0, 0.0), (0.0, 0.0)]
+    assert "landscape/hessian/lambda_max" in monitor.last_values  # measured again after the NaN step
+
+
+def test_trace_at_the_minimum_budget_never_logs_a_nan_stderr() -> None:
+    events: list = []
+    monitor = LandscapeMonitor(probes=[HessianTrace(every_n_steps=1, num_matvecs=3)], alerts=_alerts_into(events))
+    trainer(max_steps=2, callbacks=[monitor]).fit(small_task(), loaders())
+    values = monitor.last_values
+    assert math.isfinite(values["landscape/hessian/trace"])
+    stderr = values.get("landscape/hessian/trace_stderr")
+    assert stderr is None or math.isfinite(stderr)
+    if stderr is None:
+        assert "num_matvecs" in monitor.not_measured["landscape/hessian/trace_stderr"]
+    assert [e for e in events if e.rule == "nonfinite"] == []
+
+
+def test_two_monitors_with_one_prefix_are_refused() -> None:
+    first = LandscapeMonitor(probes=[HessianSpectrum(every_n_steps=1)])
+    second = LandscapeMonitor(probes=[HessianTrace(every_n_steps=1)])
+    with pytest.raises(RuntimeError, match="state_key"):  # Lightning itself, when the Trainer is built
+        trainer(max_steps=1, callbacks=[first, second])
+    t = trainer(max_steps=1, callbacks=[first])
+    t.callbacks.append(second)  # added later: refused in setup, before training starts, naming the setting
+    with pytest.raises(ValueError, match="log_prefix='landscape' is used by 2 LandscapeMonitors"):
+        t.fit(small_task(), loaders())

@@ -100,7 +100,8 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         measure_first_step: also measure after the first optimizer step (a baseline; probes with
             ``measure_at_first_step = False``, the expensive density and slices, skip it).
         seed: seed of the probes' private random generators (the global RNG is never used).
-        log_prefix: first part of every tag (``<log_prefix>/<group>/<name>``).
+        log_prefix: first part of every tag (``<log_prefix>/<group>/<name>``) and the key of the checkpoint
+            state. Two monitors in one Trainer need different prefixes (the Trainer refuses two equal ones).
         alerts: an :class:`~lightning_landscape.alerts.AlertManager` (rules on the measured streams and
             probe events, sinks: logging, TensorBoard, callables, webhooks; optional stop-training).
         weight_decay: a :class:`~lightning_landscape.control.WeightDecayController` that edits the optimizer's
@@ -288,6 +289,16 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         if stage != "fit":
             return
         self._enabled = True
+        twins = [cb for cb in getattr(trainer, "callbacks", []) or []
+                 if cb is not self and isinstance(cb, LandscapeMonitor) and cb.log_prefix == self.log_prefix]
+        if twins:
+            # Lightning refuses two equal state keys when the Trainer is built; this catches callbacks added
+            # later (trainer.callbacks.append): their hessian/hvps, monitor/* and alerts/* tags would collide.
+            raise ValueError(
+                f"log_prefix={self.log_prefix!r} is used by {len(twins) + 1} LandscapeMonitors in this Trainer: their "
+                "tags (hessian/hvps, monitor/*, alerts/*) and checkpoint state would collide; give each monitor "
+                "its own log_prefix"
+            )
         strategy = getattr(trainer, "strategy", None)
         unsupported = FSDP_STRATEGIES + DEEPSPEED_STRATEGIES + MODEL_PARALLEL_STRATEGIES
         if unsupported and isinstance(strategy, unsupported):
@@ -447,8 +458,9 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
                 self._merge(logged, probe.group, result, probe)
             hvps = ctx.num_matvecs
             ctx.release()
-        if nonfinite:
-            logged.scalars[f"{self.log_prefix}/monitor/nonfinite"] = 1.0
+        # At every measurement, 0 included: the flag must come down once the probes recover (a flag left
+        # at 1 keeps the nonfinite rule latched and hides the next episode).
+        logged.scalars[f"{self.log_prefix}/monitor/nonfinite"] = float(nonfinite)
         if hvps:
             logged.scalars[f"{self.log_prefix}/hessian/hvps"] = float(hvps)
         elapsed = time.perf_counter() - started

@@ -379,7 +379,14 @@ class HessianTrace(Probe):
         estimator = hutchpp_trace if self.method == "hutchpp" else hutchinson_trace
         est = estimator(op.matvec, ctx.space.dim, self.num_matvecs, gen, ctx.space.dtype, ctx.space.device)
         ctx.extras["trace"] = est
-        return ProbeResult(scalars={"trace": est.value, "trace_stderr": est.stderr})
+        out = ProbeResult(scalars={"trace": est.value})
+        if math.isnan(est.stderr) and math.isfinite(est.value):
+            # Too few products left after the sketch for a sample variance: absent, never a NaN that alerts.
+            out.not_measured["trace_stderr"] = (f"num_matvecs={self.num_matvecs} leaves fewer than two samples "
+                                                "after the sketch; raise num_matvecs for a standard error")
+        else:
+            out.scalars["trace_stderr"] = est.stderr
+        return out
 
 
 class HessianDensity(Probe):
