@@ -362,6 +362,8 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         ]
         if due:
             self.measure(trainer, pl_module, due, step, batch)
+            if not self._enabled:
+                return
         tracking = [p for p in self._trackers if p not in due and p.name not in self._disabled_probes]
         if tracking:
             self._track(trainer, tracking, step)
@@ -414,9 +416,14 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         if not batches or self._loss_of_batch is None:
             return logged
         optimizer = trainer.optimizers[0] if getattr(trainer, "optimizers", None) else None
-        with probe_guard(pl_module, autocast_off=self.precision == "fp32"):
-            if self._space is None:
+        if self._space is None:
+            # At the first measurement, not in setup: lazy modules have their parameters only after a forward.
+            try:
                 self._space = ParameterSpace.from_module(pl_module)
+            except ValueError as err:  # no trainable or complex parameters: nothing meaningful to measure
+                self._disable(str(err))
+                return logged
+        with probe_guard(pl_module, autocast_off=self.precision == "fp32"):
             ctx = ProbeContext(
                 pl_module,
                 self._closure(trainer, batches),
