@@ -151,3 +151,100 @@ def test_tied_weights_count_once_in_weight_totals() -> None:
     assert out["total/norm"] == pytest.approx(norm, rel=1e-12)
     assert out["total/distance_from_init"] == pytest.approx(moved, rel=1e-12)
     assert out["total/update_ratio"] == pytest.approx(moved / (norm * 2), rel=1e-12)
+
+
+# ---------------------------------------------------------------------------- probe batches
+def test_variable_length_list_batch_is_never_cut_along_time() -> None:
+    from lightning_landscape.callbacks.probe_batch import ProbeBatchCache, split_batch
+
+    seqs = [torch.randn(7, 3), torch.randn(5, 3), torch.randn(9, 3)]  # three samples of different lengths
+    messages: list[str] = []
+    cache = ProbeBatchCache("cached", num_batches=2, max_samples=2, warn=messages.append)
+    cache.observe(seqs)
+    cache.observe(seqs)
+    kept = cache.batches(current=None)[0]
+    assert [tuple(t.shape) for t in kept] == [(7, 3), (5, 3), (9, 3)]
+    assert all(torch.equal(a, b) for a, b in zip(kept, seqs))
+    assert len(messages) == 1 and "different leading sizes [5, 7, 9]" in messages[0]
+    assert split_batch(seqs, 2) == [(1.0, seqs)]
+    # A shared leading dimension is still cut (the batch size), and only that one.
+    x, y = torch.randn(8, 7), torch.randn(8)
+    assert [tuple(t.shape) for t in split_batch((x, y), 2)[0][1]] == [(4, 7), (4,)]
+
+
+class _Record:
+    """A custom batch object (as graph libraries build them)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+
+def test_custom_batch_object_warns_once_that_it_is_not_truncated() -> None:
+    from lightning_landscape.callbacks.probe_batch import ProbeBatchCache
+
+    messages: list[str] = []
+    cache = ProbeBatchCache("cached", num_batches=3, max_samples=4, warn=messages.append)
+    for _ in range(3):
+        cache.observe(_Record(torch.randn(16, 2), torch.randn(16)))
+    assert len(messages) == 1 and "max_probe_samples=4" in messages[0] and "_Record" in messages[0]
+    silent: list[str] = []
+    ProbeBatchCache("fixed", warn=silent.append).observe(_Record(torch.randn(16, 2), torch.randn(16)))
+    assert silent == []  # no cap asked for: nothing to say
+
+
+def test_an_empty_first_batch_is_not_kept_as_the_probe_batch() -> None:
+    from lightning_landscape.callbacks.probe_batch import ProbeBatchCache
+
+    empty, full = (torch.zeros(0, 6), torch.zeros(0, 1)), (torch.randn(4, 6), torch.randn(4, 1))
+    fixed = ProbeBatchCache("fixed")
+    fixed.observe(empty)
+    assert fixed.batches(current=None) == []
+    fixed.observe(full)
+    fixed.observe((torch.randn(4, 6), torch.randn(4, 1)))
+    (kept,) = fixed.batches(current=None)
+    assert all(torch.equal(a, b) for a, b in zip(kept, full))
+    messages: list[str] = []
+    current = ProbeBatchCache("current", warn=messages.append)
+    assert current.batches(current=empty) == [] and "empty" in messages[0]
+
+
+class _SeqTask(type(small_task())):
+    """Batches are ``(list of variable-length sequences, targets)``; the model averages each over time."""
+
+    def __init__(self) -> None:
+        super().__init__(input_dim=3, hidden=(5,), lr=0.05, momentum=0.0)
+
+    def _loss(self, batch):
+        seqs, y = batch
+        feats = torch.stack([s.mean(0) for s in seqs])
+        return nn.functional.mse_loss(self(feats).squeeze(-1), y)
+
+    def training_step(self, batch, batch_idx):
+        return self._loss(batch)
+
+    def landscape_loss(self, batch):
+        return self._loss(batch)
+
+
+def _seq_loader():
+    g = torch.Generator().manual_seed(0)
+    samples = [(torch.randn(int(n), 3, generator=g), torch.randn((), generator=g))
+               for n in torch.randint(2, 9, (24,), generator=g)]
+    return torch.utils.data.DataLoader(samples, batch_size=6, collate_fn=lambda b: ([s for s, _ in b],
+                                                                                     torch.stack([t for _, t in b])))
+
+
+def test_variable_length_batches_measure_the_same_curvature_with_cap_and_chunks() -> None:
+    values = []
+    for kwargs in ({}, {"max_probe_samples": 2, "hvp_chunks": 3}):
+        torch.manual_seed(0)
+        monitor = LandscapeMonitor(probes=[HessianSpectrum(every_n_steps=1, max_iter=30, tol=1e-6, max_basis=None)],
+                                   **kwargs)
+        t = trainer(max_steps=2, callbacks=[monitor])
+        if kwargs:
+            with pytest.warns(LandscapeMonitorWarning, match="different leading sizes"):
+                t.fit(_SeqTask(), _seq_loader())
+        else:
+            t.fit(_SeqTask(), _seq_loader())
+        values.append(monitor.last_values["landscape/hessian/lambda_max"])
+    assert values[1] == pytest.approx(values[0], rel=1e-5)  # the whole batch both times, not time slices

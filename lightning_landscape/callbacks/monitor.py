@@ -26,7 +26,7 @@ from lightning_landscape._compat import (
 )
 from lightning_landscape.alerts import AlertManager, Event, as_event
 from lightning_landscape.callbacks.loss_closure import batches_loss, resolve_loss
-from lightning_landscape.callbacks.probe_batch import ProbeBatchCache, split_batch
+from lightning_landscape.callbacks.probe_batch import ProbeBatchCache, split_batch, why_not_splittable
 from lightning_landscape.callbacks.writer import MetricWriter, logging_step, prefixed, should_log, tags_by_group
 from lightning_landscape.control.weight_decay import WeightDecayController
 from lightning_landscape.guards import probe_guard
@@ -85,7 +85,7 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         probes: what to measure: ``Probe`` objects, or registry names with default settings
             (``"hessian_spectrum"``, ``"hessian_trace"``, ``"hessian_density"``, ...). Default: spectrum,
             trace and density at intervals that keep the overhead low.
-        probe_batch: ``"fixed"`` — the first training batch, kept for the run (comparable measurements);
+        probe_batch: ``"fixed"`` — the first non-empty training batch, kept for the run (comparable measurements);
             ``"cached"`` — the first ``num_probe_batches`` batches, loss averaged; ``"current"`` — the batch of
             the measured step.
         num_probe_batches: batches kept with ``probe_batch="cached"``.
@@ -178,7 +178,7 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         # would collide), which Lightning enforces through this key.
         self._state_key = self._generate_state_key(prefix=self.log_prefix)
 
-        self._cache = ProbeBatchCache(self.probe_batch, self.num_probe_batches, self.max_probe_samples)
+        self._cache = ProbeBatchCache(self.probe_batch, self.num_probe_batches, self.max_probe_samples, warn=self._warn)
         self._enabled = True
         self._disabled_probes: set[str] = set()
         self._failures: dict[str, int] = defaultdict(int)
@@ -400,9 +400,10 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         chunks = []
         for batch in batches:
             pieces = split_batch(batch, self.hvp_chunks)
-            if len(pieces) == 1 and not self._warned_unsplittable:
+            why = why_not_splittable(batch) if len(pieces) == 1 else None
+            if why is not None and not self._warned_unsplittable:
                 self._warned_unsplittable = True
-                self._warn(f"hvp_chunks={self.hvp_chunks}: the probe batch has no batch dimension to split; using it whole")
+                self._warn(f"hvp_chunks={self.hvp_chunks} cannot split the probe batch: {why}; it is used whole")
             for fraction, piece in pieces:
                 closure = self._in_precision(trainer, lambda piece=piece: loss_of_batch(piece))
                 chunks.append((fraction / len(batches), closure))
