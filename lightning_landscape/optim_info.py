@@ -11,14 +11,14 @@ keeps no buffer then; its very first step sets ``b = g`` undampened, a transient
   ``p(−1) = 2 + 2μ − c a > 0`` (Jury; ``|μ| < 1`` holds): stable iff ``λ < (2 + 2μ) / ((1 − τ) η)``
   (2/η for plain GD; dampening 0.5 doubles the threshold);
 * Nesterov, ``θ ← θ − η (g + μ b)``: on ``(θ_t, u_{t−1})`` the map is
-  ``[[1 − a − μ c a, −μ²], [c a, μ]]``, trace ``1 + μ − a(1 + μ c)``, determinant ``μ (1 − a)``; the root
-  that leaves first crosses −1 (``p(−1) = 2 + 2μ − a (1 + μ + μ c) = 0``), so stable iff
+  ``[[1 − a − μ c a, −μ²], [c a, μ]]``, trace ``1 + μ − a(1 + μ c)``, determinant ``μ (1 − a)``;
+  the root that leaves first crosses −1 (``p(−1) = 2 + 2μ − a (1 + μ + μ c) = 0``), so stable iff
   ``λ < (2 + 2μ) / ((1 + μ + μ(1 − τ)) η)`` = ``(2 + 2μ)/((1 + 2μ) η)`` (torch requires τ = 0 here).
 
 Adam(W) with a frozen preconditioner is the dampened heavy ball with ``μ = τ = β1`` on ``P⁻¹H``: it is judged
-on ``λmax(P⁻¹H)`` with ``P = (1 − β1^t) diag(√v̂ + ε)`` (``v̂`` from ``max_exp_avg_sq`` under AMSGrad, as torch
-divides by it) against ``(2 + 2β1)/((1 − β1) η)`` (= 38/η at β1 = 0.9). Tests pin every threshold against
-the divergence point of ``torch.optim`` itself on a diagonal quadratic.
+on ``λmax(P⁻¹H)`` with ``P = (1 − β1^t) diag(√v̂ + ε)`` (``v̂`` from ``max_exp_avg_sq`` under AMSGrad,
+as torch divides by it) against ``(2 + 2β1)/((1 − β1) η)`` (= 38/η at β1 = 0.9). Tests pin every threshold
+against the divergence point of ``torch.optim`` itself on a diagonal quadratic.
 """
 
 from __future__ import annotations

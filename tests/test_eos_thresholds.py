@@ -166,3 +166,25 @@ def test_preconditioned_sharpness_matches_dense_eigvalsh_from_the_optimizer_stat
     info = describe_optimizer(opt)
     assert out["eos_ratio"] == pytest.approx(exact * 0.01 * (1 - 0.9) / (2 + 2 * 0.9), rel=1e-6)
     assert info.eos_threshold() == pytest.approx(3800.0, rel=1e-12)  # (2 + 1.8) / (0.1 · 0.01)
+
+
+def test_dampened_nesterov_threshold_matches_its_recurrence() -> None:
+    """torch refuses Nesterov with dampening; the formula covers it anyway, checked against the update
+    written out (``b ← μb + (1 − τ)g``, ``θ ← θ − η(g + μb)``) on the same grid."""
+    from lightning_landscape.optim_info import OptimizerInfo
+
+    mu, tau, lr = 0.9, 0.5, 0.1
+    lam = torch.logspace(math.log10(0.1 / lr), math.log10(1000 / lr), GRID, dtype=torch.float64)
+    theta, buf = torch.ones(GRID, dtype=torch.float64), torch.zeros(GRID, dtype=torch.float64)
+    escaped = torch.zeros(GRID, dtype=torch.bool)
+    for _ in range(STEPS):
+        g = lam * theta
+        buf = mu * buf + (1 - tau) * g
+        theta = theta - lr * (g + mu * buf)
+        escaped |= ~(theta.abs() <= 1e3)
+    bounded = ((theta.abs() <= 1.0) & ~escaped).tolist()
+    first_bad = bounded.index(False)
+    assert all(bounded[:first_bad]) and not any(bounded[first_bad:])
+    measured = math.sqrt(float(lam[first_bad - 1] * lam[first_bad]))
+    info = OptimizerInfo("sgd", lr, momentum=mu, dampening=tau, nesterov=True)
+    assert info.eos_threshold() == pytest.approx(measured, rel=5e-3)

@@ -91,7 +91,8 @@ def _decoupled_beta(optimizer: object, group: dict, wd: float) -> float | None:
         step = float(st.get("step", 0))
         if step <= 0:
             return None
-        v = st["max_exp_avg_sq"] if group.get("amsgrad") and "max_exp_avg_sq" in st else st["exp_avg_sq"]  # torch's divisor
+        # AMSGrad divides by its running maximum, not by exp_avg_sq.
+        v = st["max_exp_avg_sq"] if group.get("amsgrad") and "max_exp_avg_sq" in st else st["exp_avg_sq"]
         v_hat = v.detach().double() / (1.0 - beta2**step)
         theta2 = p.detach().double() ** 2
         num += float(((v_hat.sqrt() + eps) * theta2).sum())

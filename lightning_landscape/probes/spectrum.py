@@ -97,8 +97,8 @@ class HessianSpectrum(Probe):
         "(NAdam, RAdam, RMSprop, ...): λmax·lr/2, the plain-GD ratio (not that optimizer's criterion)",
         "eos_ratio_tracked": "eos_ratio at every step: the last measured sharpness over the stability threshold at "
         "the current learning rate (free; equals eos_ratio at a measurement)",
-        "eos_threshold": "the optimizer's stability threshold at every step (SGD 2/lr, momentum (2+2μ)/((1−τ)lr), Adam "
-        "(2+2β1)/((1−β1)lr)); a steady fall is a learning-rate ramp",
+        "eos_threshold": "the optimizer's stability threshold at every step (SGD 2/lr, momentum (2+2μ)/((1−τ)lr), "
+        "Adam (2+2β1)/((1−β1)lr)); a steady fall is a learning-rate ramp",
         "ready/<key>": "1 once <key> can carry a verdict (Adam: second-moment estimate warmed up), 0 while warming up",
     }
     gated_keys = ("eos_ratio", "preconditioned_lambda_max", "eos_ratio_tracked")
