@@ -248,3 +248,13 @@ def test_variable_length_batches_measure_the_same_curvature_with_cap_and_chunks(
             t.fit(_SeqTask(), _seq_loader())
         values.append(monitor.last_values["landscape/hessian/lambda_max"])
     assert values[1] == pytest.approx(values[0], rel=1e-5)  # the whole batch both times, not time slices
+
+
+def test_tied_weight_listed_twice_in_a_param_group_counts_once() -> None:
+    from lightning_landscape.l2.convention import group_decays
+
+    net = _Tied()
+    with pytest.warns(UserWarning, match="duplicate parameters"):  # torch accepts it, with a warning
+        opt = torch.optim.SGD([net.enc.weight, net.dec.weight, net.dec.bias], lr=0.1, weight_decay=0.01)
+    (group,) = group_decays(opt)
+    assert [id(p) for p in group.params] == [id(net.enc.weight), id(net.dec.bias)]

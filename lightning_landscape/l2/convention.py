@@ -125,7 +125,8 @@ def group_decays(optimizer: object) -> list[GroupDecay]:
             beta, exact = 0.0, True
         else:
             beta, exact = wd / 2.0, kind == "coupled"
-        out.append(GroupDecay(i, wd, beta, kind, exact, tuple(group["params"])))
+        params = tuple({id(p): p for p in group["params"]}.values())  # a tied tensor listed twice counts once
+        out.append(GroupDecay(i, wd, beta, kind, exact, params))
     return out
 
 
