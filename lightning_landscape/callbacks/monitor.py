@@ -274,6 +274,9 @@ class LandscapeMonitor(*CALLBACK_BASES):  # type: ignore[misc]
                 found.append(state)
         if len(found) == 1 and found[0]:
             self.load_state_dict(copy.deepcopy(found[0]))
+        elif len(found) > 1:
+            self._warn(f"the checkpoint holds {len(found)} monitor states with log_prefix={self.log_prefix!r} "
+                       "(saved by monitors that shared it); none is restored")
 
     # ------------------------------------------------------------------ setup
     def _warn(self, message: str) -> None:
