@@ -1,9 +1,24 @@
 """What the optimizer implies for curvature: its edge-of-stability threshold and preconditioner.
 
-Edge of stability (Cohen et al. 2021, 2022): gradient descent with step size η is stable on a quadratic
-only while ``λmax < 2/η``; heavy-ball momentum μ moves this to ``(2 + 2μ)/η``, Nesterov momentum to
-``(2 + 2μ)/((1 + 2μ) η)``. Adam(W) is judged on the *preconditioned* sharpness ``λmax(P⁻¹H)`` with
-``P = (1 - β1^t) diag(√v̂ + ε)`` against ``(2 + 2β1)/((1 - β1) η)`` (= 38/η at β1 = 0.9).
+Edge of stability (Cohen et al. 2021, 2022): an optimizer is stable on a quadratic only while its sharpness
+stays below a threshold set by its hyper-parameters. On ``f(θ) = λθ²/2`` (``g = λθ``, ``a = η λ``) torch's SGD
+with momentum μ and dampening τ runs ``b ← μ b + c g`` with ``c = 1 − τ`` (``c = 1`` when ``μ = 0``: torch
+keeps no buffer then; its very first step sets ``b = g`` undampened, a transient only) and
+
+* heavy ball, ``θ ← θ − η b``: with ``u = η b = θ_t − θ_{t+1}`` this is
+  ``θ_{t+1} = (1 + μ − c a) θ_t − μ θ_{t−1}``, characteristic polynomial ``z² − (1 + μ − c a) z + μ``.
+  For ``0 ≤ μ < 1`` both roots lie inside the unit circle iff ``p(1) = c a > 0`` and
+  ``p(−1) = 2 + 2μ − c a > 0`` (Jury; ``|μ| < 1`` holds): stable iff ``λ < (2 + 2μ) / ((1 − τ) η)``
+  (2/η for plain GD; dampening 0.5 doubles the threshold);
+* Nesterov, ``θ ← θ − η (g + μ b)``: on ``(θ_t, u_{t−1})`` the map is
+  ``[[1 − a − μ c a, −μ²], [c a, μ]]``, trace ``1 + μ − a(1 + μ c)``, determinant ``μ (1 − a)``;
+  the root that leaves first crosses −1 (``p(−1) = 2 + 2μ − a (1 + μ + μ c) = 0``), so stable iff
+  ``λ < (2 + 2μ) / ((1 + μ + μ(1 − τ)) η)`` = ``(2 + 2μ)/((1 + 2μ) η)`` (torch requires τ = 0 here).
+
+Adam(W) with a frozen preconditioner is the dampened heavy ball with ``μ = τ = β1`` on ``P⁻¹H``: it is judged
+on ``λmax(P⁻¹H)`` with ``P = (1 − β1^t) diag(√v̂ + ε)`` (``v̂`` from ``max_exp_avg_sq`` under AMSGrad,
+as torch divides by it) against ``(2 + 2β1)/((1 − β1) η)`` (= 38/η at β1 = 0.9). Tests pin every threshold
+against the divergence point of ``torch.optim`` itself on a diagonal quadratic.
 """
 
 from __future__ import annotations
@@ -22,6 +37,7 @@ class OptimizerInfo:
     kind: str  # "sgd", "adam", "adamw", "adaptive" (other per-coordinate methods) or "other"
     lr: float
     momentum: float = 0.0
+    dampening: float = 0.0
     nesterov: bool = False
     beta1: float = 0.0
     beta2: float = 0.0
@@ -38,9 +54,13 @@ class OptimizerInfo:
             return float("inf")
         if self.is_adaptive:
             return (2.0 + 2.0 * self.beta1) / ((1.0 - self.beta1) * self.lr)
+        mu = self.momentum
+        c = 1.0 - self.dampening if mu != 0 else 1.0  # torch keeps no buffer (no dampening) without momentum
         if self.nesterov:
-            return (2.0 + 2.0 * self.momentum) / ((1.0 + 2.0 * self.momentum) * self.lr)
-        return (2.0 + 2.0 * self.momentum) / self.lr
+            return (2.0 + 2.0 * mu) / ((1.0 + mu + mu * c) * self.lr)
+        if c <= 0:
+            return float("inf")  # dampening 1: the buffer never takes in a new gradient
+        return (2.0 + 2.0 * mu) / (c * self.lr)
 
 
 _OTHER_ADAPTIVE: tuple[type, ...] = tuple(
@@ -81,13 +101,15 @@ def describe_optimizer(optimizer: torch.optim.Optimizer | None) -> OptimizerInfo
         kind,
         lr,
         momentum=float(group.get("momentum", 0.0) or 0.0),
+        dampening=float(group.get("dampening", 0.0) or 0.0),
         nesterov=bool(group.get("nesterov", False)),
         weight_decay=wd,
     )
 
 
 def adam_preconditioner(optimizer: torch.optim.Optimizer, space: ParameterSpace) -> torch.Tensor | None:
-    """The diagonal ``P = (1 - β1^t)(√(v/(1 - β2^t)) + ε)`` over ``space`` as one flat vector.
+    """The diagonal ``P = (1 - β1^t)(√(v/(1 - β2^t)) + ε)`` over ``space`` as one flat vector (``v`` is
+    ``max_exp_avg_sq`` under AMSGrad: what torch divides by).
 
     Parameters the optimizer does not update (no Adam state: unused, or not in this optimizer) get
     ``P = inf`` — the preconditioned step never moves them, so ``P^{-1/2} = 0`` removes them from
@@ -104,7 +126,8 @@ def adam_preconditioner(optimizer: torch.optim.Optimizer, space: ParameterSpace)
         group = next(g for g in optimizer.param_groups if any(q is p for q in g["params"]))
         b1, b2 = group["betas"]
         t = float(state["step"])
-        v_hat = state["exp_avg_sq"].detach().to(space.dtype) / (1.0 - b2**t)
+        v = state["max_exp_avg_sq"] if group.get("amsgrad") and "max_exp_avg_sq" in state else state["exp_avg_sq"]
+        v_hat = v.detach().to(space.dtype) / (1.0 - b2**t)
         parts.append(((1.0 - b1**t) * (v_hat.sqrt() + group["eps"])).reshape(-1))
     return torch.cat(parts) if any_state else None
 

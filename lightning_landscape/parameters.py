@@ -24,9 +24,20 @@ class ParameterSpace:
 
     def __init__(self, params: Sequence[torch.Tensor], names: Sequence[str] | None = None) -> None:
         if not params:
-            raise ValueError("no trainable parameters: nothing to measure")
-        self.params = list(params)
-        self.names = list(names) if names is not None else [f"param{i}" for i in range(len(params))]
+            raise ValueError("the model has no trainable parameters (none with requires_grad=True): nothing to measure")
+        names = list(names) if names is not None else [f"param{i}" for i in range(len(params))]
+        # One entry per tensor: a tied weight listed twice would count twice in every norm and product.
+        seen: set[int] = set()
+        kept = [(p, n) for p, n in zip(params, names) if not (id(p) in seen or seen.add(id(p)))]
+        complex_names = [n for p, n in kept if p.is_complex()]
+        if complex_names:
+            raise ValueError(
+                f"complex parameters are not supported ({complex_names}): the curvature of a real loss in "
+                "complex parameters is not a real symmetric Hessian, so its eigenvalues, trace and density "
+                "would be meaningless"
+            )
+        self.params = [p for p, _ in kept]
+        self.names = [n for _, n in kept]
         self.shapes = [p.shape for p in self.params]
         self.numels = [p.numel() for p in self.params]
         self.dim = sum(self.numels)

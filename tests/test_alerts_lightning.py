@@ -69,11 +69,12 @@ class Collect(Sink):
         self.events.extend(events)
 
 
-def run(max_steps, controller, wd=0.01, ckpt_dir=None, resume=None, channel=(10**9, 10**9), stop=True):
+def run(max_steps, controller, wd=0.01, ckpt_dir=None, resume=None, channel=(10**9, 10**9), stop=True,
+        extra_probes=()):
     sink = Collect()
     alerts = AlertManager([L2Threshold(margin_below=1.5, k=2), ChannelEntry(cooldown_steps=5)], sinks=[sink],
                           stop_on=["l2_threshold"] if stop else None)
-    monitor = LandscapeMonitor(probes=[FakeL2Probe(channel_from=channel[0], channel_to=channel[1])],
+    monitor = LandscapeMonitor(probes=[FakeL2Probe(channel_from=channel[0], channel_to=channel[1]), *extra_probes],
                                measure_first_step=False, alerts=alerts, weight_decay=controller)
     callbacks = [monitor]
     extra = {}
@@ -134,3 +135,27 @@ def test_resume_from_mid_run_checkpoint_does_not_refire(tmp_path):
     wd_full = tr_full.optimizers[0].param_groups[0]["weight_decay"]
     assert tr_res.optimizers[0].param_groups[0]["weight_decay"] == pytest.approx(wd_full)
     assert mon_res.weight_decay.state_dict() == mon_full.weight_decay.state_dict()
+
+
+def test_resume_with_a_changed_probe_list_keeps_alert_and_controller_state(tmp_path):
+    """Adding a probe before resuming must not orphan the saved alert and controller state (it would
+    re-fire every alert and re-apply every weight-decay raise from the start)."""
+    from lightning_landscape import HessianTrace
+
+    def ctrl():
+        return WeightDecayController(raise_factor=1.5, target_margin=1.1, cooldown_steps=4, max_wd=0.05)
+
+    kw = dict(wd=1e-3, channel=(3, 16), stop=False)
+    tr_full, mon_full, sink_full = run(20, ctrl(), ckpt_dir=tmp_path, **kw)
+    full = [(e.rule, e.step, e.key) for e in sink_full.events]
+    ckpt = tmp_path / "step=10.ckpt"
+    # The resumed run measures the trace too (rarely: it changes nothing the rules see).
+    tr_res, mon_res, sink_res = run(20, ctrl(), resume=str(ckpt),
+                                    extra_probes=[HessianTrace(every_n_steps=1000)], **kw)
+    resumed = [(e.rule, e.step, e.key) for e in sink_res.events]
+    assert resumed == [f for f in full if f[1] > 10]
+    assert ("channel_entry", 3, "net.0:1-2") not in resumed
+    assert tr_res.optimizers[0].param_groups[0]["weight_decay"] == pytest.approx(
+        tr_full.optimizers[0].param_groups[0]["weight_decay"])
+    assert mon_res.weight_decay.state_dict() == mon_full.weight_decay.state_dict()
+    assert mon_res.alerts.state_dict()["rules"] == mon_full.alerts.state_dict()["rules"]

@@ -55,13 +55,13 @@ def test_probe_names_build_defaults() -> None:
     assert [p.every_n_steps for p in monitor.probes] == [500, 2000]
 
 
-def test_state_key_depends_on_prefix_and_probe_names_not_settings() -> None:
+def test_state_key_depends_on_the_prefix_only() -> None:
     a = LandscapeMonitor(probes=[HessianSpectrum(every_n_steps=5)])
     b = LandscapeMonitor(probes=[HessianSpectrum(every_n_steps=7)])  # a changed interval keeps the saved state
     c = LandscapeMonitor(probes=[HessianSpectrum(every_n_steps=5)], log_prefix="other")
-    d = LandscapeMonitor(probes=[HessianTrace()])
-    assert a.state_key == b.state_key
-    assert len({a.state_key, c.state_key, d.state_key}) == 3
+    d = LandscapeMonitor(probes=[HessianTrace()])  # so does a changed probe list (alert, controller state)
+    assert a.state_key == b.state_key == d.state_key
+    assert a.state_key != c.state_key
 
 
 # ---------------------------------------------------------------------------- LightningCLI, both flavours

@@ -8,6 +8,8 @@ All hook logic is framework-free: it only touches duck-typed trainer attributes.
 
 from __future__ import annotations
 
+import ast
+import copy
 import logging
 import time
 import warnings
@@ -20,7 +22,7 @@ from torch import nn
 from lightning_landscape._compat import adopt_flavours, callback_bases, loaded_classes
 from lightning_landscape.alerts import AlertManager, Event, as_event
 from lightning_landscape.callbacks.loss_closure import batches_loss, resolve_loss
-from lightning_landscape.callbacks.probe_batch import ProbeBatchCache, split_batch
+from lightning_landscape.callbacks.probe_batch import ProbeBatchCache, split_batch, why_not_splittable
 from lightning_landscape.callbacks.writer import MetricWriter, prefixed, should_log, tags_by_group
 from lightning_landscape.control import WeightDecayController
 from lightning_landscape.guards import probe_guard
@@ -86,7 +88,7 @@ class LandscapeMonitor(*callback_bases()):  # type: ignore[misc]
         probes: what to measure: ``Probe`` objects, or registry names with default settings
             (``"hessian_spectrum"``, ``"hessian_trace"``, ``"hessian_density"``, ...). Default: spectrum,
             trace and density at intervals that keep the overhead low.
-        probe_batch: ``"fixed"`` — the first training batch, kept for the run (comparable measurements);
+        probe_batch: ``"fixed"`` — the first non-empty training batch, kept for the run (comparable measurements);
             ``"cached"`` — the first ``num_probe_batches`` batches, loss averaged; ``"current"`` — the batch of
             the measured step.
         num_probe_batches: batches kept with ``probe_batch="cached"``.
@@ -101,7 +103,8 @@ class LandscapeMonitor(*callback_bases()):  # type: ignore[misc]
         measure_first_step: also measure after the first optimizer step (a baseline; probes with
             ``measure_at_first_step = False``, the expensive density and slices, skip it).
         seed: seed of the probes' private random generators (the global RNG is never used).
-        log_prefix: first part of every tag (``<log_prefix>/<group>/<name>``).
+        log_prefix: first part of every tag (``<log_prefix>/<group>/<name>``) and the key of the checkpoint
+            state. Two monitors in one Trainer need different prefixes (the Trainer refuses two equal ones).
         alerts: an :class:`~lightning_landscape.alerts.AlertManager` (rules on the measured streams and
             probe events, sinks: logging, TensorBoard, callables, webhooks; optional stop-training).
         weight_decay: a :class:`~lightning_landscape.control.WeightDecayController` that edits the optimizer's
@@ -174,9 +177,12 @@ class LandscapeMonitor(*callback_bases()):  # type: ignore[misc]
             emitted = [e for p in self.probes for e in getattr(type(p), "emits", ())]  # a custom probe's own events
             weight_decay.check_triggers([*PROBE_EVENTS, *emitted, *(alerts.rule_names if alerts is not None else ())])
         self.hvp_chunks = check_positive_int("hvp_chunks", hvp_chunks)
-        self._state_key = self._generate_state_key(prefix=self.log_prefix, probes=[p.name for p in self.probes])
+        # The prefix alone: the probe list may change between a save and a resume (the alert and controller
+        # state must survive it), and two monitors in one Trainer need distinct prefixes anyway (their tags
+        # would collide), which Lightning enforces through this key.
+        self._state_key = self._generate_state_key(prefix=self.log_prefix)
 
-        self._cache = ProbeBatchCache(self.probe_batch, self.num_probe_batches, self.max_probe_samples)
+        self._cache = ProbeBatchCache(self.probe_batch, self.num_probe_batches, self.max_probe_samples, warn=self._warn)
         self._enabled = True
         self._disabled_probes: set[str] = set()
         self._failures: dict[str, int] = defaultdict(int)
@@ -199,12 +205,13 @@ class LandscapeMonitor(*callback_bases()):  # type: ignore[misc]
     # ------------------------------------------------------------------ identity / checkpoint state
     @property
     def state_key(self) -> str:
-        # Names, not settings: changing an interval before resuming must not orphan the saved state.
-        # Built once in __init__: Lightning asks for it several times per step.
+        # The log prefix, neither probe names nor settings: adding a probe or changing an interval before
+        # resuming must not orphan the saved state. Built once in __init__: Lightning asks for it often.
         return self._state_key
 
     def state_dict(self) -> dict[str, Any]:
         return {
+            # Per probe, by its registry name (unique within a monitor): restored probe by probe.
             "probes": {p.name: p.state_dict() for p in self.probes},
             "disabled_probes": sorted(self._disabled_probes),
             "failures": dict(self._failures),
@@ -219,11 +226,28 @@ class LandscapeMonitor(*callback_bases()):  # type: ignore[misc]
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = dict(state_dict.get("probes", {}))
+        configured = {p.name for p in self.probes}
         for probe in self.probes:
-            if probe.name in state_dict.get("probes", {}):
-                probe.load_state_dict(state_dict["probes"][probe.name])
-        self._disabled_probes = set(state_dict.get("disabled_probes", []))
-        self._failures = defaultdict(int, state_dict.get("failures", {}))
+            if probe.name not in saved:
+                continue
+            fresh_state = copy.deepcopy(probe.__dict__)  # before its first measurement: small
+            try:
+                probe.load_state_dict(saved[probe.name])
+            except Exception as err:  # noqa: BLE001 - a stale probe state must not stop the resume
+                probe.__dict__.clear()
+                probe.__dict__.update(fresh_state)
+                self._warn(f"the saved state of probe {probe.name!r} could not be restored "
+                           f"({type(err).__name__}: {err}); it starts afresh")
+        fresh = sorted(configured - set(saved))
+        if fresh and saved:
+            _log.info("LandscapeMonitor(%s): probes new since the checkpoint start afresh: %s", self.log_prefix, fresh)
+        dropped = sorted(set(saved) - configured)
+        if dropped:
+            self._warn(f"the checkpoint holds the state of probes no longer configured ({dropped}); it is ignored. "
+                       "The alert and weight-decay controller state is restored.")
+        self._disabled_probes = {n for n in state_dict.get("disabled_probes", []) if n in configured}
+        self._failures = defaultdict(int, {n: c for n, c in state_dict.get("failures", {}).items() if n in configured})
         self.total_hvps = int(state_dict.get("total_hvps", 0))
         self.num_measurements = int(state_dict.get("num_measurements", 0))
         self.probe_seconds = float(state_dict.get("probe_seconds", 0.0))
@@ -234,6 +258,29 @@ class LandscapeMonitor(*callback_bases()):  # type: ignore[misc]
             self.alerts.load_state_dict(state_dict["alerts"])
         if self.weight_decay is not None and "weight_decay" in state_dict:
             self.weight_decay.load_state_dict(state_dict["weight_decay"])
+
+    def on_load_checkpoint(self, trainer: Any, pl_module: nn.Module, checkpoint: dict[str, Any]) -> None:
+        """Checkpoints written before the state key was the prefix alone keyed it on the probe names too:
+        Lightning restores only an exact key, so find such a state of ours by its prefix and load it."""
+        states = checkpoint.get("callbacks") or {}
+        if self.state_key in states:
+            return  # Lightning calls load_state_dict with it next
+        head = f"{type(self).__qualname__}{{"
+        found = []
+        for key, state in states.items():
+            if not (isinstance(key, str) and key.startswith(head)):
+                continue
+            try:
+                fields = ast.literal_eval(key[len(type(self).__qualname__):])  # literals only: runs no code
+            except (ValueError, SyntaxError):
+                continue
+            if isinstance(fields, dict) and fields.get("prefix") == self.log_prefix:
+                found.append(state)
+        if len(found) == 1 and found[0]:
+            self.load_state_dict(copy.deepcopy(found[0]))
+        elif len(found) > 1:
+            self._warn(f"the checkpoint holds {len(found)} monitor states with log_prefix={self.log_prefix!r} "
+                       "(saved by monitors that shared it); none is restored")
 
     # ------------------------------------------------------------------ setup
     def _warn(self, message: str) -> None:
@@ -249,6 +296,16 @@ class LandscapeMonitor(*callback_bases()):  # type: ignore[misc]
         if stage != "fit":
             return
         self._enabled = True
+        twins = [cb for cb in getattr(trainer, "callbacks", []) or []
+                 if cb is not self and isinstance(cb, LandscapeMonitor) and cb.log_prefix == self.log_prefix]
+        if twins:
+            # Lightning refuses two equal state keys when the Trainer is built; this catches callbacks added
+            # later (trainer.callbacks.append): their hessian/hvps, monitor/* and alerts/* tags would collide.
+            raise ValueError(
+                f"log_prefix={self.log_prefix!r} is used by {len(twins) + 1} LandscapeMonitors in this Trainer: their "
+                "tags (hessian/hvps, monitor/*, alerts/*) and checkpoint state would collide; give each monitor "
+                "its own log_prefix"
+            )
         strategy = getattr(trainer, "strategy", None)
         unsupported = sum(
             (loaded_classes(f"strategies.{name}") for name in ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")),
@@ -316,6 +373,8 @@ class LandscapeMonitor(*callback_bases()):  # type: ignore[misc]
         ]
         if due:
             self.measure(trainer, pl_module, due, step, batch)
+            if not self._enabled:
+                return
         tracking = [p for p in self._trackers if p not in due and p.name not in self._disabled_probes]
         if tracking:
             self._track(trainer, tracking, step)
@@ -352,9 +411,10 @@ class LandscapeMonitor(*callback_bases()):  # type: ignore[misc]
         chunks = []
         for batch in batches:
             pieces = split_batch(batch, self.hvp_chunks)
-            if len(pieces) == 1 and not self._warned_unsplittable:
+            why = why_not_splittable(batch) if len(pieces) == 1 else None
+            if why is not None and not self._warned_unsplittable:
                 self._warned_unsplittable = True
-                self._warn(f"hvp_chunks={self.hvp_chunks}: the probe batch has no batch dimension to split; using it whole")
+                self._warn(f"hvp_chunks={self.hvp_chunks} cannot split the probe batch: {why}; it is used whole")
             for fraction, piece in pieces:
                 closure = self._in_precision(trainer, lambda piece=piece: loss_of_batch(piece))
                 chunks.append((fraction / len(batches), closure))
@@ -368,9 +428,14 @@ class LandscapeMonitor(*callback_bases()):  # type: ignore[misc]
         if not batches or self._loss_of_batch is None:
             return logged
         optimizer = trainer.optimizers[0] if getattr(trainer, "optimizers", None) else None
-        with probe_guard(pl_module, autocast_off=self.precision == "fp32"):
-            if self._space is None:
+        if self._space is None:
+            # At the first measurement, not in setup: lazy modules have their parameters only after a forward.
+            try:
                 self._space = ParameterSpace.from_module(pl_module)
+            except ValueError as err:  # no trainable or complex parameters: nothing meaningful to measure
+                self._disable(str(err))
+                return logged
+        with probe_guard(pl_module, autocast_off=self.precision == "fp32"):
             ctx = ProbeContext(
                 pl_module,
                 self._closure(trainer, batches),
@@ -411,8 +476,9 @@ class LandscapeMonitor(*callback_bases()):  # type: ignore[misc]
                 self._merge(logged, probe.group, result, probe)
             hvps = ctx.num_matvecs
             ctx.release()
-        if nonfinite:
-            logged.scalars[f"{self.log_prefix}/monitor/nonfinite"] = 1.0
+        # At every measurement, 0 included: the flag must come down once the probes recover (a flag left
+        # at 1 keeps the nonfinite rule latched and hides the next episode).
+        logged.scalars[f"{self.log_prefix}/monitor/nonfinite"] = float(nonfinite)
         if hvps:
             logged.scalars[f"{self.log_prefix}/hessian/hvps"] = float(hvps)
         elapsed = time.perf_counter() - started

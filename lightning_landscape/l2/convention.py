@@ -91,7 +91,9 @@ def _decoupled_beta(optimizer: object, group: dict, wd: float) -> float | None:
         step = float(st.get("step", 0))
         if step <= 0:
             return None
-        v_hat = st["exp_avg_sq"].detach().double() / (1.0 - beta2**step)
+        # AMSGrad divides by its running maximum, not by exp_avg_sq.
+        v = st["max_exp_avg_sq"] if group.get("amsgrad") and "max_exp_avg_sq" in st else st["exp_avg_sq"]
+        v_hat = v.detach().double() / (1.0 - beta2**step)
         theta2 = p.detach().double() ** 2
         num += float(((v_hat.sqrt() + eps) * theta2).sum())
         den += float(theta2.sum())
@@ -123,7 +125,8 @@ def group_decays(optimizer: object) -> list[GroupDecay]:
             beta, exact = 0.0, True
         else:
             beta, exact = wd / 2.0, kind == "coupled"
-        out.append(GroupDecay(i, wd, beta, kind, exact, tuple(group["params"])))
+        params = tuple({id(p): p for p in group["params"]}.values())  # a tied tensor listed twice counts once
+        out.append(GroupDecay(i, wd, beta, kind, exact, params))
     return out
 
 

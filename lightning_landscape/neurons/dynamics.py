@@ -21,12 +21,21 @@ from lightning_landscape.neurons.discovery import NeuronLayer
 def parameter_layers(module: nn.Module) -> dict[str, list[torch.Tensor]]:
     """Trainable parameters grouped by the submodule that owns them directly (name ``""`` → ``"root"``).
 
+    A tensor shared by several modules (tied weights) belongs to the first of them only, as in
+    ``module.named_parameters()``: totals count it once.
+
     >>> sorted(parameter_layers(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))))
     ['0', '1']
+    >>> tied = torch.nn.Sequential(torch.nn.Linear(2, 2, bias=False), torch.nn.Linear(2, 2, bias=False))
+    >>> tied[1].weight = tied[0].weight
+    >>> sorted(parameter_layers(tied))
+    ['0']
     """
     out: dict[str, list[torch.Tensor]] = {}
+    seen: set[int] = set()
     for name, m in module.named_modules():
-        params = [p for p in m.parameters(recurse=False) if p.requires_grad]
+        params = [p for p in m.parameters(recurse=False) if p.requires_grad and id(p) not in seen]
+        seen.update(id(p) for p in params)
         if params:
             out[name or "root"] = params
     return out

@@ -91,15 +91,15 @@ class HessianSpectrum(Probe):
         "lambda_min": "smallest Hessian eigenvalue; < 0 means negative curvature (saddle direction)",
         "residual": "relative Ritz residual max(|Hu-θu|)/max(|λ|) of the two extremes",
         "lanczos_hvps": "Hessian-vector products the Lanczos run used",
-        "eos_ratio": "sharpness over the optimizer's stability threshold (SGD: λmax·lr/2; momentum μ: "
-        "λmax·lr/(2+2μ); Adam: λmax(P⁻¹H)·lr(1-β1)/(2+2β1)); ~1 = edge of stability",
+        "eos_ratio": "sharpness over the optimizer's stability threshold (SGD: λmax·lr/2; momentum μ, dampening τ: "
+        "λmax·lr(1−τ)/(2+2μ); Adam: λmax(P⁻¹H)·lr(1-β1)/(2+2β1)); ~1 = edge of stability",
         "preconditioned_lambda_max": "Adam/AdamW only: λmax(P⁻¹H) with P the bias-corrected Adam preconditioner",
         "eos_ratio_unpreconditioned": "Adam/AdamW with preconditioned_eos=False, or another adaptive optimizer "
         "(NAdam, RAdam, RMSprop, ...): λmax·lr/2, the plain-GD ratio (not that optimizer's criterion)",
         "eos_ratio_tracked": "eos_ratio at every step: the last measured sharpness over the stability threshold at "
         "the current learning rate (free; equals eos_ratio at a measurement)",
-        "eos_threshold": "the optimizer's stability threshold at every step (SGD 2/lr, momentum (2+2μ)/lr, Adam "
-        "(2+2β1)/((1−β1)lr)); a steady fall is a learning-rate ramp",
+        "eos_threshold": "the optimizer's stability threshold at every step (SGD 2/lr, momentum (2+2μ)/((1−τ)lr), "
+        "Adam (2+2β1)/((1−β1)lr)); a steady fall is a learning-rate ramp",
         "ready/<key>": "1 once <key> can carry a verdict (Adam: second-moment estimate warmed up), 0 while warming up",
     }
     gated_keys = ("eos_ratio", "preconditioned_lambda_max", "eos_ratio_tracked")
@@ -377,7 +377,14 @@ class HessianTrace(Probe):
         gen = ctx.generator(self.name)
         estimator = hutchpp_trace if self.method == "hutchpp" else hutchinson_trace
         est = estimator(op.matvec, ctx.space.dim, self.num_matvecs, gen, ctx.space.dtype, ctx.space.device)
-        return ProbeResult(scalars={"trace": est.value, "trace_stderr": est.stderr})
+        out = ProbeResult(scalars={"trace": est.value})
+        if math.isnan(est.stderr) and math.isfinite(est.value):
+            # Too few products left after the sketch for a sample variance: absent, never a NaN that alerts.
+            out.not_measured["trace_stderr"] = (f"num_matvecs={self.num_matvecs} leaves fewer than two samples "
+                                                "after the sketch; raise num_matvecs for a standard error")
+        else:
+            out.scalars["trace_stderr"] = est.stderr
+        return out
 
 
 class HessianDensity(Probe):
