@@ -103,7 +103,7 @@ def test_trigger_rules_must_name_an_event_or_an_alert_rule() -> None:
         LandscapeMonitor(weight_decay=WeightDecayController(trigger_rules=["chanel_entry"]))
     with pytest.raises(ValueError, match=r"trigger_rules: \['edge_of_stability'\]"):  # no such rule configured
         LandscapeMonitor(weight_decay=WeightDecayController(trigger_rules=["edge_of_stability"]))
-    alerts = AlertManager([EdgeOfStability(), Threshold("landscape/x", 1.0, name="my_rule")], sinks=[])
+    alerts = AlertManager([EdgeOfStability(), Threshold("landscape/x", level=1.0, name="my_rule")], sinks=[])
     ok = LandscapeMonitor(alerts=alerts, weight_decay=WeightDecayController(
         trigger_rules=["edge_of_stability", "my_rule", "channel_entry", "saddle"]))
     assert ok.weight_decay.trigger_rules == ["edge_of_stability", "my_rule", "channel_entry", "saddle"]

@@ -76,7 +76,7 @@ def _event(step: int = 1) -> list[Event]:
 
 def _deliver(url: str, caplog) -> tuple[WebhookSink, AlertManager, str]:
     sink = WebhookSink(url, timeout=2.0, retries=1, backoff=0.01, headers={"Authorization": f"Bearer {HEADER_SECRET}"})
-    manager = AlertManager([Threshold("landscape/x", 1.0, name="x")], sinks=[sink, TensorBoardSink(), LoggingSink()])
+    manager = AlertManager([Threshold("landscape/x", level=1.0, name="x")], sinks=[sink, TensorBoardSink(), LoggingSink()])
     with caplog.at_level(logging.DEBUG), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         manager.observe(1, 0, {"landscape/x": 5.0})
@@ -141,7 +141,7 @@ def test_success_sends_only_to_the_configured_url(caplog) -> None:
 def test_no_secret_in_the_checkpoint_or_tensorboard_of_a_run(tmp_path, caplog) -> None:
     endpoint = Endpoint(status=500)
     sink = WebhookSink(endpoint.url(), timeout=2.0, retries=0, headers={"Authorization": f"Bearer {HEADER_SECRET}"})
-    manager = AlertManager([Threshold("landscape/hessian/lambda_max", 0.0, name="sharp")],
+    manager = AlertManager([Threshold("landscape/hessian/lambda_max", level=0.0, name="sharp")],
                            sinks=[sink, TensorBoardSink(), LoggingSink()])
     monitor = LandscapeMonitor(probes=[HessianSpectrum(every_n_steps=1)], alerts=manager)
     texts: dict[str, str] = {}
