@@ -148,9 +148,9 @@ def test_no_secret_in_the_checkpoint_or_tensorboard_of_a_run(tmp_path, caplog) -
     t = trainer(max_steps=3, callbacks=[monitor])
     writer_texts = monitor._write
 
-    def capture(tr, logged):  # what goes to TensorBoard as text
+    def capture(tr, logged, step):  # what goes to TensorBoard as text
         texts.update(logged.texts)
-        writer_texts(tr, logged)
+        writer_texts(tr, logged, step)
 
     monitor._write = capture
     try:
