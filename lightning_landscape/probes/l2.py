@@ -171,8 +171,11 @@ class L2Transition(Probe):
         s = out.scalars
 
         def loss_fn() -> torch.Tensor:
-            with torch.no_grad():  # under no_grad evaluate_loss is already averaged over ranks
-                return ctx.evaluate_loss().detach().float()
+            # under no_grad evaluate_loss is already averaged over ranks. Kept in its own precision:
+            # rounding a float64 loss to float32 puts noise above the ray's float64 noise floor, and the
+            # maximum over s of noise/s² then overestimates critical_beta (no longer a lower bound).
+            with torch.no_grad():
+                return ctx.evaluate_loss().detach()
 
         loss = ctx.loss()
         l_triv = trivial_loss(params, loss_fn)
