@@ -86,13 +86,15 @@ def _is_invariant(params: Sequence[torch.Tensor], loss_fn: LossFn, base: float, 
     return True
 
 
-def scale_invariant_groups(module: nn.Module, loss_fn: LossFn, rtol: float = 1e-4,
+def scale_invariant_groups(module: nn.Module, loss_fn: LossFn, rtol: float = 2e-3,
                            trainable_only: bool = True) -> list[InvariantGroup]:
     """The parameter groups of ``module`` that the loss cannot see the scale of (see the module docstring).
 
     ``loss_fn`` runs the forward pass (three times per candidate at most, under ``no_grad``); buffers it
     changes (BatchNorm running statistics in training mode) are restored. A group is kept only when the
-    loss changes by less than ``rtol`` (relative) when it is halved or doubled.
+    loss changes by less than ``rtol`` (relative) when it is halved or doubled: the norm's ``eps`` breaks
+    the invariance a little (4e-4 on a trained LayerNorm net with loss 0.02), and a group shrunk to the
+    scale of ``eps`` is no longer invariant — it is then treated as an ordinary parameter.
 
     Example (conv → BatchNorm is invariant in training mode; the head is not):
         >>> _ = torch.manual_seed(0)
