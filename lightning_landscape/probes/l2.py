@@ -92,7 +92,7 @@ class L2Transition(Probe):
     cost = "≈ 7 forward passes (warm-started ray; 22 cold) and one gradient"
     gated_keys = ("margin", "critical_beta", "margin_tracked")
     scalar_tags = {
-        "theta_sq": "‖θ‖² of the collapsing parameters (decayed ones by default)",
+        "theta_sq": "‖θ‖² of the collapsing parameters (decayed ones by default, scale-invariant groups left out)",
         "loss": "probe-batch loss (without the penalty)",
         "loss_trivial": "probe-batch loss of the collapsed model (those parameters at 0)",
         "collapse_ratio": "(L_trivial − L)/L_trivial: 1 = perfect fit, 0 = collapsed, < 0 = worse than collapsed",
