@@ -189,3 +189,21 @@ def test_config_builds_only_documented_kinds(tmp_path, monkeypatch, capsys) -> N
                   "    opt: [{class_path: torch.nn.Linear, init_args: {in_features: 2, out_features: 3}}]\n")
     built = read_cli_config(ok)["model"]["init_args"]
     assert isinstance(built["act"], torch.nn.Tanh) and built["opt"][0].weight.shape == (3, 2)
+
+
+def test_analysis_flags_a_branch_worse_than_its_own_rays() -> None:
+    """critical_beta is a lower bound of the global threshold: a median ray estimate above the detected
+    global threshold means the trained branch is not the model's best — said, not hidden."""
+    from lightning_landscape.scan.engine import ScanPoint
+
+    def pt(i, b, theta, obj, ray):
+        return ScanPoint(i, "up", b, obj - b * theta, obj, theta, 1.0, 0.9 if theta > 0.1 else 0.0,
+                         critical_beta=ray, converged=True)
+
+    pts = [pt(0, 0.0, 4.0, 0.1, 0.5), pt(1, 0.1, 3.0, 0.9, 0.5), pt(2, 0.2, 2.0, 1.1, 0.5), pt(3, 0.3, 0.0, 1.0, 0.5)]
+    a = analyse(pts)
+    assert a.global_beta == pytest.approx(0.15) and a.ray_beta == 0.5
+    assert any("exceeds the global threshold" in w for w in a.warnings)
+    assert a.num_converged == 4 and a.order != "undetermined"
+    pts = [pt(i, p.beta, p.theta_sq, p.objective, 0.12) for i, p in enumerate(pts)]
+    assert not any("exceeds" in w for w in analyse(pts).warnings)

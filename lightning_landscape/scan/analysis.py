@@ -154,6 +154,12 @@ def analyse(points: Sequence[ScanPoint], collapse_tol: float = 0.02, jump_tol: f
     rays = [p.critical_beta for p, c in zip(up, collapsed) if not c and p.beta > 0 and math.isfinite(p.critical_beta)]
     if rays:
         out.ray_beta = statistics.median(rays)
+    if out.ray_beta is not None and out.global_beta is not None and out.ray_beta > out.global_beta + out.grid_step:
+        # critical_beta is a lower bound of the true global threshold: the branch the sweep trained is worse
+        # than points on its own rays, so its thresholds are those of that branch, not of the model
+        out.warnings.append(f"the ray estimate {out.ray_beta:.4g} exceeds the global threshold {out.global_beta:.4g}: "
+                            "the trained branch is not the best this model reaches (not converged, or another "
+                            "optimizer finds better) — its thresholds are low")
 
     # down sweep: first recovered point going down (the top point of the up sweep starts it)
     if down and out.collapse_up is not None:
