@@ -70,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     out.add_argument("--fresh", action="store_true", help="discard a previous state in --out and start over")
     out.add_argument("--no-progress", action="store_true")
     out.add_argument("--no-plot", action="store_true")
-    out.add_argument("--collapse-tol", type=float, default=0.02, help="collapsed when ||theta||^2 < tol * its max")
+    out.add_argument("--collapse-tol", type=float, default=0.02, help="collapsed when ||theta||^2 < tol * its max, or collapse_ratio < tol * its best")
     out.add_argument("--jump-tol", type=float, default=0.3, help="jump when one step drops ||theta||^2 by >= tol of its range")
     p.set_defaults(func=run)
 
