@@ -211,3 +211,23 @@ def test_trainer_run_logs_sane_values(tmp_path) -> None:
     assert got["landscape/l2/margin"] == pytest.approx(got["landscape/l2/critical_beta"] / 0.01, rel=1e-6)
     assert -1 < got["landscape/l2/collapse_ratio"] <= 1 and got["landscape/l2/theta_sq"] > 0
     assert all(math.isfinite(v) for v in got.values())
+
+
+@pytest.mark.parametrize("noise", [0.3, 1.0, 3.0])
+def test_float64_critical_beta_stays_a_lower_bound(noise: float) -> None:
+    """A float64 one-hidden-layer linear net (closed form β_c = ‖E[xy]‖): the probe's estimate must not
+    exceed β_c. Rounding the loss to float32 under a float64 noise floor put it 0.02–2 % above."""
+    x, y = make_teacher_student(256, 6, 1, 3, "linear", noise, seed=0)
+    x, y = whiten(x.double()), (y - y.mean()).double()
+    beta_c = linear_critical_beta(x, y, 1)
+    torch.manual_seed(0)
+    net = build_mlp(6, [6], 1, "linear", bias=False).double()
+    opt = _sgd_train(net, x, y, 0.5 * beta_c)
+    out = L2Transition().run(_ctx(net, x, y, opt)).scalars
+    assert out["critical_beta"] <= beta_c
+    assert out["critical_beta"] == pytest.approx(beta_c, rel=1e-4)
+    # a loss rounded to float32 (the model float64): the floor follows the coarser precision
+    params = list(net.parameters())
+    est = ray_critical_beta(params, lambda: ((net(x) - y) ** 2).mean().float())
+    assert est.critical_beta <= beta_c
+    assert est.critical_beta == pytest.approx(beta_c, rel=1e-2)

@@ -149,3 +149,61 @@ def test_user_module_by_import_path_and_cli_config(tmp_path, monkeypatch, capsys
                "--no-curvature", "--no-plot", "--no-progress", "--out", str(tmp_path / "user_scan")])
     assert rc == 0
     assert "MLPTask on 1 batch(es) of tiny_dm.TinyData" in capsys.readouterr().out
+
+
+def test_config_builds_only_documented_kinds(tmp_path, monkeypatch, capsys) -> None:
+    """A nested class_path naming a callable that is not an allowed class is refused before it is called
+    (the marker file is never written); model/data must be LightningModule/LightningDataModule classes."""
+    from lightning_landscape.scan.user import read_cli_config
+
+    marker = tmp_path / "marker"
+    evil = tmp_path / "evil.yaml"
+    evil.write_text(textwrap.dedent(
+        f"""
+        model:
+          class_path: lightning_landscape.tasks.models.MLPTask
+          init_args:
+            input_dim: 4
+            hidden: [{{class_path: os.system, init_args: {{command: "touch {marker}"}}}}]
+        """
+    ))
+    rc = main(["scan", "--config", str(evil), "--betas", "0,0.1", "--up-only", "--no-plot", "--no-progress",
+               "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and not marker.exists()
+    assert "model.init_args.hidden[0]" in err and "'os.system' is not a class" in err
+    for path, where in (("builtins.eval", "model"), ("subprocess.Popen", "model")):
+        evil.write_text(f"model:\n  class_path: lightning_landscape.tasks.models.MLPTask\n  init_args:\n"
+                        f"    act: {{class_path: {path}, init_args: {{args: 'touch {marker}'}}}}\n")
+        with pytest.raises(ValueError, match="may only build nn.Module"):
+            read_cli_config(evil)
+    top = tmp_path / "top.yaml"
+    top.write_text(f"model:\n  class_path: subprocess.Popen\n  init_args: {{args: [touch, '{marker}']}}\n")
+    with pytest.raises(ValueError, match="must name a LightningModule subclass"):
+        user_problem(config=top)
+    with pytest.raises(ValueError, match="--module.*must name a LightningModule"):
+        user_problem("torch.nn:Linear", '{"in_features": 2, "out_features": 1}')
+    assert not marker.exists()
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("model:\n  class_path: x.Y\n  init_args:\n    act: {class_path: torch.nn.Tanh}\n"
+                  "    opt: [{class_path: torch.nn.Linear, init_args: {in_features: 2, out_features: 3}}]\n")
+    built = read_cli_config(ok)["model"]["init_args"]
+    assert isinstance(built["act"], torch.nn.Tanh) and built["opt"][0].weight.shape == (3, 2)
+
+
+def test_analysis_flags_a_branch_worse_than_its_own_rays() -> None:
+    """critical_beta is a lower bound of the global threshold: a median ray estimate above the detected
+    global threshold means the trained branch is not the model's best — said, not hidden."""
+    from lightning_landscape.scan.engine import ScanPoint
+
+    def pt(i, b, theta, obj, ray):
+        return ScanPoint(i, "up", b, obj - b * theta, obj, theta, 1.0, 0.9 if theta > 0.1 else 0.0,
+                         critical_beta=ray, converged=True)
+
+    pts = [pt(0, 0.0, 4.0, 0.1, 0.5), pt(1, 0.1, 3.0, 0.9, 0.5), pt(2, 0.2, 2.0, 1.1, 0.5), pt(3, 0.3, 0.0, 1.0, 0.5)]
+    a = analyse(pts)
+    assert a.global_beta == pytest.approx(0.15) and a.ray_beta == 0.5
+    assert any("exceeds the global threshold" in w for w in a.warnings)
+    assert a.num_converged == 4 and a.order != "undetermined"
+    pts = [pt(i, p.beta, p.theta_sq, p.objective, 0.12) for i, p in enumerate(pts)]
+    assert not any("exceeds" in w for w in analyse(pts).warnings)

@@ -9,6 +9,8 @@ Examples::
     lightning-landscape scan --config fit.yaml --max-batches 4   # a LightningCLI config (model/data)
 
 Interrupted scans continue where they stopped when rerun with the same arguments (``--fresh`` restarts).
+The table says how many points converged and gives no verdict when none did; ``points.csv`` carries the
+``collapsed`` flag every printed threshold is read from.
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument("--module-args", help="JSON object of its init args")
     src.add_argument("--datamodule", help="your LightningDataModule, 'package.module:Class' (else the module's train_dataloader)")
     src.add_argument("--datamodule-args", help="JSON object of its init args")
-    src.add_argument("--config", help="a LightningCLI YAML config with model:/data: class_path + init_args")
+    src.add_argument("--config", help="a LightningCLI YAML config with model:/data: class_path + init_args "
+                     "(LightningModule/LightningDataModule classes; nested class_path: nn.Module, optimizer, "
+                     "scheduler, dataset or sampler classes only)")
     src.add_argument("--max-batches", type=int, default=1, help="training batches cached (1 = full batch)")
     src.add_argument("--decay", choices=("all", "weights"), default="all",
                      help="user modules: penalise all trainable parameters or only tensors with >= 2 dims")
@@ -55,7 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--lr", type=float, default=0.05)
     train.add_argument("--momentum", type=float, default=0.9)
     train.add_argument("--steps", type=int, default=2000, help="most steps per point")
-    train.add_argument("--tol", type=float, default=1e-5, help="stop a point when |grad| < tol (full batch)")
+    train.add_argument("--tol", type=float, default=1e-5,
+                       help="a point has converged when |grad of the objective| < tol over all cached batches "
+                            "(full batch: training stops there)")
     train.add_argument("--jitter", type=float, default=1e-3, help="relative noise added before each point")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--no-curvature", action="store_true", help="skip Hessian lambda_max/lambda_min")
@@ -64,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     out.add_argument("--fresh", action="store_true", help="discard a previous state in --out and start over")
     out.add_argument("--no-progress", action="store_true")
     out.add_argument("--no-plot", action="store_true")
-    out.add_argument("--collapse-tol", type=float, default=0.02, help="collapsed when ||theta||^2 < tol * its max")
+    out.add_argument("--collapse-tol", type=float, default=0.02, help="collapsed when ||theta||^2 < tol * its max, or collapse_ratio < tol * its best")
     out.add_argument("--jump-tol", type=float, default=0.3, help="jump when one step drops ||theta||^2 by >= tol of its range")
     p.set_defaults(func=run)
 

@@ -55,6 +55,10 @@ def _bracketed_maximum(ratio, center: float, lowest: float) -> tuple[float, floa
     return s, f
 
 
+def _eps(dtype: torch.dtype) -> float:
+    return torch.finfo(dtype).eps if dtype.is_floating_point else torch.finfo(torch.float32).eps
+
+
 @dataclass
 class RayEstimate:
     """Result of :func:`ray_critical_beta`.
@@ -83,6 +87,7 @@ def ray_critical_beta(
     refine_steps: int = 8,
     loss_trivial: float | None = None,
     guess: float | None = None,
+    loss_dtype: torch.dtype | None = None,
 ) -> RayEstimate:
     """``max_s [L(0) − L(sθ)]/(s²‖θ‖²)`` on a log grid of ``s ∈ [min_scale·s_max, s_max]``, refined.
 
@@ -96,6 +101,10 @@ def ray_critical_beta(
     point and the search ends after 5 passes instead of ``num_scales + refine_steps``. Otherwise it falls
     back to the full grid. Near a maximum the value is second-order in the argmax error, so the estimate
     is as good as the full search's.
+
+    The noise floor (a loss difference below ~1e4 ulp of ``L(0)`` counts as no difference) uses the
+    coarser of the parameters' precision, ``loss_dtype`` (that of a given ``loss_trivial``) and the
+    dtype of the tensors ``loss_fn`` returns.
 
     Example (one hidden layer, whitened inputs: exact, ``β_c = ‖E[xy]‖``):
         >>> from lightning_landscape.l2.closed_form import whiten
@@ -123,13 +132,24 @@ def ray_critical_beta(
     evaluations = 0
     cache: dict[float, float] = {}
     # A loss difference below ~1e4 ulp of L(0) is rounding noise magnified by 1/s² (float32: 1e-3·L(0)).
-    floor = 1e4 * torch.finfo(params[0].dtype if params[0].is_floating_point() else torch.float32).eps * max(abs(l0), 1e-30)
+    # The ulp is that of the coarser of the parameters' and the loss's precision (a float64 model whose
+    # loss is rounded to float32 has float32 noise: a float64 floor would let it through).
+    eps = [_eps(params[0].dtype)]
+    if loss_dtype is not None:
+        eps.append(_eps(loss_dtype))
+
+    def traced_loss() -> "torch.Tensor | float":
+        value = loss_fn()
+        if isinstance(value, torch.Tensor):
+            eps.append(_eps(value.dtype))
+        return value
 
     def ratio(s: float) -> float:
         nonlocal evaluations
         if s not in cache:
             evaluations += 1
-            diff = l0 - scaled_loss(params, loss_fn, s)
+            diff = l0 - scaled_loss(params, traced_loss, s)
+            floor = 1e4 * max(eps) * max(abs(l0), 1e-30)
             cache[s] = diff / (s * s * theta_sq) if abs(diff) >= floor else -math.inf
         return cache[s]
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any, Literal
 
 import torch
 
 from lightning_landscape.l2.convention import CONVENTION_TEXT, group_decays
+from lightning_landscape.l2.invariance import InvariantGroup, scale_invariant_groups
 from lightning_landscape.l2.order import collapse_ratio, parameter_norms, squared_norm, trivial_loss
 from lightning_landscape.l2.ray import ray_critical_beta
 from lightning_landscape.probes.base import (
@@ -22,6 +24,7 @@ from lightning_landscape.probes.context import ProbeContext
 from lightning_landscape.validation import check_bool
 
 ParamSet = Literal["decayed", "all", "weights"]
+InvariantMode = Literal["exclude", "include"]
 
 
 class L2Transition(Probe):
@@ -38,7 +41,15 @@ class L2Transition(Probe):
         params: which parameters collapse: ``"decayed"`` (those in param groups with
             ``weight_decay > 0``; all trainable parameters if no group decays), ``"all"`` trainable
             parameters, or ``"weights"`` (trainable tensors with ≥ 2 dimensions).
-        per_layer: also log the norm of every parameter tensor (``norm/<name>``).
+        per_layer: also log the norm of every parameter tensor (``norm/<name>``) and the effective
+            learning rate of every scale-invariant group (``effective_lr/<layer>``).
+        scale_invariant: ``"exclude"`` (default): weights whose output goes straight into a
+            BatchNorm/LayerNorm/GroupNorm (detected once by tracing the forward pass, then checked
+            numerically: ``L(cθ_g) = L(θ_g)``) are left out of the ray, of ``theta_sq``, ``beta_eff`` and
+            the radial balance. Shrinking them never moves the function towards the trivial model, and
+            their penalty can be made as small as one likes without changing it, so the collapse is
+            decided by the other parameters; ``critical_beta`` stays a lower bound of the threshold of
+            ``L + β‖θ‖²`` with that removable part of the penalty left out. ``"include"``: the whole-θ ray.
         ray: estimate ``critical_beta`` / ``margin`` (``num_scales + refine_steps`` forward passes).
         s_max: largest scale of the ray ``s·θ``.
         num_scales: points of the log-spaced grid ``s ∈ [s_max/64, s_max]``.
@@ -83,7 +94,7 @@ class L2Transition(Probe):
     gated_keys = ("margin", "critical_beta", "margin_tracked")
     other_tags = {"convention": "text: the collapsing set and the weight-decay convention (once, and when it changes)"}
     scalar_tags = {
-        "theta_sq": "‖θ‖² of the collapsing parameters (decayed ones by default)",
+        "theta_sq": "‖θ‖² of the collapsing parameters (decayed ones by default, scale-invariant groups left out)",
         "loss": "probe-batch loss (without the penalty)",
         "loss_trivial": "probe-batch loss of the collapsed model (those parameters at 0)",
         "collapse_ratio": "(L_trivial − L)/L_trivial: 1 = perfect fit, 0 = collapsed, < 0 = worse than collapsed",
@@ -103,6 +114,13 @@ class L2Transition(Probe):
         "beta/group<i>": "penalty β of param group i (SGD/Adam: weight_decay/2; AdamW: frozen-preconditioner equivalent)",
         "weight_decay/group<i>": "raw optimizer weight_decay of param group i",
         "norm/<param>": "Frobenius norm of each collapsing parameter tensor",
+        "invariant_sq": "‖θ‖² of the scale-invariant groups (weights feeding a BatchNorm/LayerNorm/GroupNorm), "
+        "left out of the ray and of theta_sq",
+        "invariant_groups": "number of scale-invariant groups found (traced, then checked L(cθ_g) = L(θ_g))",
+        "effective_lr/max": "largest lr/‖θ_g‖² over the scale-invariant groups: the angular step size weight "
+        "decay raises as it shrinks them",
+        "effective_lr/median": "median lr/‖θ_g‖² over the scale-invariant groups",
+        "effective_lr/<layer>": "lr/‖θ_g‖² of the scale-invariant group of one layer (with per_layer)",
     }
 
     def __init__(
@@ -117,6 +135,7 @@ class L2Transition(Probe):
         ready_collapse_ratio: float = 0.5,
         ready_balance: float = 0.5,
         fast_every_n_steps: int | None = 25,
+        scale_invariant: InvariantMode = "exclude",
     ) -> None:
         super().__init__(every_n_steps)
         self.params = check_choice("L2Transition.params", params, ("decayed", "all", "weights"))
@@ -131,6 +150,8 @@ class L2Transition(Probe):
         self.ready_balance = check_number("L2Transition.ready_balance", ready_balance)
         self.fast_every_n_steps = (None if fast_every_n_steps is None
                                    else check_positive_int("L2Transition.fast_every_n_steps", fast_every_n_steps))
+        self.scale_invariant = check_choice("L2Transition.scale_invariant", scale_invariant, ("exclude", "include"))
+        self._invariant: tuple[tuple[str, ...], list[InvariantGroup]] | None = None  # (parameter names, groups)
         self._argmax: float | None = None  # warm start of the ray search
         self._tracked: _TrackedMargin | None = None
         self._measured_margin: float | None = None
@@ -149,6 +170,7 @@ class L2Transition(Probe):
             "ready_collapse_ratio": self.ready_collapse_ratio,
             "ready_balance": self.ready_balance,
             "fast_every_n_steps": self.fast_every_n_steps,
+            "scale_invariant": self.scale_invariant,
         }
 
     def _select(self, ctx: ProbeContext, decays: list) -> tuple[list[tuple[str, torch.Tensor]], str]:
@@ -164,18 +186,40 @@ class L2Transition(Probe):
             return named, "all trainable parameters (no param group has weight_decay > 0)"
         return named, "all trainable parameters"
 
+    def _invariant_groups(self, ctx: ProbeContext, loss_fn) -> list[InvariantGroup]:  # noqa: ANN001
+        """Scale-invariant groups of the module, detected once per architecture (parameter names)."""
+        names = tuple(n for n, _ in ctx.module.named_parameters())
+        if self._invariant is None or self._invariant[0] != names:
+            self._invariant = (names, scale_invariant_groups(ctx.module, loss_fn))
+        return self._invariant[1]
+
     def run(self, ctx: ProbeContext) -> ProbeResult:
         decays = group_decays(ctx.optimizer) if ctx.optimizer is not None else []
         named, which = self._select(ctx, decays)
         out = ProbeResult()
         if not named:
             return out
-        params = [p for _, p in named]
         s = out.scalars
 
         def loss_fn() -> torch.Tensor:
-            with torch.no_grad():  # under no_grad evaluate_loss is already averaged over ranks
-                return ctx.evaluate_loss().detach().float()
+            # under no_grad evaluate_loss is already averaged over ranks. Kept in its own precision:
+            # rounding a float64 loss to float32 puts noise above the ray's float64 noise floor, and the
+            # maximum over s of noise/s² then overestimates critical_beta (no longer a lower bound).
+            with torch.no_grad():
+                return ctx.evaluate_loss().detach()
+
+        if self.scale_invariant == "exclude":
+            invariant = self._invariant_groups(ctx, loss_fn)
+            chosen_names = {n for n, _ in named}
+            inv_names = {n for g in invariant for n in g.names if n in chosen_names}
+            if inv_names and len(inv_names) < len(named):  # something must be left to collapse
+                by_name = dict(named)
+                s["invariant_sq"] = squared_norm([by_name[n] for n in sorted(inv_names)])
+                s["invariant_groups"] = float(len(invariant))
+                self._effective_lr(ctx, invariant, s)
+                named = [(n, p) for n, p in named if n not in inv_names]
+                which += f", without {len(invariant)} scale-invariant group(s) (weights feeding a normalisation)"
+        params = [p for _, p in named]
 
         loss = ctx.loss()
         l_triv = trivial_loss(params, loss_fn)
@@ -216,6 +260,26 @@ class L2Transition(Probe):
             out.texts["convention"] = description
             self._described = description
         return out
+
+    def _effective_lr(self, ctx: ProbeContext, groups: list[InvariantGroup], s: dict[str, float]) -> None:
+        """``lr/‖θ_g‖²`` of each scale-invariant group (lr of the param group holding its weight)."""
+        if ctx.optimizer is None:
+            return
+        lr_of = {id(p): float(g.get("lr", math.nan)) for g in getattr(ctx.optimizer, "param_groups", [])
+                 for p in g["params"]}
+        by_name = dict(ctx.module.named_parameters())
+        values = []
+        for g in groups:
+            tensors = [by_name[n] for n in g.names]
+            sq = squared_norm(tensors)
+            lr = lr_of.get(id(tensors[0]), math.nan)
+            if sq > 0 and math.isfinite(lr):
+                values.append(lr / sq)
+                if self.per_layer:
+                    s[f"effective_lr/{g.layer}"] = lr / sq
+        if values:
+            s["effective_lr/max"] = max(values)
+            s["effective_lr/median"] = float(statistics.median(values))
 
     @staticmethod
     def _radial_balance(ctx: ProbeContext, params: list[torch.Tensor], beta_eff: float, theta_sq: float) -> float:

@@ -5,20 +5,32 @@ point): a few milliseconds per step on the built-in problems.
 
 The penalty is added to the loss explicitly: the objective is ``L(θ) + β‖θ_decayed‖²`` (SGD/Adam
 ``weight_decay = 2β``), so the thresholds are in the package's β convention.
+
+Normalised nets: decayed weights whose output goes straight into a BatchNorm/LayerNorm/GroupNorm are
+scale-invariant (:mod:`lightning_landscape.l2.invariance`, detected once before the sweep). They are
+trained with the penalty like everything else, but measured apart: ``theta_sq`` (the order parameter),
+``objective``, the trivial loss and the ray use the other decayed parameters, and ``theta_sq_invariant``
+holds theirs — their penalty can be made as small as one likes without changing the function, so it
+says nothing about which function wins.
+
+Convergence: a point has converged when the gradient norm of the full objective (averaged over every
+cached batch) is below ``tol``; it is measured after the last step, so mini-batch sweeps report it too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import torch
 
 from lightning_landscape.guards import isolated_rng
 from lightning_landscape.hessian import HessianOperator
+from lightning_landscape.l2.invariance import scale_invariant_groups
 from lightning_landscape.l2.order import collapse_ratio, squared_norm, trivial_loss
 from lightning_landscape.l2.ray import ray_critical_beta
 from lightning_landscape.linalg import lanczos_extremes
@@ -53,6 +65,7 @@ class ScanConfig:
     curvature: bool = True
     lanczos_iter: int = 20
     ray: bool = True
+    scale_invariant: Literal["exclude", "include"] = "exclude"
 
     def __post_init__(self) -> None:
         for name in ("curvature", "ray"):
@@ -78,6 +91,8 @@ class ScanConfig:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.scale_invariant not in ("exclude", "include"):
+            raise ValueError(f"scale_invariant must be 'exclude' or 'include', got {self.scale_invariant!r}")
         if self.jitter < 0:
             raise ValueError(f"jitter must be >= 0, got {self.jitter}")
 
@@ -103,10 +118,23 @@ def _mean_loss(problem: ScanProblem) -> torch.Tensor:
     return torch.stack(losses).mean() if len(losses) > 1 else losses[0]
 
 
+def _objective_gradient(problem: ScanProblem, params: list[torch.Tensor], decayed_ids: set[int], beta: float,
+                        batches: Sequence[Any]) -> float:
+    """‖∇(mean over ``batches`` of L + β‖θ_decayed‖²)‖ (float64 accumulation)."""
+    loss = torch.stack([problem.loss_fn(problem.module, b) for b in batches]).mean()
+    penalty = sum((p * p).sum() for p in params if id(p) in decayed_ids)
+    grads = torch.autograd.grad(loss + beta * penalty, params, allow_unused=True)
+    return math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads if g is not None))
+
+
 def train_point(
     problem: ScanProblem, beta: float, config: ScanConfig, generator: torch.Generator, init_rms: Sequence[float]
 ) -> tuple[int, float, bool]:
-    """Jitter, then train ``L + β‖θ_decayed‖²`` to convergence; returns (steps, final grad norm, converged)."""
+    """Jitter, then train ``L + β‖θ_decayed‖²`` to convergence; returns (steps, final grad norm, converged).
+
+    The final gradient norm is that of the full objective (every cached batch): with one batch it is the
+    stopping test itself, with several it is measured once after the last step.
+    """
     module = problem.module
     params = [p for p in module.parameters() if p.requires_grad]
     decayed_ids = {id(p) for _, p in problem.named_decayed()}
@@ -133,14 +161,65 @@ def train_point(
             for p, g, v in zip(params, grads, velocity):
                 v.mul_(config.momentum).add_(g)
                 p.sub_(config.lr * v)
-    return steps, gnorm, full_batch and gnorm < config.tol
+    if not full_batch:
+        gnorm = _objective_gradient(problem, params, decayed_ids, beta, problem.batches)
+    return steps, gnorm, gnorm < config.tol
 
 
-def measure_point(problem: ScanProblem, beta: float, config: ScanConfig, generator: torch.Generator) -> dict[str, Any]:
-    """Order parameters, ray estimate and curvature of the current weights (in eval mode, no grads kept)."""
+def invariant_names(problem: ScanProblem, config: ScanConfig) -> set[str]:
+    """Decayed parameters in scale-invariant groups (training mode, first batch), unless the config says
+    ``scale_invariant="include"``; empty when nothing else would be left to collapse."""
+    if config.scale_invariant == "include":
+        return set()
     module = problem.module
+    was_training = module.training
+    module.train()
+    try:
+        groups = scale_invariant_groups(module, lambda: problem.loss_fn(module, problem.batches[0]))
+    finally:
+        module.train(was_training)
+    decayed = set(problem.decayed or [])
+    names = {n for g in groups for n in g.names if n in decayed}
+    return names if names != decayed else set()
+
+
+def measure_point(problem: ScanProblem, beta: float, config: ScanConfig, generator: torch.Generator,
+                  invariant: set[str] | None = None) -> dict[str, Any]:
+    """Order parameters, ray estimate and curvature of the current weights (no grads kept).
+
+    Evaluation mode, except normalisation layers that use batch statistics in training (BatchNorm): they
+    measure with batch statistics — the loss that was trained, not running averages that lag behind the
+    weights during a sweep — and their running statistics are put back afterwards.
+
+    ``invariant``: decayed parameter names left out of ``theta_sq``/``objective``/the ray (see the module
+    docstring); their ‖θ‖² is ``theta_sq_invariant``.
+    """
+    with measuring(problem.module):
+        return _measure(problem, beta, config, generator, invariant)
+
+
+@contextlib.contextmanager
+def measuring(module: torch.nn.Module) -> Iterator[None]:
+    """Evaluation mode with BatchNorm on batch statistics; BatchNorm running statistics restored after."""
     module.eval()
-    named = problem.named_decayed()
+    batch_norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in batch_norms:
+        m.train()
+    buffers = [b for m in batch_norms for b in m.buffers()]
+    saved = [b.detach().clone() for b in buffers]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, v in zip(buffers, saved):
+                b.copy_(v)
+
+
+def _measure(problem: ScanProblem, beta: float, config: ScanConfig, generator: torch.Generator,
+             invariant: set[str] | None) -> dict[str, Any]:
+    module = problem.module
+    invariant = invariant or set()
+    named = [(n, p) for n, p in problem.named_decayed() if n not in invariant]
     params = [p for _, p in named]
 
     def loss_fn() -> torch.Tensor:
@@ -154,9 +233,10 @@ def measure_point(problem: ScanProblem, beta: float, config: ScanConfig, generat
         "loss": loss,
         "objective": loss + beta * theta_sq,
         "theta_sq": theta_sq,
+        "theta_sq_invariant": squared_norm([p for n, p in problem.named_decayed() if n in invariant]),
         "loss_trivial": l_triv,
         "collapse_ratio": collapse_ratio(loss, l_triv),
-        "layer_norms": {n: float(p.detach().double().norm()) for n, p in named},
+        "layer_norms": {n: float(p.detach().double().norm()) for n, p in problem.named_decayed()},
     }
     if config.ray and theta_sq > 0:
         est = ray_critical_beta(params, loss_fn, loss_trivial=l_triv)
@@ -207,12 +287,13 @@ def run_scan(
         state.restore_weights(problem.module)
     bar = _progress_bar(len(schedule), len(points), progress)
     with isolated_rng():
+        invariant = invariant_names(problem, config)
         for index in range(len(points), len(schedule)):
             beta, direction = schedule[index]
             gen = torch.Generator().manual_seed(config.seed * 1_000_003 + index)
             start = time.perf_counter()
             steps, gnorm, converged = train_point(problem, beta, config, gen, init_rms)
-            measured = measure_point(problem, beta, config, gen)
+            measured = measure_point(problem, beta, config, gen, invariant)
             point = ScanPoint(index=index, direction=direction, beta=beta, grad_norm=gnorm, steps=steps,
                               converged=converged, seconds=time.perf_counter() - start, **measured)
             points.append(point)
@@ -248,27 +329,39 @@ def suggest_beta_max(problem: ScanProblem, config: ScanConfig, factor: float = 1
     those directions — and reads ``β_ray`` once more. ``β_ray`` is a lower bound on the threshold and
     the up sweep collapses at the spinodal, above it: hence the margin ``factor``. The scan reports
     "no collapse" if it was not enough.
+
+    The pilot trains the problem's own module and puts its state back afterwards: a user problem's loss
+    is a closure bound to that module, so a trained deep copy would never be seen by it.
     """
     import copy
 
-    pilot = copy.copy(problem)
-    pilot.module = copy.deepcopy(problem.module)
-    names = set(pilot.decayed or [])
-    params = [p for n, p in pilot.module.named_parameters() if n in names]
-    rms = [float(p.detach().double().pow(2).mean().sqrt()) or 1.0 for p in pilot.module.parameters() if p.requires_grad]
-    best = 0.0
-    with isolated_rng():
-        gen = torch.Generator().manual_seed(config.seed)
-        beta = 0.0
-        for _ in range(2):
-            train_point(pilot, beta, config, gen, rms)
-            pilot.module.eval()
-            est = ray_critical_beta(params, lambda: _mean_loss(pilot))
-            if not math.isfinite(est.critical_beta) or est.critical_beta <= 0:
-                break
-            best = max(best, est.critical_beta)
-            beta = est.critical_beta
+    module = problem.module
+    saved = copy.deepcopy(module.state_dict())
+    was_training = module.training
+    names = set(problem.decayed or []) - invariant_names(problem, config)  # the ray the scan measures
+    params = [p for n, p in module.named_parameters() if n in names]
+    rms = [float(p.detach().double().pow(2).mean().sqrt()) or 1.0 for p in module.parameters() if p.requires_grad]
+    best, seen = 0.0, []
+    try:
+        with isolated_rng():
+            gen = torch.Generator().manual_seed(config.seed)
+            beta = 0.0
+            for _ in range(2):
+                train_point(problem, beta, config, gen, rms)
+                with measuring(module), torch.no_grad():
+                    loss = float(_mean_loss(problem).detach())
+                    est = ray_critical_beta(params, lambda: _mean_loss(problem))
+                seen.append(f"β={beta:.4g}: loss {loss:.4g}, trivial loss {est.loss_trivial:.4g}, "
+                            f"critical_beta {est.critical_beta:.4g}")
+                if not math.isfinite(est.critical_beta) or est.critical_beta <= 0:
+                    break
+                best = max(best, est.critical_beta)
+                beta = est.critical_beta
+    finally:  # the sweep starts from the weights the pilot found them in
+        module.load_state_dict(saved)
+        module.train(was_training)
     if best <= 0:
-        raise RuntimeError("the pilot run found no threshold estimate (the loss does not depend on the decayed "
-                           "parameters?): give beta_max explicitly")
+        raise RuntimeError("the pilot run found no threshold estimate (" + "; ".join(seen) + "): the model did not "
+                           "fit better than the collapsed one at β = 0 — raise --steps or --lr so that it learns, "
+                           "or give --beta-max explicitly (a few times the weight decay/2 you train with)")
     return factor * best

@@ -25,6 +25,7 @@ class ScanPoint:
     grad_norm: float = float("nan")
     steps: int = 0
     converged: bool = False
+    theta_sq_invariant: float = 0.0
     seconds: float = 0.0
     layer_norms: dict[str, float] = field(default_factory=dict)
 

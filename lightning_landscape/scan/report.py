@@ -91,7 +91,8 @@ def write_outputs(out_dir: str | Path, points: Sequence[ScanPoint], analysis: Sc
     """``points.csv``, ``scan.json`` (config, theory, analysis, points) and ``phase_diagram.png``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [p.row() for p in points]
+    collapsed = set(analysis.collapsed)
+    rows = [{**p.row(), "collapsed": p.index in collapsed} for p in points]  # the rule the verdict used
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]

@@ -9,11 +9,13 @@ second, unaccounted penalty).
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from torch import nn
 
 from lightning_landscape._imports import import_object
@@ -27,6 +29,53 @@ def load_object(path: str) -> Any:
     'OrderedDict'
     """
     return import_object(path, "module")
+
+
+#: What a nested ``class_path`` inside ``init_args`` may build: the objects a LightningModule or
+#: LightningDataModule takes as arguments. Anything else (``os.system``, ``builtins.eval``, a factory
+#: function) is refused *before* it is called.
+NESTED_KINDS: tuple[type, ...] = (
+    nn.Module,
+    torch.optim.Optimizer,
+    torch.optim.lr_scheduler.LRScheduler,
+    torch.utils.data.Dataset,
+    torch.utils.data.Sampler,
+)
+_NESTED_NAMES = "nn.Module, torch.optim Optimizer/LRScheduler, torch.utils.data Dataset/Sampler"
+
+
+def _lightning_kind(cls: type, kind: str) -> bool:
+    """``cls`` subclasses ``lightning.pytorch``'s or ``pytorch_lightning``'s ``kind`` (checked by name along
+    the MRO, so neither package has to be imported for the check)."""
+    return any(base.__name__ == kind and base.__module__.startswith(("lightning.pytorch", "pytorch_lightning"))
+               for base in getattr(cls, "__mro__", ()))
+
+
+def resolve_class(path: Any, setting: str, kind: str) -> type:
+    """Import ``path`` and check it is a class of the allowed ``kind`` — without calling anything.
+
+    ``kind``: ``"LightningModule"``, ``"LightningDataModule"`` or ``"nested"`` (:data:`NESTED_KINDS`).
+    Importing the module a path names runs that module (the user's own config names it); what is then
+    *called* is restricted to classes of the documented kind.
+
+    >>> resolve_class("torch.nn.Tanh", "model.init_args.act", "nested").__name__
+    'Tanh'
+    >>> resolve_class("os.system", "model.init_args.act", "nested")
+    Traceback (most recent call last):
+    ...
+    ValueError: model.init_args.act: class_path 'os.system' is not a class (builtin_function_or_method); a nested class_path may only build nn.Module, torch.optim Optimizer/LRScheduler, torch.utils.data Dataset/Sampler subclasses
+    """
+    if not isinstance(path, str):
+        raise ValueError(f"{setting}: class_path must be a string, got {path!r}")
+    obj = import_object(path, f"{setting} class_path")
+    allowed = f"{_NESTED_NAMES} subclasses" if kind == "nested" else f"a {kind} subclass"
+    where = "a nested class_path may only build" if kind == "nested" else "must name"
+    if not inspect.isclass(obj):
+        raise ValueError(f"{setting}: class_path {path!r} is not a class ({type(obj).__name__}); {where} {allowed}")
+    ok = issubclass(obj, NESTED_KINDS) if kind == "nested" else _lightning_kind(obj, kind)
+    if not ok:
+        raise ValueError(f"{setting}: class_path {path!r} is {obj.__module__}.{obj.__qualname__}; {where} {allowed}")
+    return obj
 
 
 def _parse_args(text: str | dict | None, what: str) -> dict[str, Any]:
@@ -46,7 +95,10 @@ def _parse_args(text: str | dict | None, what: str) -> dict[str, Any]:
 def read_cli_config(path: str | Path) -> dict[str, Any]:
     """``model`` / ``data`` entries (``class_path`` + ``init_args``) of a LightningCLI YAML config.
 
-    Nested ``class_path`` objects inside ``init_args`` are instantiated one level deep.
+    Nested ``class_path`` objects inside ``init_args`` (at any depth, also inside lists) are built only
+    when they resolve to a class of :data:`NESTED_KINDS`; the check runs before anything is called, so a
+    config naming ``os.system`` fails with nothing executed. ``model``/``data`` are checked (and built)
+    by :func:`user_problem`.
     """
     import yaml
 
@@ -62,14 +114,25 @@ def read_cli_config(path: str | Path) -> dict[str, Any]:
             entry = {"class_path": entry}
         if not isinstance(entry, dict):
             raise ValueError(f"{path}: '{key}' must be a mapping with class_path/init_args")
-        args = {k: _instantiate_nested(v) for k, v in (entry.get("init_args") or {}).items()}
+        init_args = entry.get("init_args") or {}
+        if not isinstance(init_args, dict):
+            raise ValueError(f"{path}: '{key}.init_args' must be a mapping")
+        args = {k: _instantiate_nested(v, f"{key}.init_args.{k}") for k, v in init_args.items()}
         out[key] = {"class_path": entry.get("class_path"), "init_args": args}
     return out
 
 
-def _instantiate_nested(value: Any) -> Any:
+def _instantiate_nested(value: Any, setting: str) -> Any:
+    if isinstance(value, list):
+        return [_instantiate_nested(v, f"{setting}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, dict) and "class_path" in value:
-        return load_object(value["class_path"])(**(value.get("init_args") or {}))
+        cls = resolve_class(value["class_path"], setting, "nested")  # checked before anything is called
+        init_args = value.get("init_args") or {}
+        if not isinstance(init_args, dict):
+            raise ValueError(f"{setting}.init_args must be a mapping")
+        return cls(**{k: _instantiate_nested(v, f"{setting}.init_args.{k}") for k, v in init_args.items()})
+    if isinstance(value, dict):
+        return {k: _instantiate_nested(v, f"{setting}.{k}") for k, v in value.items()}
     return value
 
 
@@ -101,14 +164,12 @@ def user_problem(
     if not model_path:
         raise ValueError("give the LightningModule: --module package.module:Class (or a --config with model.class_path)")
     m_args = {**(cfg.get("model") or {}).get("init_args", {}), **_parse_args(module_args, "module args")}
-    model = load_object(model_path)(**m_args)
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{model_path} did not build an nn.Module (got {type(model).__name__})")
+    model = resolve_class(model_path, "--module" if module else "model", "LightningModule")(**m_args)
 
     data_path = datamodule or (cfg.get("data") or {}).get("class_path")
     if data_path:
         d_args = {**(cfg.get("data") or {}).get("init_args", {}), **_parse_args(datamodule_args, "datamodule args")}
-        dm = load_object(data_path)(**d_args)
+        dm = resolve_class(data_path, "--datamodule" if datamodule else "data", "LightningDataModule")(**d_args)
         for hook, args in (("prepare_data", ()), ("setup", ("fit",))):
             if callable(getattr(dm, hook, None)):
                 getattr(dm, hook)(*args)
