@@ -237,7 +237,7 @@ class ChannelDetector(Probe):
     name = "channels"
     group = "neurons"
     default_every_n_steps = 200
-    cost = "O(m²·d) pair search per layer of width m, 1 forward (discovery)"
+    cost = "one float32 Gram matrix per layer (m²·d/2 multiply-adds for width m), 1 forward (discovery)"
     scalar_tags: ClassVar[dict[str, str]] = {
         "<layer>/channel_score": "fraction of the six channel criteria met by the layer's best pair (1 = in a channel)",
         "<layer>/channel_eps": "smallest sign-aware ε = ‖wᵢ − s·wⱼ‖/2 among the layer's neuron pairs",
