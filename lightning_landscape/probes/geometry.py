@@ -186,14 +186,23 @@ class LossSurfaceGeometry(Probe):
         if not isinstance(top, torch.Tensor) or top.numel() != space.dim or not torch.isfinite(top).all():
             top = sketch.top_vector()
         top = top.detach().to(dtype=g.dtype, device=g.device).reshape(-1)
-        directions = [("ricci_top", top, op.matvec(top))]
-        if float(torch.linalg.vector_norm(g)) > 0:
-            directions.append(("ricci_gradient", g, hg))
-        for key, u, hu in directions:
+        # One direction at a time: u and Hu of the top direction are released before the gradient's.
+        for key in ("ricci_top", "ricci_gradient"):
+            if key == "ricci_top":
+                u, hu = top, op.matvec(top)
+                del top
+            elif float(torch.linalg.vector_norm(g)) > 0:
+                u, hu = g, hg
+            else:
+                continue
             out[key] = ricci_from_hvp(g, u, hu, est.trace_shape)
             out[f"{key}_stderr"] = abs(ricci_second_form(g, u, hu)) * est.trace_shape_stderr
-        values, vectors = sketch.topk(self.topk)
-        out.update(self._topk_scalars(*section_gauss_kronecker(values, vectors, g)))
+            del u, hu
+        # K_k needs only Vᵀg: taken from the Lanczos coefficients, the k Ritz vectors are never formed.
+        idx = sketch.topk_indices(self.topk)
+        vg = sketch.ritz_projections(idx, g)
+        out.update(self._topk_scalars(*section_gauss_kronecker(sketch.ritz_values[idx], torch.eye(vg.numel(),
+                                                                dtype=torch.float64), vg)))
         return out
 
     @staticmethod

@@ -391,6 +391,8 @@ class SaddleBranches(Probe):
         compute_spectrum: run Lanczos when ``ctx.extras`` has no ``lambda_min`` and the gradient is small
             (``‖∇L‖ ≤ grad_tol``: with a larger gradient no saddle is declared, so the products are saved).
         max_iter: Lanczos steps (Hessian-vector products) for the own spectrum run.
+        max_basis: Lanczos vectors kept by the own spectrum run (parameter-sized each; ≥ 3): a longer run
+            thick-restarts from the two extreme Ritz vectors, so memory stays bounded whatever ``max_iter`` is.
         tol: Lanczos stop when both extreme Ritz residuals are ``≤ tol · max|λ|`` (λmin is less accurate
             than this when ``|λmin| ≪ λmax``).
         window: measurements used for the convergence rate.
@@ -448,6 +450,7 @@ class SaddleBranches(Probe):
         layers: list[list[str]] | None = None,
         stall_tol: float = 0.01,
         stall_grad_ratio: float = 0.01,
+        max_basis: int = 4,
     ) -> None:
         super().__init__(every_n_steps)
         self.grad_tol = check_positive_float("SaddleBranches.grad_tol", grad_tol)
@@ -462,6 +465,7 @@ class SaddleBranches(Probe):
         self.merge_tol = check_positive_float("SaddleBranches.merge_tol", merge_tol)
         self.compute_spectrum = bool(compute_spectrum)
         self.max_iter = check_positive_int("SaddleBranches.max_iter", max_iter, 2)
+        self.max_basis = check_positive_int("SaddleBranches.max_basis", max_basis, 3)
         self.tol = check_positive_float("SaddleBranches.tol", tol)
         self.window = check_positive_int("SaddleBranches.window", window, 2)
         self.severity = check_severity("SaddleBranches.severity", severity)
@@ -483,9 +487,10 @@ class SaddleBranches(Probe):
         if not self.compute_spectrum:
             return float("nan"), float("nan")
         op = ctx.hessian()
-        v0 = gaussian(ctx.space.dim, ctx.generator(self.name), ctx.space.dtype, ctx.space.device)
-        res = lanczos_extremes(op.matvec, v0, max_iter=min(self.max_iter, ctx.space.dim), tol=self.tol,
-                                min_iter=min(2, ctx.space.dim))
+        # The start vector is passed without a name here, so the basis holds the only copy of it.
+        res = lanczos_extremes(op.matvec, gaussian(ctx.space.dim, ctx.generator(self.name), ctx.space.dtype,
+                                                   ctx.space.device), max_iter=min(self.max_iter, ctx.space.dim), tol=self.tol,
+                               min_iter=min(2, ctx.space.dim), max_basis=self.max_basis)
         ctx.extras.setdefault("lambda_max", res.lambda_max)
         ctx.extras.setdefault("lambda_min", res.lambda_min)
         return res.lambda_max, res.lambda_min
