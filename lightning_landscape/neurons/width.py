@@ -75,31 +75,27 @@ def merge_pairs(ref: torch.Tensor, c: torch.Tensor, wn: torch.Tensor, threshold:
     homogeneous = symmetry == "homogeneous"
     scale = torch.ones_like(norms) if homogeneous else wn.double().clamp_min(1e-300)
     c64 = c.double()
+    # A merge needs D ≤ (threshold·max(‖wᵢ‖, ‖wⱼ‖)/max(cᵢ, cⱼ))² ≤ rᵢ = (threshold·max‖w‖/cᵢ)², and the Gram
+    # value is within κ(nᵢ + nⱼ) of D: pairs above the row's and the column's bound cannot merge.
+    reach = (threshold * float(scale.max()) / c64).pow(2) + kappa * (norms + float(norms.max()))
+    reach = (reach * (1 + 1e-6)).to(dtype)  # rounding the bound itself to the Gram's precision
+    n = norms.to(dtype)
     signs = (1, -1) if symmetry == "odd" else (1,)
     out: list[tuple[int, int]] = []
     for start, rows, gram in upper_blocks(x64, dtype):
-        gram = gram.double()
         below = strict_upper_mask(gram.shape[0], gram.shape[1], gram.device)
-        n_sum = norms[rows, None] + norms[None, start:]
-        # merged when D ≤ R = (threshold · max(‖wᵢ‖, ‖wⱼ‖) / max(cᵢ, cⱼ))²  (D the squared distance)
-        limit = (threshold * torch.maximum(scale[rows, None], scale[None, start:])
-                 / torch.maximum(c64[rows, None], c64[None, start:])).pow(2)
         for sign in signs:
-            approx = n_sum - 2.0 * sign * gram
-            sure = (approx + kappa * n_sum) < limit * (1 - 1e-9)
-            maybe = ~sure & ((approx - kappa * n_sum) <= limit * (1 + 1e-9))
-            sure &= ~below
-            maybe &= ~below
-            pairs = sure.nonzero()
-            unsure = maybe.nonzero()
-            if unsure.numel():
-                i, j = unsure[:, 0] + start, unsure[:, 1] + start
-                dist = exact_distances(x64, i, j, sign)
-                if not homogeneous:
-                    dist = dist / torch.maximum(scale[i], scale[j])
-                ok = dist * torch.maximum(c64[i], c64[j]) <= threshold
-                pairs = torch.cat([pairs, unsure[ok]])
-            out.extend((int(a) + start, int(b) + start) for a, b in pairs.tolist())
+            approx = gram.mul(-2.0 * sign).add_(n[rows, None]).add_(n[None, start:])
+            near = (approx <= reach[rows, None]) & (approx <= reach[None, start:]) & ~below
+            if not bool(near.any()):
+                continue
+            pos = near.nonzero()
+            i, j = pos[:, 0] + start, pos[:, 1] + start
+            dist = exact_distances(x64, i, j, sign)  # the brute-force formula decides
+            if not homogeneous:
+                dist = dist / torch.maximum(scale[i], scale[j])
+            ok = dist * torch.maximum(c64[i], c64[j]) <= threshold
+            out.extend(zip(i[ok].tolist(), j[ok].tolist()))
     return sorted(set(out))
 
 
@@ -139,6 +135,9 @@ def effective_width(
         members.setdefault(_find(parent, i), []).append(i)
     groups, count = [], 0
     for units in members.values():
+        if len(units) == 1:  # a unit of its own: alive, so its contribution is above the tolerance
+            count += 1
+            continue
         rep = max(units, key=lambda u: float(c[u]))
         factors = []
         for u in units:
