@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import torch
 
 # entries of one block of the Gram matrix (rows × columns): bounds the temporaries to a few MiB
-BLOCK_ENTRIES = 1 << 20
+BLOCK_ENTRIES = 1 << 18
 MIN_BLOCK_ROWS = 256  # thinner blocks make the products markedly slower
 
 
@@ -84,10 +84,11 @@ def strict_upper_mask(block_rows: int, block_cols: int, device: torch.device) ->
 
 def exact_distances(x64: torch.Tensor, i: torch.Tensor, j: torch.Tensor, sign: int, chunk_entries: int = 1 << 22
                     ) -> torch.Tensor:
-    """``‖xᵢ − s·xⱼ‖`` in float64 for index vectors ``i, j`` (the brute-force formula, in chunks)."""
+    """``‖xᵢ − s·xⱼ‖`` in float64 for index vectors ``i, j`` (the brute-force formula on float64 copies of
+    the rows, in chunks)."""
     out = torch.empty(i.numel(), dtype=torch.float64, device=x64.device)
     step = max(1, chunk_entries // max(x64.shape[1], 1))
     for a in range(0, i.numel(), step):
         ii, jj = i[a:a + step], j[a:a + step]
-        out[a:a + step] = torch.linalg.vector_norm(x64[ii] - sign * x64[jj], dim=1)
+        out[a:a + step] = torch.linalg.vector_norm(x64[ii].double() - sign * x64[jj].double(), dim=1)
     return out

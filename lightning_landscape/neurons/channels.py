@@ -95,8 +95,7 @@ def closest_pairs(w: torch.Tensor, symmetry: str, k: int) -> list[tuple[float, i
     if m < 2 or k < 1:
         return []
     x = w.detach().reshape(m, -1)
-    x64 = x.double()
-    norms = x64.pow(2).sum(1)
+    norms = torch.linalg.vector_norm(x, dim=1, dtype=torch.float64).pow(2)  # no float64 copy of the layer
     dtype = gram_dtype(x.device)
     slack = 2.0 * bound_factor(d, dtype) * 2.0 * float(norms.max())  # 2·max|D̂ − D| over all pairs
     signs = (1, -1) if symmetry == "odd" else (1,)
@@ -131,7 +130,7 @@ def closest_pairs(w: torch.Tensor, symmetry: str, k: int) -> list[tuple[float, i
     for sign in signs:
         sel = (sgn == sign).nonzero().flatten()
         if sel.numel():
-            exact[sel] = exact_distances(x64, i_idx[sel], j_idx[sel], sign)
+            exact[sel] = exact_distances(x, i_idx[sel], j_idx[sel], sign)
     found = sorted(zip((exact / 2.0).tolist(), i_idx.tolist(), j_idx.tolist(), sgn.long().tolist()))
     return [(e, i, j, s) for e, i, j, s in found[:k]]
 
