@@ -38,21 +38,10 @@ def _differentiate(
         retain_graph=retain_graph,
         allow_unused=True,
     )
-    # Copied piece by piece into the flat result, each piece released once copied: the pieces and the
-    # flat vector are never both whole in memory (a cat would hold two parameter-sized vectors).
-    pieces = dict(zip(live, hv))
-    del hv
-    out = torch.empty(space.dim, dtype=space.dtype, device=space.device)
-    start = 0
-    for i, n in enumerate(space.numels):
-        h = pieces.pop(i, None)
-        if h is None:
-            out[start:start + n].zero_()
-        else:
-            out[start:start + n].copy_(h.detach().reshape(-1))
-        del h
-        start += n
-    return out
+    full: list[torch.Tensor | None] = [None] * len(space.params)
+    for i, h in zip(live, hv):
+        full[i] = None if h is None else h.detach()
+    return space.flatten(full)
 
 
 class HessianOperator:
