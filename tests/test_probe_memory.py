@@ -26,7 +26,7 @@ M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 # Documented peak above the state before a measurement (parameters, gradients, optimizer state), in
 # parameter-sized vectors, with the probes' defaults; the README's "Memory per probe" table.
 PEAK_VECTORS: dict[str, float] = {
-    "hessian_spectrum": 15,  # graph + gradient, max_basis = 8 Lanczos vectors, warm-start vectors, one HVP
+    "hessian_spectrum": 16,  # graph + gradient, max_basis = 8 Lanczos vectors, warm-start vectors, one HVP
     "hessian_trace": 12,  # graph + gradient, Hutch++ Krylov sketch of ≤ 8 vectors, one HVP
     "hessian_density": 8,  # graph + gradient, three-term recurrence (no basis), one HVP
     "loss_geometry": 41,  # graph + gradient, the lanczos_steps = 30 deflation basis, a probe, Hg, one HVP
