@@ -31,7 +31,9 @@ class LossSurfaceGeometry(Probe):
     ``num_samples`` Hutchinson probes (standard errors reported), gives an SLQ estimate of the inertia and
     the top-k Ritz pairs; ``K`` is then only reported for the k-dimensional section through the top-k
     (largest |λ|) Ritz vectors, as ``gauss_kronecker_topk_*`` (also logged in exact mode, from the exact
-    eigenvectors). Cost above the threshold: ``lanczos_steps + num_samples + 3`` HVPs.
+    eigenvectors). Cost above the threshold: ``lanczos_steps + num_samples + 3`` HVPs; memory: the
+    ``lanczos_steps`` basis vectors plus about ten more (graph, gradient, a probe, ``Hg``, one product) —
+    the Ritz vectors of the section are never formed (``Vᵀg`` comes from the Lanczos coefficients).
 
     Args:
         every_n_steps: measure after every this many optimizer steps.

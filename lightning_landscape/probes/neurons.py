@@ -431,7 +431,8 @@ class SaddleBranches(Probe):
         merge_tol: relative function error below which two neurons count as one.
         compute_spectrum: run Lanczos when ``ctx.extras`` has no ``lambda_min`` and the gradient is small
             (``‖∇L‖ ≤ grad_tol``: with a larger gradient no saddle is declared, so the products are saved).
-        max_iter: Lanczos steps (Hessian-vector products) for the own spectrum run.
+        max_iter: Lanczos steps (Hessian-vector products) for the own spectrum run (the plain recurrence:
+            three parameter-sized vectors whatever ``max_iter`` is; see :func:`extreme_eigenvalues`).
         tol: Lanczos stop when both extreme Ritz residuals are ``≤ tol · max|λ|`` (λmin is less accurate
             than this when ``|λmin| ≪ λmax``).
         window: measurements used for the convergence rate.
