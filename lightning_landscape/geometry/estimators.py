@@ -27,7 +27,8 @@ from typing import Callable
 
 import torch
 
-from lightning_landscape.linalg import hutchinson_trace, lanczos_tridiagonal
+from lightning_landscape.linalg import hutchinson_trace
+from lightning_landscape.linalg.lanczos import _LanczosState, _tridiagonal
 from lightning_landscape.linalg.random import rademacher
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
@@ -101,9 +102,11 @@ class KrylovSketch:
 
     ``trace = tr(Q H Qᵀ) = tr T``; ``frobenius_sq = ‖H Qᵀ‖²_F``. Because the start vector is Rademacher,
     ``(ritz_values, weights)`` is one stochastic-Lanczos-quadrature sample of the spectral density.
+    Q is kept as the row blocks the Lanczos run filled (``blocks``), never copied into one tensor
+    (``basis`` concatenates them on demand, for small problems); every product works block by block.
     """
 
-    basis: torch.Tensor
+    blocks: list[torch.Tensor]
     tridiagonal: torch.Tensor
     ritz_values: torch.Tensor
     ritz_coefficients: torch.Tensor
@@ -112,6 +115,11 @@ class KrylovSketch:
     dim: int
     num_matvecs: int
     residual_norm: float = 0.0  # β_m = |H q_m − Q Qᵀ H q_m|: Ritz residuals are β_m |s_{m,j}|
+
+    @property
+    def basis(self) -> torch.Tensor:
+        """Q as one ``(m, dim)`` tensor (a copy when it spans several blocks)."""
+        return self.blocks[0] if len(self.blocks) == 1 else torch.cat(self.blocks)
 
     @property
     def ritz_residuals(self) -> torch.Tensor:
@@ -123,16 +131,53 @@ class KrylovSketch:
         """Gauss quadrature weights (sum to 1)."""
         return self.ritz_coefficients[0] ** 2
 
+    def coefficients(self, v: torch.Tensor) -> torch.Tensor:
+        """``Q v`` (one entry per basis vector)."""
+        return torch.cat([b @ v.to(b.dtype) for b in self.blocks])
+
+    def expand(self, coeffs: torch.Tensor) -> torch.Tensor:
+        """``Qᵀ c`` for ``c`` of shape ``(m,)`` or ``(m, r)``, block by block (no copy of Q)."""
+        out, start = None, 0
+        for b in self.blocks:
+            part = b.T @ coeffs[start:start + b.shape[0]].to(dtype=b.dtype, device=b.device)
+            out = part if out is None else out.add_(part)
+            start += b.shape[0]
+        return out
+
+    def project(self, v: torch.Tensor) -> torch.Tensor:
+        """``(I − QᵀQ) v`` (a new vector; ``v`` is not modified)."""
+        c = self.coefficients(v)
+        out, start = None, 0
+        for b in self.blocks:
+            cb = c[start:start + b.shape[0]]
+            out = torch.addmv(v, b.T, cb, alpha=-1.0) if out is None else out.addmv_(b.T, cb, alpha=-1.0)
+            start += b.shape[0]
+        return out
+
+    def _gram(self) -> torch.Tensor:
+        """``Q Qᵀ`` in float64 (the identity up to rounding): exact Ritz-vector norms without forming them."""
+        rows = [torch.cat([a @ b.T for b in self.blocks], dim=1) for a in self.blocks]
+        return torch.cat(rows).double().cpu()
+
     def ritz_vectors(self, index: torch.Tensor) -> torch.Tensor:
         """Ritz vectors (columns, unit norm) for the given positions in ``ritz_values``."""
-        coeffs = self.ritz_coefficients[:, index].to(self.basis.dtype).to(self.basis.device)
-        vecs = self.basis.T @ coeffs
+        vecs = self.expand(self.ritz_coefficients[:, index])
         return vecs / torch.linalg.vector_norm(vecs, dim=0, keepdim=True)
+
+    def ritz_projections(self, index: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``Yᵀ v`` for the unit Ritz vectors ``Y`` at ``index``, without forming them (float64)."""
+        s = self.ritz_coefficients[:, index].double()
+        norms = torch.sqrt(torch.einsum("ir,ij,jr->r", s, self._gram(), s))
+        return (s.T @ self.coefficients(v).double().cpu()) / norms
+
+    def topk_indices(self, k: int) -> torch.Tensor:
+        """Positions of the k Ritz values of largest |θ|."""
+        k = min(k, self.ritz_values.numel())
+        return torch.argsort(self.ritz_values.abs(), descending=True)[:k]
 
     def topk(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The k Ritz pairs of largest |θ|: ``(values, vectors as columns)``."""
-        k = min(k, self.ritz_values.numel())
-        idx = torch.argsort(self.ritz_values.abs(), descending=True)[:k]
+        idx = self.topk_indices(k)
         return self.ritz_values[idx], self.ritz_vectors(idx)
 
     def top_vector(self) -> torch.Tensor:
@@ -192,27 +237,26 @@ def krylov_sketch(
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    v0 = rademacher(dim, generator, dtype, device)
-    t, basis, used = lanczos_tridiagonal(matvec, v0, min(num_steps, dim))
+    state = _LanczosState(matvec, rademacher(dim, generator, dtype, device), min(num_steps, dim))
+    while state.step():
+        pass
+    t, used = _tridiagonal(state.alphas, state.betas), state.matvecs
     m = t.shape[0]
-    basis = basis[:m]
-    h_last = matvec(basis[m - 1])
-    used += 1
-    residual = h_last - basis.T @ (basis @ h_last)
-    residual = residual - basis.T @ (basis @ residual)
+    blocks = state.basis.views(m)  # views of the run's own blocks: Q is never held twice
+    del state
+    sketch = KrylovSketch(blocks=blocks, tridiagonal=t, ritz_values=t.new_empty(0), ritz_coefficients=t.new_empty(0),
+                          trace=float(torch.trace(t)), frobenius_sq=0.0, dim=dim, num_matvecs=used + 1)
+    last = blocks[-1][-1]
+    h_last = matvec(last)
     frob = float((t * t).sum()) - float((t[m - 1] * t[m - 1]).sum()) + _dot(h_last, h_last)
-    evals, evecs = torch.linalg.eigh(t)
-    return KrylovSketch(
-        basis=basis,
-        tridiagonal=t,
-        ritz_values=evals,
-        ritz_coefficients=evecs,
-        trace=float(torch.trace(t)),
-        frobenius_sq=frob,
-        dim=dim,
-        num_matvecs=used,
-        residual_norm=float(torch.linalg.vector_norm(residual)),
-    )
+    residual = sketch.project(h_last)
+    del h_last
+    residual = sketch.project(residual)
+    sketch.frobenius_sq = frob
+    sketch.residual_norm = float(torch.linalg.vector_norm(residual))
+    del residual
+    sketch.ritz_values, sketch.ritz_coefficients = torch.linalg.eigh(t)
+    return sketch
 
 
 # --------------------------------------------------------------------------------------------------
@@ -300,15 +344,12 @@ def estimate_geometry(
     b = _dot(h_gradient, h_gradient)
 
     if sketch is not None:
-        basis = sketch.basis.to(dtype=g.dtype, device=g.device)
         exact_trace, exact_frob = sketch.trace, sketch.frobenius_sq
     else:
-        basis, exact_trace, exact_frob = None, 0.0, 0.0
+        exact_trace, exact_frob = 0.0, 0.0
 
     def project(v: torch.Tensor) -> torch.Tensor:
-        if basis is None:
-            return v
-        return v - basis.T @ (basis @ v)
+        return v if sketch is None else sketch.project(v)  # block by block: Q is not copied
 
     h2_parts: list[float] = []
 
@@ -316,7 +357,9 @@ def estimate_geometry(
         # P H P v: the trace sample is vᵀPHPv; the same HVP gives the tr H² sample |H P v|².
         hv = matvec(project(v))
         h2_parts.append(_dot(hv, hv))
-        return project(hv)
+        out = project(hv)
+        del hv
+        return out
 
     tr = hutchinson_trace(deflated, dim, num_samples, generator, g.dtype, g.device)
     used += tr.num_matvecs

@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from lightning_landscape.neurons._gram import bound_factor, exact_distances, gram_dtype, strict_upper_mask, upper_blocks
+
 _SERIES = ("step", "eps", "out_norm", "opposition", "glu", "loss")
 
 
@@ -70,48 +72,81 @@ def _parse(key: str) -> tuple[int, int, int]:
 
 def pair_measure(w: torch.Tensor, a: torch.Tensor, i: int, j: int, sign: int) -> PairMeasure:
     """Measure pair (i, j, s) from input weights ``w [m, d]`` and output weights ``a [m, k]``."""
-    w, a = w.double(), a.double()
-    eps = float(torch.linalg.vector_norm(w[i] - sign * w[j])) / 2.0
-    ai, aj = a[i], sign * a[j]
+    wi, wj, ai, aj = w[i].double(), w[j].double(), a[i].double(), sign * a[j].double()  # rows only: no copy of w
+    eps = float(torch.linalg.vector_norm(wi - sign * wj)) / 2.0
     ni, nj = float(torch.linalg.vector_norm(ai)), float(torch.linalg.vector_norm(aj))
     cos = float(ai @ aj) / (ni * nj) if ni > 0 and nj > 0 else 0.0
     return PairMeasure(i, j, sign, eps, ni + nj, -cos, eps * float(torch.linalg.vector_norm(ai - aj)),
                        float(torch.linalg.vector_norm(ai + aj)))
 
 
+def closest_pairs(w: torch.Tensor, symmetry: str, k: int) -> list[tuple[float, int, int, int]]:
+    """The ``k`` smallest ``(ε, i, j, s)`` (``i < j``, ties by ``i, j, s``) with ``ε = ‖wᵢ − s·wⱼ‖/2`` in float64.
+
+    Dense linear algebra: one Gram matrix ``W Wᵀ`` (float32, upper triangle, in row blocks) gives both
+    signs' squared distances; the running ``k``-th smallest value plus twice the rounding bound of
+    :mod:`~lightning_landscape.neurons._gram` selects every pair that can be among the ``k`` closest, and
+    only those are measured exactly. The result equals an all-pairs float64 loop (same pairs, same ε).
+
+    >>> closest_pairs(torch.tensor([[1.0, 0.0], [-1.01, 0.0], [0.0, 1.0]]), "odd", 1)
+    [(0.004999995231628418, 0, 1, -1)]
+    """
+    m, d = w.shape[0], w.shape[1] if w.ndim > 1 else 1
+    if m < 2 or k < 1:
+        return []
+    x = w.detach().reshape(m, -1)
+    norms = torch.linalg.vector_norm(x, dim=1, dtype=torch.float64).pow(2)  # no float64 copy of the layer
+    dtype = gram_dtype(x.device)
+    slack = 2.0 * bound_factor(d, dtype) * 2.0 * float(norms.max())  # 2·max|D̂ − D| over all pairs
+    signs = (1, -1) if symmetry == "odd" else (1,)
+    kept: list[torch.Tensor] = []  # per sign and block: rows (D̂, i, j, s) that may still be in the top k
+    smallest = torch.empty(0, dtype=torch.float64, device=x.device)
+    n = norms.to(dtype)
+    for start, rows, gram in upper_blocks(x, dtype):
+        below = strict_upper_mask(gram.shape[0], gram.shape[1], gram.device)
+        for sign in signs:
+            approx = gram.mul(-2.0 * sign).add_(n[rows, None]).add_(n[None, start:]).masked_fill_(below, torch.inf)
+            flat = approx.reshape(-1)
+            take = min(k, flat.numel())
+            low = torch.topk(flat, take, largest=False).values.double()
+            smallest = torch.cat([smallest, low[torch.isfinite(low)]])  # the masked diagonal is +inf
+            smallest = torch.topk(smallest, min(k, smallest.numel()), largest=False).values
+            limit = float(smallest.max()) + slack if smallest.numel() >= k else torch.inf
+            hit = ((approx <= limit) & ~below).nonzero()
+            if hit.numel():
+                vals = approx[hit[:, 0], hit[:, 1]].double()
+                kept.append(torch.stack([vals, (hit[:, 0] + start).double(), (hit[:, 1] + start).double(),
+                                         torch.full_like(vals, float(sign))], 1))
+        # drop what the tightened limit now excludes (keeps the list short on random weights)
+        if kept and smallest.numel() >= k:
+            rows_kept = torch.cat(kept)
+            kept = [rows_kept[rows_kept[:, 0] <= float(smallest.max()) + slack]]
+    if not kept:
+        return []
+    cand = torch.cat(kept)
+    cand = cand[cand[:, 0] <= float(smallest.max()) + slack]
+    i_idx, j_idx, sgn = cand[:, 1].long(), cand[:, 2].long(), cand[:, 3]
+    exact = torch.empty(cand.shape[0], dtype=torch.float64, device=x.device)
+    for sign in signs:
+        sel = (sgn == sign).nonzero().flatten()
+        if sel.numel():
+            exact[sel] = exact_distances(x, i_idx[sel], j_idx[sel], sign)
+    found = sorted(zip((exact / 2.0).tolist(), i_idx.tolist(), j_idx.tolist(), sgn.long().tolist()))
+    return [(e, i, j, s) for e, i, j, s in found[:k]]
+
+
 def candidate_pairs(w: torch.Tensor, a: torch.Tensor, symmetry: str, k: int = 3, chunk: int = 1024) -> list[PairMeasure]:
-    """The ``k`` pairs with the smallest sign-aware ``ε = ‖wᵢ − s·wⱼ‖/2`` (``s = ±1`` for ``"odd"``).
+    """The ``k`` pairs with the smallest sign-aware ``ε = ‖wᵢ − s·wⱼ‖/2`` (``s = ±1`` for ``"odd"``),
+    measured (see :func:`closest_pairs`). ``chunk`` is accepted for compatibility and unused (the Gram
+    blocks are sized by :data:`~lightning_landscape.neurons._gram.BLOCK_ENTRIES`).
 
     >>> w = torch.tensor([[1.0, 0.0], [-1.01, 0.0], [0.0, 1.0]])
     >>> p = candidate_pairs(w, torch.ones(3, 1), "odd", k=1)[0]
     >>> (p.i, p.j, p.sign), round(p.eps, 3)
     ((0, 1, -1), 0.005)
     """
-    w = w.detach().double()
-    m = w.shape[0]
-    if m < 2:
-        return []
-    signs = (1, -1) if symmetry == "odd" else (1,)
-    best: list[tuple[float, int, int, int]] = []
-    for sign in signs:
-        for start in range(0, m, chunk):
-            block = w[start:start + chunk]
-            dist = torch.cdist(block, sign * w)  # [b, m]
-            rows = torch.arange(block.shape[0])
-            dist[rows, rows + start] = math.inf  # not a neuron with itself
-            if sign > 0:  # (i, j) and (j, i) are the same pair
-                cols = torch.arange(m)
-                dist[(cols[None, :] <= (rows + start)[:, None])] = math.inf
-            flat = dist.reshape(-1)
-            take = min(2 * k, int(torch.isfinite(flat).sum()))  # (i, j) and (j, i) both appear for s = -1
-            if take == 0:
-                continue
-            vals, idx = torch.topk(flat, take, largest=False)
-            for v, ix in zip(vals.tolist(), idx.tolist()):
-                i, j = start + ix // m, ix % m
-                best.append((v / 2.0, min(i, j), max(i, j), sign))
-    best = sorted(set(best))[:k]
-    return [pair_measure(w, a, i, j, s) for _, i, j, s in best]
+    w, a = w.detach(), a.detach()
+    return [pair_measure(w, a, i, j, s) for _, i, j, s in closest_pairs(w, symmetry, k)]
 
 
 def _slope(x: list[float], y: list[float]) -> float:

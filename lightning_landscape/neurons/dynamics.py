@@ -42,7 +42,8 @@ def parameter_layers(module: nn.Module) -> dict[str, list[torch.Tensor]]:
 
 
 def _norm(tensors: list[torch.Tensor]) -> float:
-    return float(torch.sqrt(sum((t.detach().double() ** 2).sum() for t in tensors)))
+    # float64 accumulation without a float64 copy of the tensor (a layer can be most of the model)
+    return float(torch.sqrt(sum(torch.linalg.vector_norm(t.detach(), dtype=torch.float64) ** 2 for t in tensors)))
 
 
 def snapshot(module: nn.Module) -> dict[str, list[torch.Tensor]]:
@@ -82,5 +83,5 @@ def neuron_norms(layer: NeuronLayer) -> tuple[torch.Tensor, torch.Tensor]:
     >>> neuron_norms(NeuronLayer("fc1", "fc1", "fc2", fc1, fc2, "tanh", "odd"))[1].tolist()
     [1.0, 2.0, 0.5]
     """
-    return (torch.linalg.vector_norm(layer.input_weights().double(), dim=1),
-            torch.linalg.vector_norm(layer.output_weights().double(), dim=1))
+    return (torch.linalg.vector_norm(layer.input_weights(), dim=1, dtype=torch.float64),
+            torch.linalg.vector_norm(layer.output_weights(), dim=1, dtype=torch.float64))

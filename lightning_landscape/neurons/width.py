@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from lightning_landscape.neurons._gram import bound_factor, exact_distances, gram_dtype, strict_upper_mask, upper_blocks
 from lightning_landscape.neurons.hidden import capture_hidden
 from lightning_landscape.neurons.layers import NeuronLayer
 
@@ -50,6 +51,53 @@ def _find(parent: list[int], i: int) -> int:
         parent[i] = parent[parent[i]]
         i = parent[i]
     return i
+
+
+def merge_pairs(ref: torch.Tensor, c: torch.Tensor, wn: torch.Tensor, threshold: float, symmetry: str
+                ) -> list[tuple[int, int]]:
+    """Pairs ``(i, j)``, ``i < j``, whose merge error ``dᵢⱼ·max(cᵢ, cⱼ)`` is ``≤ threshold`` (float64 rows ``ref``).
+
+    ``dᵢⱼ = ‖refᵢ − s·refⱼ‖`` (directions for ``"homogeneous"``), divided by ``max(‖wᵢ‖, ‖wⱼ‖)`` otherwise,
+    for ``s = 1`` and, with ``"odd"``, ``s = −1``. One float32 Gram matrix per block of rows decides every
+    pair its rounding bound (:mod:`~lightning_landscape.neurons._gram`) can decide; the rest are measured
+    exactly, so the result is that of an all-pairs float64 loop.
+
+    >>> ref = torch.tensor([[1.0, 0.0], [1.0, 1e-6], [0.0, 1.0]], dtype=torch.float64)
+    >>> merge_pairs(ref, torch.ones(3, dtype=torch.float64), ref.norm(dim=1), 1e-3, "none")
+    [(0, 1)]
+    """
+    m = ref.shape[0]
+    if m < 2:
+        return []
+    x64 = ref.double()
+    norms = x64.pow(2).sum(1)
+    dtype = gram_dtype(x64.device)
+    kappa = bound_factor(x64.shape[1], dtype)
+    homogeneous = symmetry == "homogeneous"
+    scale = torch.ones_like(norms) if homogeneous else wn.double().clamp_min(1e-300)
+    c64 = c.double()
+    # A merge needs D ≤ (threshold·max(‖wᵢ‖, ‖wⱼ‖)/max(cᵢ, cⱼ))² ≤ rᵢ = (threshold·max‖w‖/cᵢ)², and the Gram
+    # value is within κ(nᵢ + nⱼ) of D: pairs above the row's and the column's bound cannot merge.
+    reach = (threshold * float(scale.max()) / c64).pow(2) + kappa * (norms + float(norms.max()))
+    reach = (reach * (1 + 1e-6)).to(dtype)  # rounding the bound itself to the Gram's precision
+    n = norms.to(dtype)
+    signs = (1, -1) if symmetry == "odd" else (1,)
+    out: list[tuple[int, int]] = []
+    for start, rows, gram in upper_blocks(x64, dtype):
+        below = strict_upper_mask(gram.shape[0], gram.shape[1], gram.device)
+        for sign in signs:
+            approx = gram.mul(-2.0 * sign).add_(n[rows, None]).add_(n[None, start:])
+            near = (approx <= reach[rows, None]) & (approx <= reach[None, start:]) & ~below
+            if not bool(near.any()):
+                continue
+            pos = near.nonzero()
+            i, j = pos[:, 0] + start, pos[:, 1] + start
+            dist = exact_distances(x64, i, j, sign)  # the brute-force formula decides
+            if not homogeneous:
+                dist = dist / torch.maximum(scale[i], scale[j])
+            ok = dist * torch.maximum(c64[i], c64[j]) <= threshold
+            out.extend(zip(i[ok].tolist(), j[ok].tolist()))
+    return sorted(set(out))
 
 
 def effective_width(
@@ -77,29 +125,20 @@ def effective_width(
     else:
         ref = w
     parent = list(range(m))
-    idx = torch.tensor(alive, dtype=torch.long)
     if len(alive) > 1:
-        sub, sub_c, sub_n = ref[idx], c[idx], wn[idx]
-        signs = (1, -1) if symmetry == "odd" else (1,)
-        for sign in signs:
-            for start in range(0, len(alive), chunk):
-                block = sub[start:start + chunk]
-                dist = torch.cdist(block, sign * sub)
-                if symmetry != "homogeneous":
-                    dist = dist / torch.maximum(sub_n[start:start + chunk, None], sub_n[None, :]).clamp_min(1e-300)
-                err = dist * torch.maximum(sub_c[start:start + chunk, None], sub_c[None, :])
-                hits = (err <= merge_tol * out_scale).nonzero().tolist()
-                for bi, j in hits:
-                    i = start + bi
-                    if i != j:
-                        ri, rj = _find(parent, alive[i]), _find(parent, alive[j])
-                        if ri != rj:
-                            parent[ri] = rj
+        for bi, j in merge_pairs(ref[torch.tensor(alive, dtype=torch.long)], c[alive], wn[alive],
+                                 merge_tol * out_scale, symmetry):
+            ri, rj = _find(parent, alive[bi]), _find(parent, alive[j])
+            if ri != rj:
+                parent[ri] = rj
     members: dict[int, list[int]] = {}
     for i in alive:
         members.setdefault(_find(parent, i), []).append(i)
     groups, count = [], 0
     for units in members.values():
+        if len(units) == 1:  # a unit of its own: alive, so its contribution is above the tolerance
+            count += 1
+            continue
         rep = max(units, key=lambda u: float(c[u]))
         factors = []
         for u in units:

@@ -31,7 +31,9 @@ class LossSurfaceGeometry(Probe):
     ``num_samples`` Hutchinson probes (standard errors reported), gives an SLQ estimate of the inertia and
     the top-k Ritz pairs; ``K`` is then only reported for the k-dimensional section through the top-k
     (largest |λ|) Ritz vectors, as ``gauss_kronecker_topk_*`` (also logged in exact mode, from the exact
-    eigenvectors). Cost above the threshold: ``lanczos_steps + num_samples + 3`` HVPs.
+    eigenvectors). Cost above the threshold: ``lanczos_steps + num_samples + 3`` HVPs; memory: the
+    ``lanczos_steps`` basis vectors plus about ten more (graph, gradient, a probe, ``Hg``, one product) —
+    the Ritz vectors of the section are never formed (``Vᵀg`` comes from the Lanczos coefficients).
 
     Args:
         every_n_steps: measure after every this many optimizer steps.
@@ -187,14 +189,23 @@ class LossSurfaceGeometry(Probe):
         if not isinstance(top, torch.Tensor) or top.numel() != space.dim or not torch.isfinite(top).all():
             top = sketch.top_vector()
         top = top.detach().to(dtype=g.dtype, device=g.device).reshape(-1)
-        directions = [("ricci_top", top, op.matvec(top))]
-        if float(torch.linalg.vector_norm(g)) > 0:
-            directions.append(("ricci_gradient", g, hg))
-        for key, u, hu in directions:
+        # One direction at a time: u and Hu of the top direction are released before the gradient's.
+        for key in ("ricci_top", "ricci_gradient"):
+            if key == "ricci_top":
+                u, hu = top, op.matvec(top)
+                del top
+            elif float(torch.linalg.vector_norm(g)) > 0:
+                u, hu = g, hg
+            else:
+                continue
             out[key] = ricci_from_hvp(g, u, hu, est.trace_shape)
             out[f"{key}_stderr"] = abs(ricci_second_form(g, u, hu)) * est.trace_shape_stderr
-        values, vectors = sketch.topk(self.topk)
-        out.update(self._topk_scalars(*section_gauss_kronecker(values, vectors, g)))
+            del u, hu
+        # K_k needs only Vᵀg: taken from the Lanczos coefficients, the k Ritz vectors are never formed.
+        idx = sketch.topk_indices(self.topk)
+        vg = sketch.ritz_projections(idx, g)
+        out.update(self._topk_scalars(*section_gauss_kronecker(sketch.ritz_values[idx], torch.eye(vg.numel(),
+                                                                dtype=torch.float64), vg)))
         return out
 
     @staticmethod

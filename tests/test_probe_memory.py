@@ -1,0 +1,136 @@
+"""Peak memory of one measurement of every registered probe, in parameter-sized vectors.
+
+Each probe runs once unmeasured (first-call allocations), then once measured: the peak resident set size
+(``VmHWM`` after ``clear_refs``) above the RSS before the run, with glibc's mmap threshold fixed at 64 KiB so
+that freed tensors leave the RSS at once (the peak counts live memory, as ``benchmarks/memory.py`` does).
+The model is an MLP whose parameter vector (≈ 4.5 MiB) dwarfs its activations (batch 4), so the peak is
+the vectors a probe holds: the gradient graph and gradient, Lanczos bases, directions, parameter copies.
+``PEAK_VECTORS`` is the documented bound (README, "Memory per probe"); a probe over it fails.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+from collections.abc import Callable, Iterator
+
+import pytest
+import torch
+
+import lightning_landscape.probes as P
+from lightning_landscape import PROBES, ProbeContext
+from lightning_landscape.guards import probe_guard
+
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+
+# Documented peak above the state before a measurement (parameters, gradients, optimizer state), in
+# parameter-sized vectors, with the probes' defaults; the README's "Memory per probe" table.
+PEAK_VECTORS: dict[str, float] = {
+    "hessian_spectrum": 16,  # graph + gradient, max_basis = 8 Lanczos vectors, warm-start vectors, one HVP
+    "hessian_trace": 12,  # graph + gradient, Hutch++ Krylov sketch of ≤ 8 vectors, one HVP
+    "hessian_density": 8,  # graph + gradient, three-term recurrence (no basis), one HVP
+    "loss_geometry": 41,  # graph + gradient, the lanczos_steps = 30 deflation basis, a probe, Hg, one HVP
+    "l2_transition": 7,
+    "sharpness": 9,  # the saved weights, the gradient, the perturbed point
+    "escape_radius": 9,
+    "landscape_slice": 10,  # the saved weights, θ, two directions, a grid point
+    "weight_dynamics": 5,  # the current weights (the initial and previous ones are state)
+    "channels": 4,  # the largest layer's weights, Gram-matrix blocks of at most 1 MiB
+    "saddle_branches": 8,  # graph + gradient, plain Lanczos recurrence (three vectors), one HVP
+}
+
+MAKE: dict[str, Callable[[], P.Probe]] = {
+    "escape_radius": lambda: P.EscapeRadius(walkers=2),
+    "landscape_slice": lambda: P.LandscapeSlice(points_1d=3, points_2d=3, dpi=20),
+    "saddle_branches": lambda: P.SaddleBranches(grad_tol=1e9),  # worst case: its own Lanczos run
+}
+
+
+def _status(key: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+@pytest.fixture
+def rss_peak() -> Iterator[Callable[[Callable[[], object]], int]]:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        _status("VmHWM")
+        libc = ctypes.CDLL(None)
+        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
+    except (OSError, AttributeError, RuntimeError) as err:
+        pytest.skip(f"needs Linux /proc/self/clear_refs and glibc malloc: {err}")
+    if mallopt(M_MMAP_THRESHOLD, 64 * 1024) != 1:
+        pytest.skip("mallopt(M_MMAP_THRESHOLD) failed")
+
+    def measure(fn: Callable[[], object]) -> int:
+        gc.collect()
+        malloc_trim(0)
+        before = _status("VmRSS")
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        fn()
+        return _status("VmHWM") - before
+
+    yield measure
+    mallopt(M_MMAP_THRESHOLD, 128 * 1024)  # glibc's initial value
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(32, 1024), torch.nn.Tanh(), torch.nn.Linear(1024, 1024), torch.nn.Tanh(),
+                              torch.nn.Linear(1024, 10))
+    x, y = torch.randn(4, 32), torch.randint(0, 10, (4,))
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+
+    def loss() -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(net(x), y)
+
+    for _ in range(2):  # gradients and momentum exist, as during training
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    vector = 4 * sum(p.numel() for p in net.parameters())
+    return net, loss, opt, vector
+
+
+def test_every_registered_probe_has_a_documented_bound() -> None:
+    names = {n for n in PROBES if not n.startswith("test_")}
+    assert names == set(PEAK_VECTORS)
+    assert all(v <= 41 for v in PEAK_VECTORS.values())
+
+
+def test_the_measurement_sees_vectors(setup, rss_peak) -> None:
+    """Calibration: holding 5 parameter-sized vectors at once reads as 5 (so a probe's peak cannot hide)."""
+    _, _, _, vector = setup
+    n = vector // 4
+
+    def hold() -> None:
+        kept = [torch.ones(n) for _ in range(5)]
+        del kept
+
+    assert rss_peak(hold) / vector == pytest.approx(5.0, abs=0.3)
+
+
+@pytest.mark.parametrize("name", sorted(PEAK_VECTORS))
+def test_probe_peak_memory_is_bounded(setup, rss_peak, name: str) -> None:
+    net, loss, opt, vector = setup
+    probe = MAKE.get(name, PROBES[name])()
+    step = [10]
+
+    def run() -> None:
+        step[0] += 10
+        with probe_guard(net):
+            ctx = ProbeContext(net, loss, step=step[0], optimizer=opt)
+            probe.run(ctx)
+            ctx.release()
+
+    run()
+    peak = rss_peak(run) / vector
+    print(f"{name}: {peak:.2f} parameter-sized vectors")
+    assert peak <= PEAK_VECTORS[name], f"{name} peaked at {peak:.2f} vectors (documented: {PEAK_VECTORS[name]})"
