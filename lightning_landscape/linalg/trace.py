@@ -88,7 +88,7 @@ def hutchinson_trace(
             if _stderr(s) <= rel_tol * abs(float(s.mean())):
                 break
     s = torch.stack(samples).cpu()
-    return TraceEstimate(float(s.mean()), _stderr(s), num_samples, s)
+    return TraceEstimate(float(s.mean()), _stderr(s), s.numel(), s)
 
 
 def hutchpp_trace(
