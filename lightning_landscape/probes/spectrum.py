@@ -108,7 +108,7 @@ class HessianSpectrum(Probe):
     group = "hessian"
     needs_hessian = True
     default_every_n_steps = 500
-    cost = "≤ max_iter HVPs (20); warm-started ~3–8; Adam: a second run for P⁻¹H"
+    cost = "≤ max_iter HVPs (20); first (cold, to 5·tol) ~11–14; warm-started ~3–8; Adam: a second run for P⁻¹H; exact ≤ 256 params"
     scalar_tags = {
         "lambda_max": "largest Hessian eigenvalue (Ritz value)",
         "lambda_min": "smallest Hessian eigenvalue; < 0 means negative curvature (saddle direction)",
@@ -403,7 +403,7 @@ class HessianTrace(Probe):
     group = "hessian"
     needs_hessian = True
     default_every_n_steps = 2000
-    cost = "≤ num_matvecs HVPs (24), fewer once the standard error is ≤ rel_tol·|trace| (5 %)"
+    cost = "≤ num_matvecs HVPs (24), fewer once the standard error is ≤ rel_tol (5 %) of the trace; exact ≤ 256 params"
     scalar_tags = {
         "trace": "Hessian trace (sum of eigenvalues)",
         "trace_stderr": "standard error of the trace estimate (0 when exact)",
@@ -467,7 +467,7 @@ class HessianDensity(Probe):
     needs_hessian = True
     default_every_n_steps = 10000
     measure_at_first_step = False  # ≈ 100 training steps: no step-1 baseline
-    cost = "num_probes × num_steps HVPs (2 × 40)"
+    cost = "num_probes × num_steps HVPs (2 × 40); exact ≤ 256 params"
     scalar_tags = {
         "negative_mass": "fraction of the spectral density below zero (SLQ); > 0 away from a minimum",
     }
