@@ -125,8 +125,7 @@ class HessianOperator:
                     if h is not None:
                         block[:, offsets[i]:offsets[i] + space.numels[i]] = h.detach().reshape(stop - start, -1)
                 rows.append(block)
-            full = torch.cat(rows)
-            full = torch.stack([self.reduce(r) for r in full]) if self.reduce is not _identity else full
+            full = self.reduce(torch.cat(rows))  # DDP: one all-reduce of the matrix (each rank's is symmetric)
             return (full + full.T) / 2
         except RuntimeError:  # no batching rule for some operation: one product per column
             count = self.num_matvecs
