@@ -403,14 +403,14 @@ class HessianTrace(Probe):
     group = "hessian"
     needs_hessian = True
     default_every_n_steps = 2000
-    cost = "≤ num_matvecs HVPs (24), fewer once the standard error is ≤ rel_tol (5 %) of the trace; exact ≤ 256 params"
+    cost = "≤ num_matvecs HVPs (12), fewer once the standard error is ≤ rel_tol (5 %) of the trace; exact ≤ 256 params"
     scalar_tags = {
         "trace": "Hessian trace (sum of eigenvalues)",
         "trace_stderr": "standard error of the trace estimate (0 when exact)",
     }
 
     def __init__(
-        self, every_n_steps: int | None = None, num_matvecs: int = 24,
+        self, every_n_steps: int | None = None, num_matvecs: int = 12,
         method: Literal["hutchpp", "hutchinson"] = "hutchpp", rel_tol: float | None = 0.05,
         exact_max_dim: int = EXACT_MAX_DIM,
     ) -> None:
