@@ -26,6 +26,17 @@ def _live(grads: tuple[torch.Tensor | None, ...]) -> list[int]:
     return [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
 
 
+def _dense_from_matvec(matvec: Callable[[torch.Tensor], torch.Tensor], space: ParameterSpace) -> torch.Tensor:
+    """The dense Hessian, column by column (one product each), symmetrised."""
+    eye = torch.eye(space.dim, dtype=space.dtype, device=space.device)
+    cols = torch.stack([matvec(eye[i]) for i in range(space.dim)], dim=1)
+    return (cols + cols.T) / 2
+
+
+#: Unit vectors differentiated together when the dense Hessian is built (bounds the batched pass's memory).
+DENSE_BLOCK = 64
+
+
 def _differentiate(
     grads: list[torch.Tensor], live: list[int], space: ParameterSpace, vector: torch.Tensor, retain_graph: bool
 ) -> torch.Tensor:
@@ -69,6 +80,7 @@ class HessianOperator:
         self._grads = [grads[i] for i in self._live]
         self.gradient = self.reduce(space.flatten([None if g is None else g.detach() for g in grads]))
         self.num_matvecs = 0
+        self._dense: torch.Tensor | None = None
 
     @property
     def dim(self) -> int:
@@ -83,10 +95,49 @@ class HessianOperator:
 
     __call__ = matvec
 
+    def dense(self) -> torch.Tensor:
+        """The whole Hessian as a symmetric ``(dim, dim)`` matrix, built once and shared by every probe.
+
+        Costs ``dim`` products (counted in ``num_matvecs``), differentiated ``DENSE_BLOCK`` unit vectors at
+        a time in one batched backward (``is_grads_batched``), which on a small model costs a few single
+        products' time; an operation without a batching rule falls back to one product per column.
+        """
+        if self._dense is None:
+            self._dense = self._batched_dense() if self._grads else torch.zeros(
+                (self.dim, self.dim), dtype=self.space.dtype, device=self.space.device)
+            self.num_matvecs += self.dim
+        return self._dense
+
+    def _batched_dense(self) -> torch.Tensor:
+        space, params = self.space, [self.space.params[i] for i in self._live]
+        offsets = [sum(space.numels[:i]) for i in range(len(space.numels))]
+        try:
+            rows = []
+            for start in range(0, space.dim, DENSE_BLOCK):
+                stop = min(start + DENSE_BLOCK, space.dim)
+                eye = torch.eye(space.dim, dtype=space.dtype, device=space.device)[start:stop]
+                outs = [eye[:, offsets[i]:offsets[i] + space.numels[i]].reshape(stop - start, *space.shapes[i])
+                        .to(space.params[i].dtype) for i in self._live]
+                hv = torch.autograd.grad(self._grads, params, grad_outputs=outs, retain_graph=True,
+                                         allow_unused=True, is_grads_batched=True)
+                block = torch.zeros((stop - start, space.dim), dtype=space.dtype, device=space.device)
+                for i, h in zip(self._live, hv):
+                    if h is not None:
+                        block[:, offsets[i]:offsets[i] + space.numels[i]] = h.detach().reshape(stop - start, -1)
+                rows.append(block)
+            full = self.reduce(torch.cat(rows))  # DDP: one all-reduce of the matrix (each rank's is symmetric)
+            return (full + full.T) / 2
+        except RuntimeError:  # no batching rule for some operation: one product per column
+            count = self.num_matvecs
+            out = _dense_from_matvec(self.matvec, space)
+            self.num_matvecs = count
+            return out
+
     def release(self) -> None:
         """Drop the gradient graph (frees its memory)."""
         self._grads = []
         self._live = []
+        self._dense = None
 
 
 LossChunk = tuple[float, Callable[[], torch.Tensor]]
@@ -132,6 +183,7 @@ class ChunkedHessianOperator:
         self.loss = loss
         self.gradient = self.reduce(gradient)
         self.num_matvecs = 0
+        self._dense: torch.Tensor | None = None
 
     def _forward(self, index: int) -> torch.Tensor:
         """Chunk ``index``'s loss under its own fixed seed (same dropout masks in every product)."""
@@ -162,5 +214,14 @@ class ChunkedHessianOperator:
 
     __call__ = matvec
 
+    def dense(self) -> torch.Tensor:
+        """The whole Hessian as a symmetric ``(dim, dim)`` matrix (``dim`` products, one per column), built once."""
+        if self._dense is None:
+            count = self.num_matvecs
+            self._dense = _dense_from_matvec(self.matvec, self.space)
+            self.num_matvecs = count + self.space.dim
+        return self._dense
+
     def release(self) -> None:
-        """Nothing is kept between products."""
+        """Nothing is kept between products but the dense matrix, if one was built."""
+        self._dense = None

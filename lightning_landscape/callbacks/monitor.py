@@ -614,7 +614,8 @@ class LandscapeMonitor(*callback_bases()):  # type: ignore[misc]
     # ------------------------------------------------------------------ reporting
     def summary(self) -> dict[str, Any]:
         """Totals of this run: measurements, HVPs, seconds spent, the overhead fraction (time inside
-        measurements ÷ the rest of the fit), the last values, and what is warming up or not measured (tag ->
+        measurements ÷ the fit's time without them, i.e. ``probe_seconds / (fit_seconds − probe_seconds)``: the
+        one overhead figure the demo, the ``monitor/overhead`` tag and the benchmarks report), the last values, and what is warming up or not measured (tag ->
         reason)."""
         train = max(self.fit_seconds - self.probe_seconds, 1e-9) if self.fit_seconds else float("nan")
         return {

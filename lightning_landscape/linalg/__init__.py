@@ -3,6 +3,7 @@
 Pure torch: nothing here knows about models, losses or Lightning.
 """
 
+from lightning_landscape.linalg.dense import dense_density, dense_extremes, dense_trace
 from lightning_landscape.linalg.lanczos import LanczosResult, lanczos_extremes, lanczos_tridiagonal
 from lightning_landscape.linalg.random import rademacher
 from lightning_landscape.linalg.slq import SpectralDensity, spectral_density
@@ -12,6 +13,9 @@ __all__ = [
     "LanczosResult",
     "SpectralDensity",
     "TraceEstimate",
+    "dense_density",
+    "dense_extremes",
+    "dense_trace",
     "hutchinson_trace",
     "hutchpp_trace",
     "lanczos_extremes",

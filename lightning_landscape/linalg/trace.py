@@ -42,6 +42,15 @@ class TraceEstimate:
     sketch_matvecs: int = 0  # operator applications spent on the Hutch++ sketch (0 for Hutchinson)
 
 
+#: Fewest stochastic samples an adaptive budget takes (a standard error from 2 samples is too rough to stop on).
+MIN_ADAPTIVE_SAMPLES = 3
+
+
+def _check_rel_tol(rel_tol: float | None) -> None:
+    if rel_tol is not None and not (isinstance(rel_tol, (int, float)) and math.isfinite(rel_tol) and rel_tol > 0):
+        raise ValueError(f"rel_tol must be a positive number or None, got {rel_tol!r}")
+
+
 def _stderr(samples: torch.Tensor) -> float:
     n = samples.numel()
     return float(samples.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
@@ -54,8 +63,13 @@ def hutchinson_trace(
     generator: torch.Generator,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
+    rel_tol: float | None = None,
 ) -> TraceEstimate:
     """``tr(A) ≈ mean(zᵀ A z)`` over Rademacher ``z``.
+
+    ``num_samples`` is the budget. With ``rel_tol`` the loop stops earlier, once at least
+    ``MIN_ADAPTIVE_SAMPLES`` samples give ``stderr ≤ rel_tol·|value|`` (a stop on the samples' own spread:
+    not exactly unbiased, unlike the planned budget of :func:`hutchpp_trace`).
 
     >>> A = torch.diag(torch.arange(1.0, 6.0))
     >>> est = hutchinson_trace(lambda v: A @ v, 5, 8, torch.Generator().manual_seed(0))
@@ -64,12 +78,17 @@ def hutchinson_trace(
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    _check_rel_tol(rel_tol)
     samples = []
     for _ in range(num_samples):
         z = rademacher(dim, generator, dtype, device)
         samples.append(torch.dot(z, matvec(z)).double())
+        if rel_tol is not None and len(samples) >= MIN_ADAPTIVE_SAMPLES:
+            s = torch.stack(samples).cpu()
+            if _stderr(s) <= rel_tol * abs(float(s.mean())):
+                break
     s = torch.stack(samples).cpu()
-    return TraceEstimate(float(s.mean()), _stderr(s), num_samples, s)
+    return TraceEstimate(float(s.mean()), _stderr(s), s.numel(), s)
 
 
 def hutchpp_trace(
@@ -80,10 +99,15 @@ def hutchpp_trace(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
     sketch: Literal["krylov", "random"] = "krylov",
+    rel_tol: float | None = None,
 ) -> TraceEstimate:
     """Hutch++: exact trace on a sketched dominant subspace + Hutchinson on the deflated rest.
 
-    Budget: ``num_matvecs`` operator applications (at least 3). ``sketch`` chooses the subspace Q:
+    Budget: ``num_matvecs`` operator applications (at least 3). With ``rel_tol`` (Krylov sketch only) the
+    number of Hutchinson samples is *planned* from the sketch (``_planned_samples``): the fewest (at least
+    ``MIN_ADAPTIVE_SAMPLES``) predicted to bring the standard error to ``rel_tol·|tr A|``, never more than
+    the budget leaves. The plan uses the sketch's data only, so the estimate stays exactly unbiased (the
+    argument below); the reported standard error is the measured one. ``sketch`` chooses the subspace Q:
 
     * ``"krylov"`` (default): a Lanczos run from one Rademacher vector ``s``. Its ``k`` HVPs give both
       the basis and ``QᵀAQ = T`` (so ``tr(QᵀAQ) = Σα`` costs nothing extra, where the classic sketch
@@ -134,9 +158,12 @@ def hutchpp_trace(
         raise ValueError(f"num_matvecs must be >= 3 for Hutch++, got {num_matvecs}")
     if sketch not in ("krylov", "random"):
         raise ValueError(f"sketch must be 'krylov' or 'random', got {sketch!r}")
+    _check_rel_tol(rel_tol)
     if sketch == "random":
+        if rel_tol is not None:
+            raise ValueError("rel_tol needs the Krylov sketch (sketch='krylov')")
         return _hutchpp_random(matvec, dim, num_matvecs, generator, dtype, device)
-    return _hutchpp_krylov(matvec, dim, num_matvecs, generator, dtype, device)
+    return _hutchpp_krylov(matvec, dim, num_matvecs, generator, dtype, device, rel_tol)
 
 
 _START_WEIGHT_BUDGET = 12  # the HessianTrace default; the start sample's weight decays above it
@@ -176,15 +203,36 @@ def _continue_sketch(state: _LanczosState, dim: int, budget: int, captured: list
     k = len(captured)
     if k < 2:  # the first, random vector captures ~1/dim of the mass by construction
         return True
-    fro = max(_frobenius_estimate(state, dim), captured[-1])
-    remaining = max(fro - captured[-1], _REMAINING_FLOOR * captured[-1])
+    remaining = _deflated_mass(state, dim, captured[-1])
     window = min(2, k - 1)
     gain = (captured[-1] - captured[-1 - window]) / window
     return gain > remaining / (budget - k)
 
 
+def _deflated_mass(state: _LanczosState, dim: int, captured: float) -> float:
+    """``‖(I−P)A(I−P)‖²_F`` predicted from the Krylov data (the quantity ``_continue_sketch`` weighs)."""
+    fro = max(_frobenius_estimate(state, dim), captured)
+    return max(fro - captured, _REMAINING_FLOOR * captured)
+
+
+def _planned_samples(state: _LanczosState, dim: int, captured: float, rel_tol: float, available: int) -> int:
+    """Hutchinson samples predicted to give ``stderr ≤ rel_tol·|tr A|``, from the sketch alone.
+
+    A Rademacher form of the deflated operator ``B`` has variance ``2(‖B‖²_F − Σ Bᵢᵢ²) ≤ 2‖B‖²_F``; the
+    trace is guessed by the start vector's own form ``dim·α₁`` and the sketch's exact part, whichever is
+    larger in magnitude (an indefinite Hessian whose trace is small against its spread gets the whole budget).
+    """
+    variance = 2.0 * _deflated_mass(state, dim, captured)
+    guess = max(abs(dim * state.alphas[0]), abs(float(sum(state.alphas))))
+    if not guess > 0:
+        return available
+    needed = math.ceil(variance / (rel_tol * guess) ** 2) if math.isfinite(variance) else available
+    return max(min(needed, available), min(MIN_ADAPTIVE_SAMPLES, available))
+
+
 def _hutchpp_krylov(
-    matvec: Matvec, dim: int, budget: int, generator: torch.Generator, dtype: torch.dtype, device: torch.device | str | None
+    matvec: Matvec, dim: int, budget: int, generator: torch.Generator, dtype: torch.dtype,
+    device: torch.device | str | None, rel_tol: float | None = None,
 ) -> TraceEstimate:
     k_max = max(1, min(dim, (2 * budget) // 3))
     state = _LanczosState(matvec, rademacher(dim, generator, dtype, device), min(k_max + 1, dim))
@@ -203,8 +251,11 @@ def _hutchpp_krylov(
     Q = state.basis_rows(k)  # (k, dim), orthonormal rows
     beta = 0.0 if state.broke_down else state.betas[k - 1]
     q_next = state.basis_rows(k + 1)[k] if beta else None
+    samples = budget - used
+    if rel_tol is not None and samples > 0:
+        samples = _planned_samples(state, dim, captured[-1], rel_tol, samples)
     deflated, raw = [], []
-    for _ in range(budget - used):
+    for _ in range(samples):
         g = rademacher(dim, generator, dtype, device)
         Ag = matvec(g)
         c = Q @ g

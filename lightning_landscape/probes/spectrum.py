@@ -7,7 +7,15 @@ from typing import Any, Literal
 
 import torch
 
-from lightning_landscape.linalg import hutchinson_trace, hutchpp_trace, lanczos_extremes, spectral_density
+from lightning_landscape.linalg import (
+    dense_density,
+    dense_extremes,
+    dense_trace,
+    hutchinson_trace,
+    hutchpp_trace,
+    lanczos_extremes,
+    spectral_density,
+)
 from lightning_landscape.linalg.random import gaussian
 from lightning_landscape.optim_info import adam_preconditioner, adam_steps
 from lightning_landscape.probes.base import (
@@ -20,6 +28,16 @@ from lightning_landscape.probes.base import (
     check_positive_int,
 )
 from lightning_landscape.probes.context import ProbeContext
+
+
+#: Default ``exact_max_dim``: up to this many parameters the probes build the dense Hessian (``dim`` products,
+#: batched: on such a model about what a cold Lanczos run plus a trace estimate spend) and report exact values.
+EXACT_MAX_DIM = 256
+
+
+def _exact(ctx: ProbeContext, limit: int) -> bool:
+    """Whether this measurement uses the dense Hessian (small model, operator able to build it)."""
+    return 0 < ctx.space.dim <= limit and hasattr(ctx.hessian(), "dense")
 
 
 def _warm_start(previous: list[torch.Tensor], dim: int, noise: float, generator: torch.Generator,
@@ -43,6 +61,10 @@ class HessianSpectrum(Probe):
         every_n_steps: measure after every this many optimizer steps.
         max_iter: most Lanczos steps (= Hessian-vector products) per measurement.
         tol: stop when both extreme Ritz residuals ``|Hu - θu|`` are below ``tol * max(|λmax|, |λmin|)``.
+        cold_factor: a measurement with nothing to warm-start from (the first of a run) stops at
+            ``cold_factor * tol``: from a random start the default ``tol`` costs 20–30 products on a network
+            Hessian, ``5 * tol`` 11–14 (λ then within ≈ 3e-2 of the spectral scale); later measurements
+            start from its Ritz vectors and reach ``tol``. ``1``: ``tol`` throughout.
         warm_start: start from the previous Ritz vectors (plus ``warm_noise`` relative noise).
         warm_noise: relative size of the random component added to the warm start.
         preconditioned_eos: for Adam/AdamW, also compute λmax(P⁻¹H) for the edge-of-stability ratio
@@ -63,6 +85,8 @@ class HessianSpectrum(Probe):
         fast_above: the ratio at which the fast interval can start (``None`` or ``fast_every_n_steps=None``:
             never).
         fast_rise: the relative rise of the ratio since the previous measurement that counts as rising.
+        exact_max_dim: up to this many parameters, λmax and λmin come from the dense Hessian (exact; shared
+            with the trace and density probes at the same measurement); ``0``: always Lanczos.
 
     Between measurements the probe reports ``eos_ratio_tracked`` at every optimizer step: the last
     measured (preconditioned) sharpness over the stability threshold at the *current* learning rate and
@@ -85,12 +109,13 @@ class HessianSpectrum(Probe):
     needs_hessian = True
     provides = ("lambda_max", "lambda_min", "hessian_top_vector")
     default_every_n_steps = 500
-    cost = "≤ max_iter HVPs (20); warm-started ~3–8; Adam: a second run for P⁻¹H"
+    cost = "≤ max_iter HVPs (20); first (cold, to 5·tol) ~11–14; warm-started ~3–8; Adam: a second run for P⁻¹H; exact ≤ 256 params"
     scalar_tags = {
         "lambda_max": "largest Hessian eigenvalue (Ritz value)",
         "lambda_min": "smallest Hessian eigenvalue; < 0 means negative curvature (saddle direction)",
         "residual": "relative Ritz residual max(|Hu-θu|)/max(|λ|) of the two extremes",
-        "lanczos_hvps": "Hessian-vector products the Lanczos run used",
+        "lanczos_hvps": "Hessian-vector products the Lanczos run used (exact path: the dense Hessian's, if this "
+        "probe built it)",
         "eos_ratio": "sharpness over the optimizer's stability threshold (SGD: λmax·lr/2; momentum μ, dampening τ: "
         "λmax·lr(1−τ)/(2+2μ); Adam: λmax(P⁻¹H)·lr(1-β1)/(2+2β1)); ~1 = edge of stability",
         "preconditioned_lambda_max": "Adam/AdamW only: λmax(P⁻¹H) with P the bias-corrected Adam preconditioner",
@@ -114,6 +139,7 @@ class HessianSpectrum(Probe):
         every_n_steps: int | None = None,
         max_iter: int = 20,
         tol: float = 1e-2,
+        cold_factor: float = 5.0,
         warm_start: bool = True,
         warm_noise: float = 0.01,
         preconditioned_eos: bool = True,
@@ -122,10 +148,16 @@ class HessianSpectrum(Probe):
         fast_every_n_steps: int | None = 25,
         fast_above: float | None = 0.25,
         fast_rise: float = 0.1,
+        exact_max_dim: int = EXACT_MAX_DIM,
     ) -> None:
         super().__init__(every_n_steps)
+        self.exact_max_dim = check_positive_int("HessianSpectrum.exact_max_dim", exact_max_dim, 0)
         self.max_iter = check_positive_int("HessianSpectrum.max_iter", max_iter, 2)
         self.tol = check_positive_float("HessianSpectrum.tol", tol)
+        self.cold_factor = check_positive_float("HessianSpectrum.cold_factor", cold_factor)
+        if self.cold_factor < 1:
+            raise ValueError(f"HessianSpectrum.cold_factor must be >= 1 (a cold start is not held to more than tol), "
+                             f"got {cold_factor!r}")
         self.warm_start = check_bool("HessianSpectrum.warm_start", warm_start)
         self.warm_noise = check_positive_float("HessianSpectrum.warm_noise", warm_noise, allow_zero=True)
         self.preconditioned_eos = check_bool("HessianSpectrum.preconditioned_eos", preconditioned_eos)
@@ -151,10 +183,11 @@ class HessianSpectrum(Probe):
         self._drift = 1.0
 
     def config(self) -> dict[str, Any]:
-        return {**super().config(), "max_iter": self.max_iter, "tol": self.tol, "warm_start": self.warm_start,
+        return {**super().config(), "max_iter": self.max_iter, "tol": self.tol, "cold_factor": self.cold_factor,
+                "warm_start": self.warm_start,
                 "max_basis": self.max_basis, "adam_warmup_steps": self.adam_warmup_steps,
                 "fast_every_n_steps": self.fast_every_n_steps, "fast_above": self.fast_above,
-                "fast_rise": self.fast_rise}
+                "fast_rise": self.fast_rise, "exact_max_dim": self.exact_max_dim}
 
     def state_dict(self) -> dict[str, Any]:
         return {"sharpness": self._sharpness, "sharpness_kind": self._sharpness_kind,
@@ -258,12 +291,11 @@ class HessianSpectrum(Probe):
         op = ctx.hessian()
         space = ctx.space
         gen = ctx.generator(self.name)
-        prev = self._vectors if self.warm_start else []
-        res = lanczos_extremes(  # start vector passed straight in: the basis keeps the only copy
-            op.matvec,
-            _warm_start(prev, space.dim, self.warm_noise, gen, space.dtype, space.device),
-            max_iter=self.max_iter, tol=self.tol, min_iter=2, max_basis=self.max_basis,
-        )
+        before = op.num_matvecs
+        if _exact(ctx, self.exact_max_dim):
+            res = dense_extremes(op.dense(), op.num_matvecs - before)
+        else:
+            res = self._lanczos(op.matvec, self._vectors, space, gen)
         self._vectors = [res.vector_max.detach(), res.vector_min.detach()]
         ctx.shared.hessian_top_vector = res.vector_max
         ctx.shared.lambda_max, ctx.shared.lambda_min = res.lambda_max, res.lambda_min
@@ -288,6 +320,18 @@ class HessianSpectrum(Probe):
         self._update_hot(ratio, self._measured_ratio, at_measurement=True)
         self._measured_ratio = ratio if self._eos_warming is None else None  # the reference: judged values only
         return out
+
+    def _lanczos(self, matvec: Any, previous: list[torch.Tensor], space: Any, gen: torch.Generator) -> Any:
+        """One Lanczos run, warm-started from ``previous`` Ritz vectors when there are any (else cold, to
+        ``cold_factor * tol`` when warm starts are on: the next measurement starts from its vectors)."""
+        prev = previous if self.warm_start else []
+        cold = self.warm_start and not any(v.numel() == space.dim for v in prev)
+        return lanczos_extremes(  # start vector passed straight in: the basis keeps the only copy
+            matvec,
+            _warm_start(prev, space.dim, self.warm_noise, gen, space.dtype, space.device),
+            max_iter=self.max_iter, tol=self.tol * self.cold_factor if cold else self.tol, min_iter=2,
+            max_basis=self.max_basis,
+        )
 
     def _edge_of_stability(self, ctx: ProbeContext, lambda_max: float, gen: torch.Generator) -> dict[str, float]:
         info = ctx.optimizer_info
@@ -315,12 +359,10 @@ class HessianSpectrum(Probe):
         def precond_matvec(v: torch.Tensor) -> torch.Tensor:  # P^{-1/2} H P^{-1/2}: symmetric, same spectrum as P⁻¹H
             return inv_sqrt * op.matvec(inv_sqrt * v)
 
-        prev = self._precond_vectors if self.warm_start else []
-        res = lanczos_extremes(
-            precond_matvec,
-            _warm_start(prev, ctx.space.dim, self.warm_noise, gen, ctx.space.dtype, ctx.space.device),
-            max_iter=self.max_iter, tol=self.tol, min_iter=2, max_basis=self.max_basis,
-        )
+        if _exact(ctx, self.exact_max_dim):
+            res = dense_extremes(inv_sqrt[:, None] * op.dense() * inv_sqrt[None, :], 0)
+        else:
+            res = self._lanczos(precond_matvec, self._precond_vectors, ctx.space, gen)
         self._precond_vectors = [res.vector_max.detach().clone()]  # not the view that keeps vector_min alive
         self._sharpness, self._sharpness_kind = res.lambda_max, "preconditioned"
         u = self._precond_vectors[0]
@@ -334,49 +376,63 @@ class HessianSpectrum(Probe):
 
 
 class HessianTrace(Probe):
-    """Trace of the loss Hessian with its standard error (Hutch++ by default).
+    """Trace of the loss Hessian with its standard error (Hutch++ by default), exact on small models.
 
     Args:
         every_n_steps: measure after every this many optimizer steps.
-        num_matvecs: Hessian-vector products per measurement (Hutch++ needs at least 3).
+        num_matvecs: most Hessian-vector products per measurement (Hutch++ needs at least 3).
         method: ``"hutchpp"`` or ``"hutchinson"``.
+        rel_tol: spend only the products predicted to bring the standard error to ``rel_tol·|trace|``
+            (Hutch++: planned from its sketch, so the estimate stays exactly unbiased; Hutchinson: stops on
+            the samples' own spread), never more than ``num_matvecs``; ``None``: always ``num_matvecs``.
+        exact_max_dim: up to this many parameters the trace of the dense Hessian (exact, standard error 0,
+            shared with the spectrum and density probes); ``0``: always estimate.
 
     Example:
         >>> net = torch.nn.Linear(3, 1)
         >>> x, y = torch.randn(16, 3), torch.randn(16, 1)
         >>> ctx = ProbeContext(net, lambda: ((net(x) - y) ** 2).mean(), step=1)
         >>> exact = float(2 * (1 + (x * x).sum(1).mean()))  # tr H for MSE of a linear model
-        >>> r = HessianTrace(num_matvecs=12).run(ctx).scalars  # 4 sketch vectors span all 4 dims: exact
-        >>> abs(r["trace"] - exact) < 1e-4
-        True
+        >>> r = HessianTrace().run(ctx).scalars  # 4 parameters: the dense Hessian, exact
+        >>> abs(r["trace"] - exact) < 1e-4, r["trace_stderr"]
+        (True, 0.0)
     """
 
     name = "hessian_trace"
     group = "hessian"
     needs_hessian = True
     default_every_n_steps = 2000
-    cost = "num_matvecs HVPs (12)"
+    cost = "≤ num_matvecs HVPs (12), fewer once the standard error is ≤ rel_tol (5 %) of the trace; exact ≤ 256 params"
     scalar_tags = {
         "trace": "Hessian trace (sum of eigenvalues)",
-        "trace_stderr": "standard error of the trace estimate",
+        "trace_stderr": "standard error of the trace estimate (0 when exact)",
     }
 
     def __init__(
-        self, every_n_steps: int | None = None, num_matvecs: int = 12, method: Literal["hutchpp", "hutchinson"] = "hutchpp"
+        self, every_n_steps: int | None = None, num_matvecs: int = 12,
+        method: Literal["hutchpp", "hutchinson"] = "hutchpp", rel_tol: float | None = 0.05,
+        exact_max_dim: int = EXACT_MAX_DIM,
     ) -> None:
         super().__init__(every_n_steps)
         self.method = check_choice("HessianTrace.method", method, ("hutchpp", "hutchinson"))
         minimum = 3 if method == "hutchpp" else 2
         self.num_matvecs = check_positive_int("HessianTrace.num_matvecs", num_matvecs, minimum)
+        self.rel_tol = None if rel_tol is None else check_positive_float("HessianTrace.rel_tol", rel_tol)
+        self.exact_max_dim = check_positive_int("HessianTrace.exact_max_dim", exact_max_dim, 0)
 
     def config(self) -> dict[str, Any]:
-        return {**super().config(), "num_matvecs": self.num_matvecs, "method": self.method}
+        return {**super().config(), "num_matvecs": self.num_matvecs, "method": self.method, "rel_tol": self.rel_tol,
+                "exact_max_dim": self.exact_max_dim}
 
     def run(self, ctx: ProbeContext) -> ProbeResult:
         op = ctx.hessian()
-        gen = ctx.generator(self.name)
-        estimator = hutchpp_trace if self.method == "hutchpp" else hutchinson_trace
-        est = estimator(op.matvec, ctx.space.dim, self.num_matvecs, gen, ctx.space.dtype, ctx.space.device)
+        if _exact(ctx, self.exact_max_dim):
+            est = dense_trace(op.dense())
+        else:
+            gen = ctx.generator(self.name)
+            estimator = hutchpp_trace if self.method == "hutchpp" else hutchinson_trace
+            est = estimator(op.matvec, ctx.space.dim, self.num_matvecs, gen, ctx.space.dtype, ctx.space.device,
+                            rel_tol=self.rel_tol)
         out = ProbeResult(scalars={"trace": est.value})
         if math.isnan(est.stderr) and math.isfinite(est.value):
             # Too few products left after the sketch for a sample variance: absent, never a NaN that alerts.
@@ -399,12 +455,14 @@ class HessianDensity(Probe):
             vectors in memory). ``False`` (default): the plain three-term recurrence, 2–3 vectors whatever
             ``num_steps`` is; the quadrature stays as accurate (converged outliers get "ghost" copies that
             share their weight), with fewer distinct nodes left for the bulk.
+        exact_max_dim: up to this many parameters the eigenvalues of the dense Hessian (the exact density,
+            shared with the spectrum and trace probes); ``0``: always SLQ.
 
     Example:
         >>> net = torch.nn.Linear(3, 1)
         >>> x, y = torch.randn(16, 3), torch.randn(16, 1)
         >>> ctx = ProbeContext(net, lambda: ((net(x) - y) ** 2).mean(), step=1)
-        >>> r = HessianDensity(num_probes=1, num_steps=4).run(ctx)
+        >>> r = HessianDensity(num_probes=1, num_steps=4, exact_max_dim=0).run(ctx)
         >>> round(float(r.histograms["density"].counts.sum()), 6)  # counts add up to the 4 eigenvalues
         4.0
     """
@@ -414,7 +472,7 @@ class HessianDensity(Probe):
     needs_hessian = True
     default_every_n_steps = 10000
     measure_at_first_step = False  # ≈ 100 training steps: no step-1 baseline
-    cost = "num_probes × num_steps HVPs (2 × 40)"
+    cost = "num_probes × num_steps HVPs (2 × 40); exact ≤ 256 params"
     scalar_tags = {
         "negative_mass": "fraction of the spectral density below zero (SLQ); > 0 away from a minimum",
     }
@@ -427,8 +485,10 @@ class HessianDensity(Probe):
         num_steps: int = 40,
         bins: int = 60,
         reorthogonalize: bool = False,
+        exact_max_dim: int = EXACT_MAX_DIM,
     ) -> None:
         super().__init__(every_n_steps)
+        self.exact_max_dim = check_positive_int("HessianDensity.exact_max_dim", exact_max_dim, 0)
         self.num_probes = check_positive_int("HessianDensity.num_probes", num_probes)
         self.num_steps = check_positive_int("HessianDensity.num_steps", num_steps, 2)
         self.bins = check_positive_int("HessianDensity.bins", bins, 2)
@@ -436,13 +496,19 @@ class HessianDensity(Probe):
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "num_probes": self.num_probes, "num_steps": self.num_steps,
-                "reorthogonalize": self.reorthogonalize}
+                "reorthogonalize": self.reorthogonalize, "exact_max_dim": self.exact_max_dim}
 
     def run(self, ctx: ProbeContext) -> ProbeResult:
         op = ctx.hessian()
+        if _exact(ctx, self.exact_max_dim):
+            dens = dense_density(op.dense())
+            return self._result(dens)
         gen = ctx.generator(self.name)
         dens = spectral_density(op.matvec, ctx.space.dim, self.num_probes, self.num_steps, gen, ctx.space.dtype,
                                 ctx.space.device, reorthogonalize=self.reorthogonalize)
+        return self._result(dens)
+
+    def _result(self, dens: Any) -> ProbeResult:
         edges, counts = dens.histogram(self.bins)
         scale = float(dens.nodes.abs().max())
         negative = float((dens.weights * (dens.nodes < -1e-3 * scale)).sum(-1).mean())
