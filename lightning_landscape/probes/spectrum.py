@@ -13,6 +13,7 @@ from lightning_landscape.linalg import (
     dense_trace,
     hutchinson_trace,
     hutchpp_trace,
+    SpectralDensity,
     lanczos_extremes,
     spectral_density,
 )
@@ -24,6 +25,7 @@ from lightning_landscape.probes.base import (
     ProbeResult,
     check_bool,
     check_choice,
+    check_number,
     check_positive_float,
     check_positive_int,
 )
@@ -448,8 +450,12 @@ class HessianDensity(Probe):
 
     Args:
         every_n_steps: measure after every this many optimizer steps.
-        num_probes: random start vectors.
-        num_steps: Lanczos steps per vector (total cost ``num_probes * num_steps`` HVPs).
+        num_probes: the most random start vectors (the budget: at most ``num_probes * num_steps`` HVPs).
+        num_steps: Lanczos steps per vector.
+        stderr_tol: stop adding start vectors once the standard error of ``negative_mass`` over them (their
+            spread ÷ √count, from two vectors on) is at most this (a fraction of the spectrum; ``None``:
+            always ``num_probes``). On large models two vectors already agree to ~√(2p(1−p)/n) and the
+            measurement stops there; mid-sized ones, whose vectors disagree more, get more.
         bins: histogram bins.
         reorthogonalize: keep and fully re-orthogonalise the Lanczos basis (``num_steps`` parameter-sized
             vectors in memory). ``False`` (default): the plain three-term recurrence, 2–3 vectors whatever
@@ -472,20 +478,22 @@ class HessianDensity(Probe):
     needs_hessian = True
     default_every_n_steps = 10000
     measure_at_first_step = False  # ≈ 100 training steps: no step-1 baseline
-    cost = "num_probes × num_steps HVPs (2 × 40); exact ≤ 256 params"
+    cost = "2–num_probes (4) × num_steps (40) HVPs, stops once negative_mass is within stderr_tol (0.02); exact ≤ 256 params"
     scalar_tags = {
         "negative_mass": "fraction of the spectral density below zero (SLQ); > 0 away from a minimum",
+        "negative_mass_stderr": "standard error of negative_mass over the start vectors (0 when exact)",
     }
     other_tags = {"density": "histogram: SLQ eigenvalue density (counts add up to the number of parameters)"}
 
     def __init__(
         self,
         every_n_steps: int | None = None,
-        num_probes: int = 2,
+        num_probes: int = 4,
         num_steps: int = 40,
         bins: int = 60,
         reorthogonalize: bool = False,
         exact_max_dim: int = EXACT_MAX_DIM,
+        stderr_tol: float | None = 0.02,
     ) -> None:
         super().__init__(every_n_steps)
         self.exact_max_dim = check_positive_int("HessianDensity.exact_max_dim", exact_max_dim, 0)
@@ -493,23 +501,46 @@ class HessianDensity(Probe):
         self.num_steps = check_positive_int("HessianDensity.num_steps", num_steps, 2)
         self.bins = check_positive_int("HessianDensity.bins", bins, 2)
         self.reorthogonalize = check_bool("HessianDensity.reorthogonalize", reorthogonalize)
+        self.stderr_tol = (None if stderr_tol is None
+                           else check_number("HessianDensity.stderr_tol", stderr_tol, 0.0, strict=True))
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "num_probes": self.num_probes, "num_steps": self.num_steps,
-                "reorthogonalize": self.reorthogonalize, "exact_max_dim": self.exact_max_dim}
+                "reorthogonalize": self.reorthogonalize, "exact_max_dim": self.exact_max_dim,
+                "stderr_tol": self.stderr_tol}
 
     def run(self, ctx: ProbeContext) -> ProbeResult:
         op = ctx.hessian()
         if _exact(ctx, self.exact_max_dim):
-            dens = dense_density(op.dense())
-            return self._result(dens)
+            return self._result(dense_density(op.dense()), exact=True)
         gen = ctx.generator(self.name)
-        dens = spectral_density(op.matvec, ctx.space.dim, self.num_probes, self.num_steps, gen, ctx.space.dtype,
-                                ctx.space.device, reorthogonalize=self.reorthogonalize)
-        return self._result(dens)
+        runs: list[SpectralDensity] = []
+        while len(runs) < self.num_probes:
+            # One start vector at a time from the same generator: the vectors of a k-vector run, in order.
+            runs.append(spectral_density(op.matvec, ctx.space.dim, 1, self.num_steps, gen, ctx.space.dtype,
+                                         ctx.space.device, reorthogonalize=self.reorthogonalize))
+            dens = SpectralDensity(torch.cat([r.nodes for r in runs]), torch.cat([r.weights for r in runs]),
+                                   ctx.space.dim, sum(r.num_matvecs for r in runs))
+            stderr = _negative_masses(dens).std().item() / math.sqrt(len(runs)) if len(runs) > 1 else math.inf
+            if self.stderr_tol is not None and stderr <= self.stderr_tol:
+                break
+        return self._result(dens, exact=False)
 
-    def _result(self, dens: Any) -> ProbeResult:
+    def _result(self, dens: SpectralDensity, exact: bool) -> ProbeResult:
         edges, counts = dens.histogram(self.bins)
-        scale = float(dens.nodes.abs().max())
-        negative = float((dens.weights * (dens.nodes < -1e-3 * scale)).sum(-1).mean())
-        return ProbeResult(scalars={"negative_mass": negative}, histograms={"density": Histogram(edges, counts)})
+        masses = _negative_masses(dens)
+        out = ProbeResult(scalars={"negative_mass": float(masses.mean())}, histograms={"density": Histogram(edges, counts)})
+        rows = masses.numel()
+        if exact:
+            out.scalars["negative_mass_stderr"] = 0.0
+        elif rows > 1:
+            out.scalars["negative_mass_stderr"] = float(masses.std()) / math.sqrt(rows)
+        else:
+            out.not_measured["negative_mass_stderr"] = "one start vector (num_probes=1): no spread to measure"
+        return out
+
+
+def _negative_masses(dens: SpectralDensity) -> torch.Tensor:
+    """Each start vector's weight on eigenvalues below −1e-3·max|node| (the threshold shared by all)."""
+    scale = float(dens.nodes.abs().max())
+    return (dens.weights * (dens.nodes < -1e-3 * scale)).sum(-1)
