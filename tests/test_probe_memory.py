@@ -10,9 +10,7 @@ the vectors a probe holds: the gradient graph and gradient, Lanczos bases, direc
 
 from __future__ import annotations
 
-import ctypes
-import gc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -20,8 +18,7 @@ import torch
 import lightning_landscape.probes as P
 from lightning_landscape import PROBES, ProbeContext
 from lightning_landscape.guards import probe_guard
-
-M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+from memory_peak import rss_peak  # noqa: F401 - the fixture
 
 # Documented peak above the state before a measurement (parameters, gradients, optimizer state), in
 # parameter-sized vectors, with the probes' defaults; the README's "Memory per probe" table.
@@ -45,40 +42,6 @@ MAKE: dict[str, Callable[[], P.Probe]] = {
     "landscape_slice": lambda: P.LandscapeSlice(points_1d=3, points_2d=3, dpi=20),
     "saddle_branches": lambda: P.SaddleBranches(grad_tol=1e9),  # worst case: its own Lanczos run
 }
-
-
-def _status(key: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{key} not in /proc/self/status")
-
-
-@pytest.fixture
-def rss_peak() -> Iterator[Callable[[Callable[[], object]], int]]:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        _status("VmHWM")
-        libc = ctypes.CDLL(None)
-        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
-    except (OSError, AttributeError, RuntimeError) as err:
-        pytest.skip(f"needs Linux /proc/self/clear_refs and glibc malloc: {err}")
-    if mallopt(M_MMAP_THRESHOLD, 64 * 1024) != 1:
-        pytest.skip("mallopt(M_MMAP_THRESHOLD) failed")
-
-    def measure(fn: Callable[[], object]) -> int:
-        gc.collect()
-        malloc_trim(0)
-        before = _status("VmRSS")
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        fn()
-        return _status("VmHWM") - before
-
-    yield measure
-    mallopt(M_MMAP_THRESHOLD, 128 * 1024)  # glibc's initial value
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,13 @@ memory each path keeps (peak RSS in vectors, not a timing).
 
 from __future__ import annotations
 
-import ctypes
-import gc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
 
 from exact import exact_hessian
+from memory_peak import rss_peak  # noqa: F401 - the fixture
 from test_spectrum_exact import _negative_mass_of_start_vectors
 from lightning_landscape import HessianDensity, ProbeContext
 from lightning_landscape.guards import probe_guard
@@ -249,47 +248,6 @@ def test_probe_default_matches_exact_hessian() -> None:
 
 
 # ---------------------------------------------------------------------------------- memory kept
-M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
-
-
-def _status(key: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{key} not in /proc/self/status")
-
-
-@pytest.fixture
-def rss_peak() -> Iterator[Callable[[Callable[[], object]], int]]:
-    """``measure(fn)``: peak RSS of ``fn()`` above the RSS before it (``VmHWM`` reset by ``clear_refs``).
-
-    As benchmarks/memory.py does with ``MALLOC_MMAP_THRESHOLD_``, glibc gets a fixed 64 KiB mmap threshold
-    so that freed vectors go back to the OS at once (and ``malloc_trim`` discards free heap pages first):
-    the peak then counts live memory, not reused or retained free chunks.
-    """
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        _status("VmHWM")
-        libc = ctypes.CDLL(None)
-        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
-    except (OSError, AttributeError, RuntimeError) as err:
-        pytest.skip(f"needs Linux /proc/self/clear_refs and glibc malloc: {err}")
-    if mallopt(M_MMAP_THRESHOLD, 64 * 1024) != 1:
-        pytest.skip("mallopt(M_MMAP_THRESHOLD) failed")
-
-    def measure(fn: Callable[[], object]) -> int:
-        gc.collect()
-        malloc_trim(0)
-        before = _status("VmRSS")
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        fn()
-        return _status("VmHWM") - before
-
-    yield measure
-    mallopt(M_MMAP_THRESHOLD, 128 * 1024)  # glibc's initial value (the dynamic threshold stays off)
 
 
 def test_plain_recurrence_keeps_a_few_vectors_not_the_basis(rss_peak) -> None:
