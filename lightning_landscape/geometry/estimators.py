@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 
 from lightning_landscape.linalg import hutchinson_trace
-from lightning_landscape.linalg.lanczos import _LanczosState, _tridiagonal
+from lightning_landscape.linalg.krylov import LanczosState, tridiagonal
 from lightning_landscape.linalg.random import rademacher
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
@@ -237,10 +237,10 @@ def krylov_sketch(
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    state = _LanczosState(matvec, rademacher(dim, generator, dtype, device), min(num_steps, dim))
+    state = LanczosState(matvec, rademacher(dim, generator, dtype, device), min(num_steps, dim))
     while state.step():
         pass
-    t, used = _tridiagonal(state.alphas, state.betas), state.matvecs
+    t, used = tridiagonal(state.alphas, state.betas), state.matvecs
     m = t.shape[0]
     blocks = state.basis.views(m)  # views of the run's own blocks: Q is never held twice
     del state

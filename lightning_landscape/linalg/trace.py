@@ -14,16 +14,13 @@ of the stochastic parts (the exact part contributes none).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
-from lightning_landscape.linalg.lanczos import _LanczosState, _tridiagonal
+from lightning_landscape.linalg.krylov import LanczosState, Matvec, tridiagonal
 from lightning_landscape.linalg.random import rademacher
-
-Matvec = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -176,7 +173,7 @@ def _start_weight(budget: int) -> float:
     return min(1.0, (_START_WEIGHT_BUDGET / budget) ** 2) / (budget - 1)
 
 
-def _frobenius_estimate(state: _LanczosState, dim: int) -> float:
+def _frobenius_estimate(state: LanczosState, dim: int) -> float:
     """``‖A‖²_F`` from the Lanczos run: each Ritz value weighted by the number of eigenvalues it stands for.
 
     Gauss quadrature of the start vector's spectral measure gives ``‖A s‖² = dim·Σ τⱼ² θⱼ²`` (``τⱼ`` the
@@ -185,13 +182,13 @@ def _frobenius_estimate(state: _LanczosState, dim: int) -> float:
     outlier), so the one-vector estimate misses most of a spiky spectrum's mass; counting converged
     pairs once and every other pair at least once fixes that.
     """
-    theta, Y = torch.linalg.eigh(_tridiagonal(state.alphas, state.betas))
+    theta, Y = torch.linalg.eigh(tridiagonal(state.alphas, state.betas))
     residual = state.betas[-1] * Y[-1].abs()
     count = torch.where(residual <= _CONVERGED * theta.abs(), 1.0, (dim * Y[0] ** 2).clamp(min=1.0))
     return float((count * theta**2).sum())
 
 
-def _continue_sketch(state: _LanczosState, dim: int, budget: int, captured: list[float]) -> bool:
+def _continue_sketch(state: LanczosState, dim: int, budget: int, captured: list[float]) -> bool:
     """Whether one more Lanczos vector is predicted to beat one more Hutchinson sample.
 
     ``captured[j]`` is ``‖A‖²_F − ‖(I−P)A(I−P)‖²_F = ‖T‖²_F + 2β²`` after ``j + 1`` vectors; the
@@ -209,13 +206,13 @@ def _continue_sketch(state: _LanczosState, dim: int, budget: int, captured: list
     return gain > remaining / (budget - k)
 
 
-def _deflated_mass(state: _LanczosState, dim: int, captured: float) -> float:
+def _deflated_mass(state: LanczosState, dim: int, captured: float) -> float:
     """``‖(I−P)A(I−P)‖²_F`` predicted from the Krylov data (the quantity ``_continue_sketch`` weighs)."""
     fro = max(_frobenius_estimate(state, dim), captured)
     return max(fro - captured, _REMAINING_FLOOR * captured)
 
 
-def _planned_samples(state: _LanczosState, dim: int, captured: float, rel_tol: float, available: int) -> int:
+def _planned_samples(state: LanczosState, dim: int, captured: float, rel_tol: float, available: int) -> int:
     """Hutchinson samples predicted to give ``stderr ≤ rel_tol·|tr A|``, from the sketch alone.
 
     A Rademacher form of the deflated operator ``B`` has variance ``2(‖B‖²_F − Σ Bᵢᵢ²) ≤ 2‖B‖²_F``; the
@@ -235,7 +232,7 @@ def _hutchpp_krylov(
     device: torch.device | str | None, rel_tol: float | None = None,
 ) -> TraceEstimate:
     k_max = max(1, min(dim, (2 * budget) // 3))
-    state = _LanczosState(matvec, rademacher(dim, generator, dtype, device), min(k_max + 1, dim))
+    state = LanczosState(matvec, rademacher(dim, generator, dtype, device), min(k_max + 1, dim))
     captured: list[float] = []
     while True:
         more = state.step()
