@@ -29,6 +29,7 @@ import torch
 
 from lightning_landscape.linalg import hutchinson_trace
 from lightning_landscape.linalg.krylov import LanczosState, tridiagonal
+from lightning_landscape.linalg.operator import LinearOperator, matvec_of, required, resolve
 from lightning_landscape.linalg.random import rademacher
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
@@ -218,11 +219,11 @@ class KrylovSketch:
 
 
 def krylov_sketch(
-    matvec: Matvec,
-    dim: int,
-    num_steps: int,
-    generator: torch.Generator,
-    dtype: torch.dtype = torch.float32,
+    matvec: LinearOperator | Matvec,
+    dim: int | None = None,
+    num_steps: int | None = None,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> KrylovSketch:
     """Lanczos from a Rademacher vector for ``min(num_steps, dim)`` steps, plus one HVP for ``‖HQᵀ‖_F``.
@@ -235,6 +236,8 @@ def krylov_sketch(
     >>> round(sk.trace, 9), round(sk.frobenius_sq, 9)   # spans the space: tr A = 4.5, ‖A‖²_F = 14.25
     (4.5, 14.25)
     """
+    matvec, dim, dtype, device = resolve(matvec, dim, dtype, device)  # or a LinearOperator: dim etc. from it
+    num_steps, generator = required("num_steps", num_steps), required("generator", generator)
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     state = LanczosState(matvec, rademacher(dim, generator, dtype, device), min(num_steps, dim))
@@ -309,7 +312,7 @@ def _jackknife_stderr(t: torch.Tensor, f: torch.Tensor, a: float, b: float, q: f
 
 
 def estimate_geometry(
-    matvec: Matvec,
+    matvec: LinearOperator | Matvec,
     gradient: torch.Tensor,
     num_samples: int,
     generator: torch.Generator,
@@ -331,6 +334,7 @@ def estimate_geometry(
     >>> abs(est.scalar_curvature - exact_geometry(H, g).scalar_curvature) < 4 * est.scalar_curvature_stderr
     True
     """
+    matvec = matvec_of(matvec)  # a LinearOperator or a bare callable
     if num_samples < 3:
         raise ValueError(f"num_samples must be >= 3 (pairs for (tr H)², jackknife), got {num_samples}")
     g = gradient.detach().reshape(-1)

@@ -24,6 +24,7 @@ from lightning_landscape.linalg.krylov import (
     breaks_down,
     tridiagonal,
 )
+from lightning_landscape.linalg.operator import LinearOperator, matvec_of
 
 
 @dataclass
@@ -47,7 +48,7 @@ class LanczosResult:
 
 
 def lanczos_tridiagonal(
-    matvec: Matvec, v0: torch.Tensor, num_steps: int
+    matvec: LinearOperator | Matvec, v0: torch.Tensor, num_steps: int
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Run ``num_steps`` Lanczos steps from ``v0`` (fully re-orthogonalised).
 
@@ -60,14 +61,14 @@ def lanczos_tridiagonal(
     >>> torch.linalg.eigvalsh(T).round(decimals=6).tolist(), tuple(Q.shape), used
     ([1.0, 2.0, 3.0], (3, 3), 3)
     """
-    state = LanczosState(matvec, v0, num_steps)
+    state = LanczosState(matvec_of(matvec), v0, num_steps)
     while state.step():
         pass
     return tridiagonal(state.alphas, state.betas), state.basis_rows(), state.matvecs
 
 
 def lanczos_extremes(
-    matvec: Matvec,
+    matvec: LinearOperator | Matvec,
     v0: torch.Tensor,
     max_iter: int = 30,
     tol: float = 1e-2,
@@ -94,6 +95,7 @@ def lanczos_extremes(
         raise ValueError(f"tol must be > 0, got {tol}")
     if max_basis is not None and max_basis < 3:
         raise ValueError(f"max_basis must be >= 3 (two Ritz vectors and a new direction), got {max_basis}")
+    matvec = matvec_of(matvec)
     capped = max_basis is not None and max_basis < min(max_iter, v0.numel())
     state = LanczosState(matvec, v0, max_basis if capped else max_iter, keep_residual=capped)
     del v0  # the basis holds a copy; the caller's expression need not stay alive
@@ -117,7 +119,7 @@ def lanczos_extremes(
     return _result(state.basis, evals, evecs, res_max, res_min, rel, state.matvecs, converged)
 
 
-def extreme_eigenvalues(matvec: Matvec, v0: torch.Tensor, max_iter: int, tol: float,
+def extreme_eigenvalues(matvec: LinearOperator | Matvec, v0: torch.Tensor, max_iter: int, tol: float,
                         min_iter: int = 2) -> tuple[float, float]:
     """``(λmax, λmin)`` of a symmetric operator by the plain Lanczos recurrence: three vectors, no basis.
 
@@ -132,7 +134,7 @@ def extreme_eigenvalues(matvec: Matvec, v0: torch.Tensor, max_iter: int, tol: fl
     >>> [round(v, 6) for v in extreme_eigenvalues(lambda v: A @ v, torch.ones(4, dtype=torch.float64), 4, 1e-8)]
     [3.0, -2.0]
     """
-    rec = LanczosRecurrence(matvec, v0)
+    rec = LanczosRecurrence(matvec_of(matvec), v0)
     evals = torch.zeros(1, dtype=torch.float64)
     for j in range(max_iter):
         more = rec.step()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from lightning_landscape.linalg.krylov import LanczosRecurrence, LanczosState, Matvec, tridiagonal
+from lightning_landscape.linalg.operator import LinearOperator, required, resolve
 from lightning_landscape.linalg.random import rademacher
 from lightning_landscape.validation import check_bool
 
@@ -90,12 +91,12 @@ def _gauss_rule(alphas: list[float], betas: list[float], size: int) -> tuple[tor
 
 
 def spectral_density(
-    matvec: Matvec,
-    dim: int,
-    num_probes: int,
-    num_steps: int,
-    generator: torch.Generator,
-    dtype: torch.dtype = torch.float32,
+    matvec: LinearOperator | Matvec,
+    dim: int | None = None,
+    num_probes: int | None = None,
+    num_steps: int | None = None,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
     reorthogonalize: bool = False,
 ) -> SpectralDensity:
@@ -113,7 +114,13 @@ def spectral_density(
     >>> d = spectral_density(lambda v: A @ v, 4, 2, 4, torch.Generator().manual_seed(0), torch.float64)
     >>> round(d.trace(), 6)
     6.0
+
+    ``matvec`` may be a :class:`~lightning_landscape.linalg.operator.LinearOperator` (then ``dim``,
+    ``dtype`` and ``device`` come from it).
     """
+    matvec, dim, dtype, device = resolve(matvec, dim, dtype, device)
+    num_probes, num_steps = required("num_probes", num_probes), required("num_steps", num_steps)
+    generator = required("generator", generator)
     if num_probes < 1 or num_steps < 1:
         raise ValueError("num_probes and num_steps must be >= 1")
     check_bool("reorthogonalize", reorthogonalize)

@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 
 from lightning_landscape.linalg.krylov import LanczosState, Matvec, tridiagonal
+from lightning_landscape.linalg.operator import LinearOperator, required, resolve
 from lightning_landscape.linalg.random import rademacher
 
 
@@ -54,11 +55,11 @@ def _stderr(samples: torch.Tensor) -> float:
 
 
 def hutchinson_trace(
-    matvec: Matvec,
-    dim: int,
-    num_samples: int,
-    generator: torch.Generator,
-    dtype: torch.dtype = torch.float32,
+    matvec: LinearOperator | Matvec,
+    dim: int | None = None,
+    num_samples: int | None = None,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
     rel_tol: float | None = None,
 ) -> TraceEstimate:
@@ -72,7 +73,16 @@ def hutchinson_trace(
     >>> est = hutchinson_trace(lambda v: A @ v, 5, 8, torch.Generator().manual_seed(0))
     >>> est.value  # Rademacher probes are exact on diagonal matrices
     15.0
+
+    ``matvec`` may be a :class:`~lightning_landscape.linalg.operator.LinearOperator`, which supplies
+    ``dim``, ``dtype`` and ``device``:
+
+    >>> from lightning_landscape.linalg import MatrixOperator
+    >>> hutchinson_trace(MatrixOperator(A), num_samples=8, generator=torch.Generator().manual_seed(0)).value
+    15.0
     """
+    matvec, dim, dtype, device = resolve(matvec, dim, dtype, device)
+    num_samples, generator = required("num_samples", num_samples), required("generator", generator)
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     _check_rel_tol(rel_tol)
@@ -89,11 +99,11 @@ def hutchinson_trace(
 
 
 def hutchpp_trace(
-    matvec: Matvec,
-    dim: int,
-    num_matvecs: int,
-    generator: torch.Generator,
-    dtype: torch.dtype = torch.float32,
+    matvec: LinearOperator | Matvec,
+    dim: int | None = None,
+    num_matvecs: int | None = None,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
     sketch: Literal["krylov", "random"] = "krylov",
     rel_tol: float | None = None,
@@ -150,7 +160,12 @@ def hutchpp_trace(
     their number, ``Var(y)`` by the sample variance of the *undeflated* forms ``gᵢᵀAgᵢ`` of the same
     vectors (free: ``A gᵢ`` is computed anyway), so ``stderr² = c²·s²_raw + (1−c)²·s²_defl / n``
     is an unbiased estimate of the variance of the returned value.
+
+    ``matvec`` may be a :class:`~lightning_landscape.linalg.operator.LinearOperator` (then ``dim``,
+    ``dtype`` and ``device`` come from it).
     """
+    matvec, dim, dtype, device = resolve(matvec, dim, dtype, device)
+    num_matvecs, generator = required("num_matvecs", num_matvecs), required("generator", generator)
     if num_matvecs < 3:
         raise ValueError(f"num_matvecs must be >= 3 for Hutch++, got {num_matvecs}")
     if sketch not in ("krylov", "random"):
