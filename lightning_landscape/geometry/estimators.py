@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 
 from lightning_landscape.linalg import hutchinson_trace
-from lightning_landscape.linalg.krylov import LanczosState, tridiagonal
+from lightning_landscape.linalg.krylov import LanczosState, project_out, tridiagonal
 from lightning_landscape.linalg.operator import LinearOperator, matvec_of, required, resolve
 from lightning_landscape.linalg.random import rademacher
 
@@ -146,14 +146,8 @@ class KrylovSketch:
         return out
 
     def project(self, v: torch.Tensor) -> torch.Tensor:
-        """``(I − QᵀQ) v`` (a new vector; ``v`` is not modified)."""
-        c = self.coefficients(v)
-        out, start = None, 0
-        for b in self.blocks:
-            cb = c[start:start + b.shape[0]]
-            out = torch.addmv(v, b.T, cb, alpha=-1.0) if out is None else out.addmv_(b.T, cb, alpha=-1.0)
-            start += b.shape[0]
-        return out
+        """``(I − QᵀQ) v`` (a new vector; ``v`` is not modified): the Lanczos core's deflation."""
+        return project_out(self.blocks, v)[0]
 
     def _gram(self) -> torch.Tensor:
         """``Q Qᵀ`` in float64 (the identity up to rounding): exact Ritz-vector norms without forming them."""

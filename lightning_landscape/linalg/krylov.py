@@ -53,6 +53,24 @@ def breaks_down(beta: float, max_alpha: float, max_beta: float) -> bool:
     return beta <= 1e-10 * max(max_alpha + max_beta, 1e-30)
 
 
+def project_out(blocks: list[torch.Tensor], w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(w - Qᵀ Q w, Q w)`` for ``Q`` given as row blocks: one classical Gram–Schmidt pass (deflation).
+
+    All coefficients come from ``w`` itself (classical, not modified, Gram–Schmidt: one reduction per
+    block). The result is a new vector, written in place after the first block (one allocation, not one
+    per block); ``w`` is never modified, because a matvec may return a tensor it keeps.
+
+    >>> Q = torch.eye(3, dtype=torch.float64)[:2]
+    >>> project_out([Q], torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))[0].tolist()
+    [0.0, 0.0, 3.0]
+    """
+    coeffs = [block @ w for block in blocks]
+    out = w
+    for i, (block, c) in enumerate(zip(blocks, coeffs)):
+        out = torch.addmv(out, block.T, c, alpha=-1.0) if i == 0 else out.addmv_(block.T, c, alpha=-1.0)
+    return out, torch.cat(coeffs)
+
+
 _DGKS = 0.5**0.5  # re-orthogonalise again when one pass shrinks w below |w|/√2 (Daniel et al. 1976)
 
 
@@ -102,11 +120,7 @@ class KrylovBasis:
 
     def project_out(self, w: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One classical Gram–Schmidt pass against the first ``k`` rows: ``(w - Qᵀ Q w, Q w)``."""
-        views = self.views(k)
-        coeffs = [block @ w for block in views]
-        for block, c in zip(views, coeffs):
-            w = torch.addmv(w, block.T, c, alpha=-1.0)
-        return w, torch.cat(coeffs)
+        return project_out(self.views(k), w)
 
     def combine(self, coeffs: torch.Tensor) -> torch.Tensor:
         """``coeffsᵀ @ Q`` for a ``(k, m)`` coefficient matrix: ``m`` new vectors as rows.
