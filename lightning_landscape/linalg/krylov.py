@@ -80,6 +80,11 @@ class KrylovBasis:
     Memory follows the steps actually taken rather than the cap: a warm-started run that converges in 3
     steps holds 4 vectors, not ``max_iter + 1`` or ``max_basis``. Every operation works block by block
     on views, so no block is ever copied.
+
+    >>> basis = KrylovBasis(dim=3, capacity=2, dtype=torch.float64, device=torch.device("cpu"))
+    >>> basis.store(0, torch.tensor([3.0, 0.0, 4.0], dtype=torch.float64), torch.tensor(5.0, dtype=torch.float64))
+    >>> basis.rows(1).tolist(), basis.project_out(torch.tensor([3.0, 1.0, 4.0], dtype=torch.float64), 1)[1].tolist()
+    ([[0.6, 0.0, 0.8]], [5.0])
     """
 
     BLOCK = 4
@@ -137,12 +142,25 @@ class KrylovBasis:
 
 
 class LanczosState:
-    """The incremental iteration, shared by the extreme-eigenpair solver, SLQ and Hutch++.
+    """The incremental, fully re-orthogonalised iteration: ``lanczos_extremes`` (and its thick restart),
+    ``lanczos_tridiagonal``, SLQ with ``reorthogonalize=True``, Hutch++'s Krylov sketch and geometry's
+    ``krylov_sketch`` all drive it, each with its own stop rule.
 
     Cost per step besides the matvec: the three-term recurrence, one classical Gram–Schmidt pass
     against the whole basis (a second only when the DGKS test asks for it) and one host
     synchronisation (α and the norms travel together). The basis is a :class:`KrylovBasis`, so memory
-    follows the steps taken.
+    follows the steps taken. α is ``qᵀ A q`` (taken before ``β q_prev`` is subtracted), unlike
+    :func:`recurrence_step`'s Paige ordering: with full re-orthogonalisation the two agree to rounding,
+    and keeping each path's ordering keeps every estimator's numbers unchanged.
+
+    >>> A = torch.diag(torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64))
+    >>> state = LanczosState(lambda v: A @ v, torch.ones(3, dtype=torch.float64), max_steps=3)
+    >>> while state.step():
+    ...     pass
+    >>> state.matvecs, torch.linalg.eigvalsh(tridiagonal(state.alphas, state.betas)).round(decimals=6).tolist()
+    (3, [1.0, 2.0, 4.0])
+    >>> torch.allclose(state.basis_rows() @ state.basis_rows().T, torch.eye(3, dtype=torch.float64))
+    True
     """
 
     def __init__(self, matvec: Matvec, v0: torch.Tensor, max_steps: int, keep_residual: bool = False) -> None:
