@@ -17,7 +17,7 @@ declare ``needs``, so the monitor runs the spectrum first wherever it is listed)
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 
