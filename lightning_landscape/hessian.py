@@ -86,6 +86,14 @@ class HessianOperator:
     def dim(self) -> int:
         return self.space.dim
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.space.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.space.device
+
     def matvec(self, vector: torch.Tensor) -> torch.Tensor:
         """One Hessian-vector product (counted in ``num_matvecs``)."""
         self.num_matvecs += 1
@@ -199,6 +207,14 @@ class ChunkedHessianOperator:
     @property
     def dim(self) -> int:
         return self.space.dim
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.space.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.space.device
 
     def matvec(self, vector: torch.Tensor) -> torch.Tensor:
         """One Hessian-vector product (counted in ``num_matvecs``), one chunk graph at a time."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_landscape.probes.neurons import extreme_eigenvalues
+from lightning_landscape.linalg import extreme_eigenvalues
 
 
 def _matrix(eigenvalues: torch.Tensor, seed: int) -> torch.Tensor:

@@ -28,7 +28,8 @@ from typing import Callable
 import torch
 
 from lightning_landscape.linalg import hutchinson_trace
-from lightning_landscape.linalg.lanczos import _LanczosState, _tridiagonal
+from lightning_landscape.linalg.krylov import LanczosState, project_out, tridiagonal
+from lightning_landscape.linalg.operator import LinearOperator, matvec_of, required, resolve
 from lightning_landscape.linalg.random import rademacher
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
@@ -145,14 +146,8 @@ class KrylovSketch:
         return out
 
     def project(self, v: torch.Tensor) -> torch.Tensor:
-        """``(I − QᵀQ) v`` (a new vector; ``v`` is not modified)."""
-        c = self.coefficients(v)
-        out, start = None, 0
-        for b in self.blocks:
-            cb = c[start:start + b.shape[0]]
-            out = torch.addmv(v, b.T, cb, alpha=-1.0) if out is None else out.addmv_(b.T, cb, alpha=-1.0)
-            start += b.shape[0]
-        return out
+        """``(I − QᵀQ) v`` (a new vector; ``v`` is not modified): the Lanczos core's deflation."""
+        return project_out(self.blocks, v)[0]
 
     def _gram(self) -> torch.Tensor:
         """``Q Qᵀ`` in float64 (the identity up to rounding): exact Ritz-vector norms without forming them."""
@@ -218,11 +213,11 @@ class KrylovSketch:
 
 
 def krylov_sketch(
-    matvec: Matvec,
-    dim: int,
-    num_steps: int,
-    generator: torch.Generator,
-    dtype: torch.dtype = torch.float32,
+    matvec: LinearOperator | Matvec,
+    dim: int | None = None,
+    num_steps: int | None = None,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> KrylovSketch:
     """Lanczos from a Rademacher vector for ``min(num_steps, dim)`` steps, plus one HVP for ``‖HQᵀ‖_F``.
@@ -235,12 +230,14 @@ def krylov_sketch(
     >>> round(sk.trace, 9), round(sk.frobenius_sq, 9)   # spans the space: tr A = 4.5, ‖A‖²_F = 14.25
     (4.5, 14.25)
     """
+    matvec, dim, dtype, device = resolve(matvec, dim, dtype, device)  # or a LinearOperator: dim etc. from it
+    num_steps, generator = required("num_steps", num_steps), required("generator", generator)
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    state = _LanczosState(matvec, rademacher(dim, generator, dtype, device), min(num_steps, dim))
+    state = LanczosState(matvec, rademacher(dim, generator, dtype, device), min(num_steps, dim))
     while state.step():
         pass
-    t, used = _tridiagonal(state.alphas, state.betas), state.matvecs
+    t, used = tridiagonal(state.alphas, state.betas), state.matvecs
     m = t.shape[0]
     blocks = state.basis.views(m)  # views of the run's own blocks: Q is never held twice
     del state
@@ -309,7 +306,7 @@ def _jackknife_stderr(t: torch.Tensor, f: torch.Tensor, a: float, b: float, q: f
 
 
 def estimate_geometry(
-    matvec: Matvec,
+    matvec: LinearOperator | Matvec,
     gradient: torch.Tensor,
     num_samples: int,
     generator: torch.Generator,
@@ -331,6 +328,7 @@ def estimate_geometry(
     >>> abs(est.scalar_curvature - exact_geometry(H, g).scalar_curvature) < 4 * est.scalar_curvature_stderr
     True
     """
+    matvec = matvec_of(matvec)  # a LinearOperator or a bare callable
     if num_samples < 3:
         raise ValueError(f"num_samples must be >= 3 (pairs for (tr H)², jackknife), got {num_samples}")
     g = gradient.detach().reshape(-1)

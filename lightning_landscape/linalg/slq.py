@@ -15,16 +15,13 @@ Chen, Trogdon & Ubaru 2021).
 from __future__ import annotations
 
 from dataclasses import dataclass
-import math
-from typing import Callable
-
 import torch
 
-from lightning_landscape.linalg.lanczos import _breaks_down, _LanczosState, _start_vector, _tridiagonal
+from lightning_landscape.linalg.krylov import LanczosRecurrence, LanczosState, Matvec, tridiagonal
+from lightning_landscape.linalg.operator import LinearOperator, required, resolve
 from lightning_landscape.linalg.random import rademacher
 from lightning_landscape.validation import check_bool
 
-Matvec = Callable[[torch.Tensor], torch.Tensor]
 Coefficients = tuple[list[float], list[float], int]  # (alphas, betas, matvecs)
 
 
@@ -60,56 +57,23 @@ class SpectralDensity:
         return float(self.dim * (self.nodes * self.weights).sum(-1).mean())
 
 
-def _recurrence_step(
-    w: torch.Tensor, q: torch.Tensor, q_prev: torch.Tensor | None, beta_prev: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``r = A q - β q_prev - α q`` and ``α`` (a device scalar), given ``w = A q``.
-
-    Paige's ordering (α from the vector that already lacks the ``q_prev`` component), the one his
-    finite-precision analysis covers. ``r`` is written into ``q_prev``'s storage, which the recurrence
-    no longer needs, so a step allocates nothing but the matvec's output; ``w`` is never written,
-    because a matvec may return a tensor it keeps.
-    """
-    if q_prev is None:
-        alpha_t = torch.dot(w, q)
-        return torch.addcmul(w, q, alpha_t, value=-1.0), alpha_t
-    r = torch.sub(w, q_prev, alpha=beta_prev, out=q_prev)
-    alpha_t = torch.dot(r, q)
-    return r.addcmul_(q, alpha_t, value=-1.0), alpha_t
-
-
 def _lanczos_coefficients(matvec: Matvec, v0: torch.Tensor, max_steps: int) -> Coefficients:
     """The Lanczos coefficients (α, β) of ``matvec`` from ``v0`` by the plain three-term recurrence.
 
     No re-orthogonalisation: two parameter-sized vectors live between steps (plus the matvec's output
-    during one), whatever ``max_steps`` is. One host synchronisation per step (α and β together).
+    during one), whatever ``max_steps`` is (:class:`~lightning_landscape.linalg.krylov.LanczosRecurrence`).
     ``v0`` is normalised in place and becomes the first Lanczos vector: pass a vector you can give up.
     """
-    q = v0.div_(_start_vector(v0))
-    q_prev: torch.Tensor | None = None
-    alphas: list[float] = []
-    betas: list[float] = []
-    max_alpha = max_beta = 0.0
+    rec = LanczosRecurrence(matvec, v0)
     steps = min(max_steps, v0.numel())
-    for j in range(steps):
-        r, alpha_t = _recurrence_step(matvec(q), q, q_prev, betas[-1] if betas else 0.0)
-        beta_t = torch.linalg.vector_norm(r)
-        alpha, beta = torch.stack([alpha_t.to(beta_t.dtype), beta_t]).tolist()  # one host sync
-        if not (math.isfinite(alpha) and math.isfinite(beta)):
-            # A NaN/Inf anywhere in A q propagates into α and β.
-            raise FloatingPointError("operator returned non-finite values (NaN/Inf) in Lanczos")
-        alphas.append(alpha)
-        betas.append(beta)
-        max_alpha, max_beta = max(max_alpha, abs(alpha)), max(max_beta, beta)
-        if _breaks_down(beta, max_alpha, max_beta) or j + 1 == steps:
-            break
-        q_prev, q = q, r.div_(beta_t)  # β stays on the device: no second sync
-    return alphas, betas, len(alphas)
+    while rec.step() and rec.matvecs < steps:
+        pass
+    return rec.alphas, rec.betas, rec.matvecs
 
 
 def _reorthogonalized_coefficients(matvec: Matvec, v0: torch.Tensor, max_steps: int) -> Coefficients:
     """The Lanczos coefficients with full re-orthogonalisation (keeps all ``max_steps`` basis vectors)."""
-    state = _LanczosState(matvec, v0, max_steps)
+    state = LanczosState(matvec, v0, max_steps)
     while state.step():
         pass
     return state.alphas, state.betas, state.matvecs
@@ -117,7 +81,7 @@ def _reorthogonalized_coefficients(matvec: Matvec, v0: torch.Tensor, max_steps: 
 
 def _gauss_rule(alphas: list[float], betas: list[float], size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Nodes and weights of the Gauss rule of T (float64), padded to ``size`` with zero-weight nodes."""
-    nodes, vectors = torch.linalg.eigh(_tridiagonal(alphas, betas))
+    nodes, vectors = torch.linalg.eigh(tridiagonal(alphas, betas))
     weights = vectors[0] ** 2
     pad = size - nodes.numel()  # invariant subspace found early
     if pad:
@@ -127,12 +91,12 @@ def _gauss_rule(alphas: list[float], betas: list[float], size: int) -> tuple[tor
 
 
 def spectral_density(
-    matvec: Matvec,
-    dim: int,
-    num_probes: int,
-    num_steps: int,
-    generator: torch.Generator,
-    dtype: torch.dtype = torch.float32,
+    matvec: LinearOperator | Matvec,
+    dim: int | None = None,
+    num_probes: int | None = None,
+    num_steps: int | None = None,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
     reorthogonalize: bool = False,
 ) -> SpectralDensity:
@@ -150,7 +114,13 @@ def spectral_density(
     >>> d = spectral_density(lambda v: A @ v, 4, 2, 4, torch.Generator().manual_seed(0), torch.float64)
     >>> round(d.trace(), 6)
     6.0
+
+    ``matvec`` may be a :class:`~lightning_landscape.linalg.operator.LinearOperator` (then ``dim``,
+    ``dtype`` and ``device`` come from it).
     """
+    matvec, dim, dtype, device = resolve(matvec, dim, dtype, device)
+    num_probes, num_steps = required("num_probes", num_probes), required("num_steps", num_steps)
+    generator = required("generator", generator)
     if num_probes < 1 or num_steps < 1:
         raise ValueError("num_probes and num_steps must be >= 1")
     check_bool("reorthogonalize", reorthogonalize)

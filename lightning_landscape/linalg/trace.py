@@ -14,16 +14,14 @@ of the stochastic parts (the exact part contributes none).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
-from lightning_landscape.linalg.lanczos import _LanczosState, _tridiagonal
+from lightning_landscape.linalg.krylov import LanczosState, Matvec, tridiagonal
+from lightning_landscape.linalg.operator import LinearOperator, required, resolve
 from lightning_landscape.linalg.random import rademacher
-
-Matvec = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -57,11 +55,11 @@ def _stderr(samples: torch.Tensor) -> float:
 
 
 def hutchinson_trace(
-    matvec: Matvec,
-    dim: int,
-    num_samples: int,
-    generator: torch.Generator,
-    dtype: torch.dtype = torch.float32,
+    matvec: LinearOperator | Matvec,
+    dim: int | None = None,
+    num_samples: int | None = None,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
     rel_tol: float | None = None,
 ) -> TraceEstimate:
@@ -75,7 +73,16 @@ def hutchinson_trace(
     >>> est = hutchinson_trace(lambda v: A @ v, 5, 8, torch.Generator().manual_seed(0))
     >>> est.value  # Rademacher probes are exact on diagonal matrices
     15.0
+
+    ``matvec`` may be a :class:`~lightning_landscape.linalg.operator.LinearOperator`, which supplies
+    ``dim``, ``dtype`` and ``device``:
+
+    >>> from lightning_landscape.linalg import MatrixOperator
+    >>> hutchinson_trace(MatrixOperator(A), num_samples=8, generator=torch.Generator().manual_seed(0)).value
+    15.0
     """
+    matvec, dim, dtype, device = resolve(matvec, dim, dtype, device)
+    num_samples, generator = required("num_samples", num_samples), required("generator", generator)
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     _check_rel_tol(rel_tol)
@@ -92,11 +99,11 @@ def hutchinson_trace(
 
 
 def hutchpp_trace(
-    matvec: Matvec,
-    dim: int,
-    num_matvecs: int,
-    generator: torch.Generator,
-    dtype: torch.dtype = torch.float32,
+    matvec: LinearOperator | Matvec,
+    dim: int | None = None,
+    num_matvecs: int | None = None,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
     sketch: Literal["krylov", "random"] = "krylov",
     rel_tol: float | None = None,
@@ -153,7 +160,12 @@ def hutchpp_trace(
     their number, ``Var(y)`` by the sample variance of the *undeflated* forms ``gᵢᵀAgᵢ`` of the same
     vectors (free: ``A gᵢ`` is computed anyway), so ``stderr² = c²·s²_raw + (1−c)²·s²_defl / n``
     is an unbiased estimate of the variance of the returned value.
+
+    ``matvec`` may be a :class:`~lightning_landscape.linalg.operator.LinearOperator` (then ``dim``,
+    ``dtype`` and ``device`` come from it).
     """
+    matvec, dim, dtype, device = resolve(matvec, dim, dtype, device)
+    num_matvecs, generator = required("num_matvecs", num_matvecs), required("generator", generator)
     if num_matvecs < 3:
         raise ValueError(f"num_matvecs must be >= 3 for Hutch++, got {num_matvecs}")
     if sketch not in ("krylov", "random"):
@@ -176,7 +188,7 @@ def _start_weight(budget: int) -> float:
     return min(1.0, (_START_WEIGHT_BUDGET / budget) ** 2) / (budget - 1)
 
 
-def _frobenius_estimate(state: _LanczosState, dim: int) -> float:
+def _frobenius_estimate(state: LanczosState, dim: int) -> float:
     """``‖A‖²_F`` from the Lanczos run: each Ritz value weighted by the number of eigenvalues it stands for.
 
     Gauss quadrature of the start vector's spectral measure gives ``‖A s‖² = dim·Σ τⱼ² θⱼ²`` (``τⱼ`` the
@@ -185,13 +197,13 @@ def _frobenius_estimate(state: _LanczosState, dim: int) -> float:
     outlier), so the one-vector estimate misses most of a spiky spectrum's mass; counting converged
     pairs once and every other pair at least once fixes that.
     """
-    theta, Y = torch.linalg.eigh(_tridiagonal(state.alphas, state.betas))
+    theta, Y = torch.linalg.eigh(tridiagonal(state.alphas, state.betas))
     residual = state.betas[-1] * Y[-1].abs()
     count = torch.where(residual <= _CONVERGED * theta.abs(), 1.0, (dim * Y[0] ** 2).clamp(min=1.0))
     return float((count * theta**2).sum())
 
 
-def _continue_sketch(state: _LanczosState, dim: int, budget: int, captured: list[float]) -> bool:
+def _continue_sketch(state: LanczosState, dim: int, budget: int, captured: list[float]) -> bool:
     """Whether one more Lanczos vector is predicted to beat one more Hutchinson sample.
 
     ``captured[j]`` is ``‖A‖²_F − ‖(I−P)A(I−P)‖²_F = ‖T‖²_F + 2β²`` after ``j + 1`` vectors; the
@@ -209,13 +221,13 @@ def _continue_sketch(state: _LanczosState, dim: int, budget: int, captured: list
     return gain > remaining / (budget - k)
 
 
-def _deflated_mass(state: _LanczosState, dim: int, captured: float) -> float:
+def _deflated_mass(state: LanczosState, dim: int, captured: float) -> float:
     """``‖(I−P)A(I−P)‖²_F`` predicted from the Krylov data (the quantity ``_continue_sketch`` weighs)."""
     fro = max(_frobenius_estimate(state, dim), captured)
     return max(fro - captured, _REMAINING_FLOOR * captured)
 
 
-def _planned_samples(state: _LanczosState, dim: int, captured: float, rel_tol: float, available: int) -> int:
+def _planned_samples(state: LanczosState, dim: int, captured: float, rel_tol: float, available: int) -> int:
     """Hutchinson samples predicted to give ``stderr ≤ rel_tol·|tr A|``, from the sketch alone.
 
     A Rademacher form of the deflated operator ``B`` has variance ``2(‖B‖²_F − Σ Bᵢᵢ²) ≤ 2‖B‖²_F``; the
@@ -235,7 +247,7 @@ def _hutchpp_krylov(
     device: torch.device | str | None, rel_tol: float | None = None,
 ) -> TraceEstimate:
     k_max = max(1, min(dim, (2 * budget) // 3))
-    state = _LanczosState(matvec, rademacher(dim, generator, dtype, device), min(k_max + 1, dim))
+    state = LanczosState(matvec, rademacher(dim, generator, dtype, device), min(k_max + 1, dim))
     captured: list[float] = []
     while True:
         more = state.step()

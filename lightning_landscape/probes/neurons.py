@@ -17,13 +17,12 @@ declare ``needs``, so the monitor runs the spectrum first wherever it is listed)
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 
 from lightning_landscape.alerts.events import Event, check_severity
-from lightning_landscape.linalg.lanczos import _breaks_down, _start_vector, _tridiagonal
-from lightning_landscape.linalg.slq import _recurrence_step
+from lightning_landscape.linalg import extreme_eigenvalues
 from lightning_landscape.linalg.random import gaussian
 from lightning_landscape.neurons.channels import ChannelTracker
 from lightning_landscape.neurons.discovery import NeuronLayer, discover_layers
@@ -61,46 +60,6 @@ def _check_layers(owner: str, layers: Sequence[Sequence[str]] | None) -> list[li
                              f"module names, got {spec!r}")
         out.append([str(s) for s in spec])
     return out
-
-
-def extreme_eigenvalues(matvec: Callable[[torch.Tensor], torch.Tensor], v0: torch.Tensor, max_iter: int, tol: float,
-                        min_iter: int = 2) -> tuple[float, float]:
-    """``(λmax, λmin)`` of a symmetric operator by the plain Lanczos recurrence: three vectors, no basis.
-
-    Only the two extreme *values* are needed here, and those the recurrence without re-orthogonalisation
-    gets right: lost orthogonality makes copies of converged Ritz values, never wrong extremes (Paige
-    1976). The stop rule is that of :func:`~lightning_landscape.linalg.lanczos_extremes` — both extreme
-    Ritz residuals ``|β sₖ|`` at most ``tol`` times the spectral scale — so memory is three
-    parameter-sized vectors whatever ``max_iter`` is. ``v0`` is normalised in place.
-
-    >>> A = torch.diag(torch.tensor([-2.0, 0.5, 1.0, 3.0], dtype=torch.float64))
-    >>> [round(v, 6) for v in extreme_eigenvalues(lambda v: A @ v, torch.ones(4, dtype=torch.float64), 4, 1e-8)]
-    [3.0, -2.0]
-    """
-    q = v0.div_(_start_vector(v0))
-    q_prev: torch.Tensor | None = None
-    alphas: list[float] = []
-    betas: list[float] = []
-    max_alpha = max_beta = 0.0
-    evals = torch.zeros(1, dtype=torch.float64)
-    for j in range(max_iter):
-        r, alpha_t = _recurrence_step(matvec(q), q, q_prev, betas[-1] if betas else 0.0)
-        beta_t = torch.linalg.vector_norm(r)
-        alpha, beta = torch.stack([alpha_t.to(beta_t.dtype), beta_t]).tolist()
-        if not (math.isfinite(alpha) and math.isfinite(beta)):
-            raise FloatingPointError("operator returned non-finite values (NaN/Inf) in Lanczos")
-        alphas.append(alpha)
-        betas.append(beta)
-        max_alpha, max_beta = max(max_alpha, abs(alpha)), max(max_beta, beta)
-        evals, evecs = torch.linalg.eigh(_tridiagonal(alphas, betas))
-        if _breaks_down(beta, max_alpha, max_beta):
-            break
-        scale = max(abs(float(evals[0])), abs(float(evals[-1])), 1e-30)
-        residual = max(abs(beta * float(evecs[-1, 0])), abs(beta * float(evecs[-1, -1])))
-        if j + 1 >= min_iter and residual <= tol * scale:
-            break
-        q_prev, q = q, r.div_(beta_t)
-    return float(evals[-1]), float(evals[0])
 
 
 class _NeuronLayers:
