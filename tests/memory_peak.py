@@ -19,9 +19,10 @@ def _status(key: str) -> int:
     raise RuntimeError(f"{key} not in /proc/self/status")
 
 
-@pytest.fixture
-def rss_peak() -> Iterator[Callable[[Callable[[], object]], int]]:
-    """``measure(fn)``: peak RSS of ``fn()`` above the RSS before it (``VmHWM`` reset by ``clear_refs``).
+def rss_meter() -> tuple[Callable[[Callable[[], object]], int], Callable[[], None]]:
+    """``(measure, restore)``: ``measure(fn)`` is the peak RSS of ``fn()`` above the RSS before it (``VmHWM``
+    reset by ``clear_refs``); ``restore()`` gives glibc its initial mmap threshold back. Raises
+    ``RuntimeError`` where Linux ``/proc`` or glibc's ``mallopt`` is missing.
 
     As benchmarks/memory.py does with ``MALLOC_MMAP_THRESHOLD_``, glibc gets a fixed 64 KiB mmap threshold
     so that freed vectors go back to the OS at once (and ``malloc_trim`` discards free heap pages first):
@@ -34,9 +35,9 @@ def rss_peak() -> Iterator[Callable[[Callable[[], object]], int]]:
         libc = ctypes.CDLL(None)
         mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
     except (OSError, AttributeError, RuntimeError) as err:
-        pytest.skip(f"needs Linux /proc/self/clear_refs and glibc malloc: {err}")
+        raise RuntimeError(f"needs Linux /proc/self/clear_refs and glibc malloc: {err}") from None
     if mallopt(M_MMAP_THRESHOLD, 64 * 1024) != 1:
-        pytest.skip("mallopt(M_MMAP_THRESHOLD) failed")
+        raise RuntimeError("mallopt(M_MMAP_THRESHOLD) failed")
 
     def measure(fn: Callable[[], object]) -> int:
         gc.collect()
@@ -47,5 +48,18 @@ def rss_peak() -> Iterator[Callable[[Callable[[], object]], int]]:
         fn()
         return _status("VmHWM") - before
 
+    def restore() -> None:
+        mallopt(M_MMAP_THRESHOLD, 128 * 1024)  # glibc's initial value (the dynamic threshold stays off)
+
+    return measure, restore
+
+
+@pytest.fixture
+def rss_peak() -> Iterator[Callable[[Callable[[], object]], int]]:
+    """The peak RSS of a call (see :func:`rss_meter`); skips where it cannot be measured."""
+    try:
+        measure, restore = rss_meter()
+    except RuntimeError as err:
+        pytest.skip(str(err))
     yield measure
-    mallopt(M_MMAP_THRESHOLD, 128 * 1024)  # glibc's initial value (the dynamic threshold stays off)
+    restore()
