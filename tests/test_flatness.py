@@ -23,7 +23,7 @@ from lightning_landscape.flatness import (
     slice_2d,
 )
 from lightning_landscape.parameters import ParameterSpace
-from lightning_landscape.plots.slices import plot_slice_1d, plot_slice_2d
+from lightning_landscape.slice_plots import plot_slice_1d, plot_slice_2d
 from lightning_landscape.probes import ProbeContext
 from lightning_landscape.probes.flatness import EscapeRadius, LandscapeSlice, Sharpness
 

@@ -316,7 +316,7 @@ class LandscapeSlice(Probe):
         return grid
 
     def run(self, ctx: ProbeContext) -> ProbeResult:
-        from lightning_landscape.plots.slices import plot_slice_1d, plot_slice_2d  # matplotlib only when used
+        from lightning_landscape.slice_plots import plot_slice_1d, plot_slice_2d  # matplotlib only when used
 
         loss_fn = probe_loss_fn(ctx, self.name)
         gen = ctx.generator(self.name)

@@ -1,1 +1,0 @@
-"""Figures rendered off-screen (matplotlib Agg) into HWC uint8 arrays for TensorBoard images."""
