@@ -22,30 +22,11 @@ from lightning_landscape.compare import (
     random_permutations,
     weight_matching,
 )
+from arch_models import BasicBlock
 from lightning_landscape.compare.spec import check_spec
 
 
 # ------------------------------------------------------------------------------------------- models
-class Basic(nn.Module):
-    """ResNet basic block (torchvision layout: shared ReLU module, in-place add, projection shortcut)."""
-
-    def __init__(self, cin: int, c: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(cin, c, 3, stride, 1, bias=False), nn.BatchNorm2d(c)
-        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if stride != 1 or cin != c:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, c, 1, stride, bias=False), nn.BatchNorm2d(c))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        out += identity
-        return self.relu(out)
-
-
 class Bottleneck(nn.Module):
     """ResNet bottleneck block (1×1 → 3×3 → 1×1, functional ReLUs, identity shortcut)."""
 
@@ -65,8 +46,8 @@ class ResNet(nn.Module):
     def __init__(self, c: int = 6, classes: int = 10) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(1, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
-        self.layer1 = nn.Sequential(Basic(c, c), Bottleneck(c, 5))
-        self.layer2 = nn.Sequential(Basic(c, 2 * c, stride=2), Basic(2 * c, 2 * c))
+        self.layer1 = nn.Sequential(BasicBlock(c, c), Bottleneck(c, 5))
+        self.layer2 = nn.Sequential(BasicBlock(c, 2 * c, stride=2), BasicBlock(2 * c, 2 * c))
         self.fc = nn.Linear(2 * c, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
