@@ -62,6 +62,16 @@ def _strategy_refusal(strategy: Any) -> str | None:
         return ("strategy FSDPStrategy (FSDP1) flattens parameters into FlatParameters, which the probes do not "
                 "measure; use ModelParallelStrategy with fully_shard in configure_model (FSDP2), which they do, "
                 "or a DDP strategy")
+    model_parallel = loaded_classes("strategies.ModelParallelStrategy")
+    if model_parallel and isinstance(strategy, model_parallel):
+        try:
+            tensor_parallel = int(strategy.device_mesh["tensor_parallel"].size())
+        except Exception:  # noqa: BLE001 - no mesh yet (or another layout): the parameter space checks later
+            tensor_parallel = 1
+        if tensor_parallel > 1:
+            return (f"ModelParallelStrategy with tensor_parallel_size={tensor_parallel}: tensor-parallel parameters "
+                    "are not supported (only FSDP2 sharding over the data-parallel mesh); use "
+                    "ModelParallelStrategy(data_parallel_size=<devices>, tensor_parallel_size=1)")
     deepspeed = loaded_classes("strategies.DeepSpeedStrategy")
     if deepspeed and isinstance(strategy, deepspeed):
         return ("strategy DeepSpeedStrategy partitions parameters and optimizer state in its own engine, which the "
