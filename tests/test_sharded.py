@@ -151,3 +151,31 @@ def test_two_processes_forward_only_values_match_one_process(two_process) -> Non
     for key in ("sharpness/sharpness", "sharpness/gradient_norm", "l2_transition/critical_beta",
                 "l2_transition/theta_sq", "l2_transition/loss_trivial", "weight_dynamics/total/norm"):
         assert got[key] == pytest.approx(want[key], rel=1e-9, abs=1e-12), key
+
+
+class _Mesh:
+    def __init__(self, sizes: dict[str, int]) -> None:
+        self.sizes = sizes
+
+    def __getitem__(self, name: str) -> "_Mesh":
+        return _Mesh({"": self.sizes[name]})
+
+    def size(self) -> int:
+        return self.sizes[""]
+
+
+@pytest.mark.parametrize("flavour", ["lightning.pytorch", "pytorch_lightning"])
+def test_tensor_parallel_layouts_are_refused_with_the_supported_one_named(flavour) -> None:
+    import importlib
+
+    from lightning_landscape.callbacks.monitor import _strategy_refusal
+
+    strategies = importlib.import_module(f"{flavour}.strategies")
+    tp = strategies.ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=2)
+    tp._device_mesh = _Mesh({"data_parallel": 1, "tensor_parallel": 2})
+    why = _strategy_refusal(tp)
+    assert why is not None and "tensor_parallel_size=2" in why and "tensor_parallel_size=1" in why
+    dp = strategies.ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+    dp._device_mesh = _Mesh({"data_parallel": 2, "tensor_parallel": 1})
+    assert _strategy_refusal(dp) is None
+    assert _strategy_refusal(strategies.DDPStrategy()) is None
