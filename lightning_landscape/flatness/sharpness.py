@@ -30,7 +30,8 @@ from typing import Callable
 
 import torch
 
-from lightning_landscape.flatness.directions import restored, set_flat
+from lightning_landscape.flatness.directions import move_to, restored
+from lightning_landscape.linalg.dot import dot64
 from lightning_landscape.parameters import ParameterSpace
 
 #: Evaluates the (probe-batch) loss at the parameters as they are now.
@@ -69,12 +70,12 @@ def asam_perturbation(gradient: torch.Tensor, theta: torch.Tensor, rho: float, e
     >>> asam_perturbation(torch.tensor([1.0, 1.0]), torch.tensor([2.0, 0.0]), rho=1.0)  # T = (2, 0)
     tensor([2., 0.])
     """
-    t = theta.abs() + eta
+    t = theta.abs().add_(eta)
     tg = t * gradient
     norm = torch.linalg.vector_norm(tg)
     if norm == 0:
         return torch.zeros_like(gradient)
-    return t * tg * (rho / norm)
+    return t.mul_(tg).mul_(rho / norm)  # in place: two parameter-sized temporaries, not four
 
 
 def perturbed_loss_change(loss_fn: LossFn, space: ParameterSpace, perturbation: torch.Tensor,
@@ -89,9 +90,9 @@ def perturbed_loss_change(loss_fn: LossFn, space: ParameterSpace, perturbation: 
         g = gradient.to(device=theta.device, dtype=theta.dtype)
         if eps_norm == 0:
             return SharpnessResult(loss0, loss0, 0.0, float(torch.linalg.vector_norm(g)), 0.0, 0.0, 0.0)
-        set_flat(space, theta + eps)
+        move_to(space, theta, (1.0, eps))
         loss1 = float(loss_fn())
-    slope = float(torch.dot(g.double().flatten(), eps.double().flatten()))
+    slope = dot64(g, eps)
     sharp = loss1 - loss0
     curvature = 2.0 * (sharp - slope) / eps_norm**2 if math.isfinite(sharp) else math.inf
     return SharpnessResult(loss0, loss1, sharp, float(torch.linalg.vector_norm(g)), eps_norm, slope, curvature)

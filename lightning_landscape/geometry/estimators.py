@@ -28,6 +28,7 @@ from typing import Callable
 import torch
 
 from lightning_landscape.linalg import hutchinson_trace
+from lightning_landscape.linalg.dot import dot64
 from lightning_landscape.linalg.krylov import LanczosState, project_out, tridiagonal
 from lightning_landscape.linalg.operator import LinearOperator, matvec_of, required, resolve
 from lightning_landscape.linalg.random import rademacher
@@ -36,7 +37,7 @@ Matvec = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.dot(a.reshape(-1).double(), b.reshape(-1).double()))
+    return dot64(a, b)  # float64 products without float64 copies of the vectors
 
 
 # --------------------------------------------------------------------------------------------------
