@@ -36,8 +36,8 @@ from lightning_landscape.linalg.trace import (
 #: far below the spread of one Hutchinson sample (≈ √2·‖A‖_F), and T is Q A Qᵀ to that accuracy.
 LOSS_TOL = 1e-4
 
-#: Entries unpacked at a time when the sign bits meet a Lanczos vector (a (8, CHUNK) block).
-CHUNK = 1 << 16
+#: Entries unpacked at a time when the sign bits meet a Lanczos vector (a (CHUNK, 8) float block: 1 MiB).
+CHUNK = 1 << 15
 
 
 def _sign_bits(count: int, dim: int, generator: torch.Generator, device: torch.device | str | None) -> list[torch.Tensor]:
@@ -55,18 +55,23 @@ def _signs(bits: list[torch.Tensor], i: int, dtype: torch.dtype) -> torch.Tensor
 
 
 def _sign_products(bits: list[torch.Tensor], count: int, v: torch.Tensor) -> torch.Tensor:
-    """``gᵢᵀ v`` for the first ``count`` packed vectors (float64), CHUNK entries at a time."""
+    """``gᵢᵀ v`` for the first ``count`` packed vectors (float64), CHUNK entries at a time.
+
+    Each byte is looked up in a 256 × 8 table of signs (one gather and one product per block of entries,
+    a (CHUNK, 8) temporary of 1 MiB).
+    """
+    table = ((torch.arange(256, device=v.device)[:, None] >> torch.arange(8, device=v.device)) & 1).to(v.dtype)
+    table = table.mul_(-2.0).add_(1.0)
     out = torch.zeros(count, dtype=torch.float64, device=v.device)
     for b, byte in enumerate(bits):
         n = min(8, count - 8 * b)
         if n <= 0:
             break
-        shifts = torch.arange(n, dtype=torch.uint8, device=v.device)[:, None]
-        part = torch.zeros(n, dtype=torch.float64, device=v.device)
+        part = torch.zeros(8, dtype=torch.float64, device=v.device)
         for start in range(0, v.numel(), CHUNK):
-            block = ((byte[None, start:start + CHUNK] >> shifts) & 1).to(v.dtype).mul_(-2.0).add_(1.0)
-            part += (block @ v[start:start + CHUNK]).double()
-        out[8 * b:8 * b + n] = part
+            signs = torch.nn.functional.embedding(byte[start:start + CHUNK].int(), table)  # (chunk, 8)
+            part += (v[start:start + CHUNK] @ signs).double()
+        out[8 * b:8 * b + n] = part[:n]
     return out
 
 
