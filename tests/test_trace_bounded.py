@@ -25,8 +25,10 @@ def _errors(kind: str, budget: int, seeds: int, dtype: torch.dtype = torch.float
         err.append(est.value - exact)
         se.append(est.stderr)
         sketch.append(est.sketch_matvecs)
-        err_h.append(hutchinson_trace(lambda v: A @ v, DIM, budget, torch.Generator().manual_seed(seed), dtype).value - exact)
-    return torch.tensor(err, dtype=torch.float64), torch.tensor(se, dtype=torch.float64), torch.tensor(err_h, dtype=torch.float64), sketch
+        plain = hutchinson_trace(lambda v: A @ v, DIM, budget, torch.Generator().manual_seed(seed), dtype)
+        err_h.append(plain.value - exact)
+    as64 = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    return as64(err), as64(se), as64(err_h), sketch
 
 
 CASES = [("bulk", 12, torch.float64), ("spiky", 12, torch.float64), ("spiky", 24, torch.float64), ("spiky", 24, torch.float32)]

@@ -2,7 +2,8 @@
 
 :func:`~lightning_landscape.linalg.trace.hutchpp_trace` keeps the sketch's Lanczos basis Q (up to
 ``2·num_matvecs/3`` vectors) to deflate its Hutchinson vectors ``gᵢ``. Every deflated form it needs is a
-function of scalars: with ``cᵢ = Q gᵢ`` and ``a = q_{k+1}ᵀ gᵢ`` (Lanczos relation ``AQᵀ = QᵀT + β q_{k+1} e_kᵀ``),
+function of scalars: with ``cᵢ = Q gᵢ`` and ``a = q_{k+1}ᵀ gᵢ`` (Lanczos relation
+``AQᵀ = QᵀT + β q_{k+1} e_kᵀ``),
 
     uᵢᵀ A uᵢ = gᵢᵀ A gᵢ − cᵢᵀ T cᵢ − 2 β_k a cᵢ,ₖ          (uᵢ = gᵢ − Qᵀ cᵢ).
 
@@ -40,7 +41,8 @@ LOSS_TOL = 1e-4
 CHUNK = 1 << 15
 
 
-def _sign_bits(count: int, dim: int, generator: torch.Generator, device: torch.device | str | None) -> list[torch.Tensor]:
+def _sign_bits(count: int, dim: int, generator: torch.Generator,
+               device: torch.device | str | None) -> list[torch.Tensor]:
     """``count`` Rademacher vectors as bits: byte tensor b holds vectors 8b … 8b+7 (uniform bytes: 8 fair bits)."""
     out = []
     for _ in range(math.ceil(count / 8)):

@@ -45,12 +45,13 @@ class LossSurfaceGeometry(Probe):
       without forming it. Ghost copies and spurious Ritz values are filtered out, and each Ritz vector is
       taken at the step where its residual first falls below √ε‖H‖, before orthogonality along it is lost
       (Paige; see ``_RecurrenceRun.ritz_pairs``). The trace moments come from ``num_samples`` Rademacher
-      probes plus the recurrence's own start vector (plain Hutchinson, no deflation). Cost ``lanczos_steps + num_samples + 1`` HVPs (+1 with the spectrum's top vector);
-      memory: graph and gradient, two vectors and one product (``tests/test_probe_memory.py``).
+      probes plus the recurrence's own start vector (plain Hutchinson, no deflation). Cost
+      ``lanczos_steps + num_samples + 1`` HVPs (+1 with the spectrum's top vector); memory: graph and
+      gradient, two vectors and one product (``tests/test_probe_memory.py``).
     * ``deflate=True``: the Lanczos basis is kept and fully re-orthogonalised, and it deflates the probes
       (Hutch++-style, exact on the outlying eigenvalues that dominate the variance of R: standard errors
-      several times smaller on spectra with outliers) — at ``lanczos_steps`` + about ten parameter-sized
-      vectors of memory and ``lanczos_steps + num_samples + 3`` HVPs.
+      several times smaller on spectra with a few dominant outliers) — at ``lanczos_steps`` + about ten
+      parameter-sized vectors of memory and ``lanczos_steps + num_samples + 3`` HVPs.
 
     Args:
         every_n_steps: measure after every this many optimizer steps.
@@ -319,8 +320,8 @@ class _RecurrenceRun:
         t = tridiagonal(self.alphas, self.betas)
         theta, s = torch.linalg.eigh(t)
         beta = self.betas[len(self.alphas) - 1] if len(self.betas) >= len(self.alphas) else 0.0
-        return KrylovSketch(blocks=[], tridiagonal=t, ritz_values=theta, ritz_coefficients=s, trace=float(torch.trace(t)),
-                            frobenius_sq=0.0, dim=dim, num_matvecs=len(self.alphas), residual_norm=beta)
+        return KrylovSketch(blocks=[], tridiagonal=t, ritz_values=theta, ritz_coefficients=s,
+                            trace=float(torch.trace(t)), frobenius_sq=0.0, dim=dim, num_matvecs=len(self.alphas), residual_norm=beta)
 
     def _eig(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.linalg.eigh(tridiagonal(self.alphas[:j], self.betas[:j]))
