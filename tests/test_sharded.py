@@ -188,7 +188,7 @@ def test_tensor_parallel_layouts_are_refused_with_the_supported_one_named(flavou
 
 def test_two_processes_adamw_decay_coefficient_sums_every_shard(two_process) -> None:
     """``wd/2·Σ(√v̂+ε)θ²/Σθ²`` of AdamW over the whole model after one step on the union batch (one shard's
-    sums differ by tens of percent here)."""
+    own sums are 4 % off here)."""
     from lightning_landscape.l2.convention import group_decays
 
     net, loss = _mlp_problem(torch.float64)

@@ -66,6 +66,10 @@ def _resharded_after(space: ParameterSpace) -> Iterator[None]:
             space.reshard()
 
 
+#: ``hessian/hvp_error`` above which the monitor warns (once) that finite-difference products are inaccurate.
+HVP_ERROR_WARN = 0.05
+
+
 def _strategy_refusal(strategy: Any) -> str | None:
     """Why the monitor cannot measure under ``strategy`` (``None``: it can)."""
     fsdp1 = loaded_classes("strategies.FSDPStrategy")
@@ -238,6 +242,7 @@ class LandscapeMonitor(*callback_bases()):  # type: ignore[misc]
         self.fit_seconds = 0.0
         self._fit_start: float | None = None
         self._warned_unsplittable = False
+        self._warned_hvp_error = False
 
     # ------------------------------------------------------------------ identity / checkpoint state
     @property
@@ -518,6 +523,14 @@ class LandscapeMonitor(*callback_bases()):  # type: ignore[misc]
             logged.scalars[f"{self.log_prefix}/hessian/hvps"] = float(hvps)
         if hvp_error is not None:  # sharded parameters: products by central differences of gradients
             logged.scalars[f"{self.log_prefix}/hessian/hvp_error"] = hvp_error
+            if hvp_error > HVP_ERROR_WARN and not self._warned_hvp_error:
+                self._warned_hvp_error = True
+                self._warn(
+                    f"step {step}: Hessian-vector products by finite differences of gradients (sharded parameters) "
+                    f"are inaccurate here (estimated relative error {hvp_error:.2g}), and so are the curvature values "
+                    "(hessian/hvp_error follows it). Piecewise-linear activations (ReLU) are the usual cause: the "
+                    "gradient jumps where a unit changes sign within the step"
+                )
         elapsed = time.perf_counter() - started
         self.total_hvps += hvps
         self.num_measurements += 1
