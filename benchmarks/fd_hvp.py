@@ -2,6 +2,7 @@
 
     python benchmarks/fd_hvp.py            # MLP 784-2048-2048-2048-10 (10 M parameters), batch 64, 1 thread
     python benchmarks/fd_hvp.py --quick    # MLP 784-256-256-256-10
+    python benchmarks/fd_hvp.py --activation relu
 
 Both operators run in one process on the same model and probe batch, side by side: the double-backward
 ``HessianOperator`` (what single-device and DDP runs use) and ``FiniteDifferenceHessianOperator`` (what
@@ -35,10 +36,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--products", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--activation", default="tanh", help="tanh (smooth) or relu (kinks: see the README)")
     args = parser.parse_args()
     set_threads(1)
     hidden = (256, 256, 256) if args.quick else (2048, 2048, 2048)
-    bench = make_mlp_bench(hidden=hidden, batch=64, activation="tanh", lr=0.05)
+    bench = make_mlp_bench(hidden=hidden, batch=64, activation=args.activation, lr=0.05)
     steps = [bench.train_step() for _ in range(args.warmup)]
     step = statistics.median(steps[len(steps) // 2:])
     space = ParameterSpace.from_module(bench.model)

@@ -196,3 +196,23 @@ def test_two_processes_adamw_decay_coefficient_sums_every_shard(two_process) -> 
     loss().backward()
     opt.step()
     assert two_process["values"]["adamw_beta"] == pytest.approx(group_decays(opt)[0].beta, rel=1e-9)
+
+
+def test_relu_kinks_show_in_the_error_estimate() -> None:
+    """A ReLU net's gradient jumps where units change sign within the step: the central difference is then
+    far from the (almost-everywhere) autograd product, and the estimate says so (the monitor warns above 0.05)."""
+    from lightning_landscape.callbacks.monitor import HVP_ERROR_WARN
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(32, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    x, y = torch.randn(64, 32), torch.randint(0, 10, (64,))
+
+    def loss() -> torch.Tensor:
+        return nn.functional.cross_entropy(net(x), y)
+
+    space = ParameterSpace.from_module(net)
+    v = torch.randn(space.dim, generator=torch.Generator().manual_seed(0))
+    want = HessianOperator(loss(), space).matvec(v)
+    fd = FiniteDifferenceHessianOperator(loss, space)
+    err = float((fd.matvec(v) - want).norm() / want.norm())
+    assert err > HVP_ERROR_WARN and fd.error_estimate > HVP_ERROR_WARN
