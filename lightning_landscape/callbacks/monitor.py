@@ -441,6 +441,12 @@ class LandscapeMonitor(*callback_bases()):  # type: ignore[misc]
         """With ``hvp_chunks > 1``: the probe loss as weighted row slices of every probe batch."""
         if self.hvp_chunks == 1:
             return None
+        if self._space is not None and self._space.sharded:
+            if not self._warned_unsplittable:  # the finite-difference products keep no graph anyway
+                self._warned_unsplittable = True
+                self._warn(f"hvp_chunks={self.hvp_chunks} has no effect with sharded parameters (FSDP2): their "
+                           "Hessian-vector products are differences of gradients and keep no graph")
+            return None
         loss_of_batch = self._loss_of_batch
         assert loss_of_batch is not None
         chunks = []
