@@ -30,7 +30,7 @@ MODELS: dict[str, dict[str, Any]] = {
     "mlp": dict(kind="mlp", input_dim=12, widths=(31, 15), output_dim=3),
     # A pre-norm Transformer block (LayerNorm, self-attention as Linear projections, GELU feed-forward).
     "transformer": dict(kind="transformer", input_dim=6, d_model=12, seq=4, d_ff=20, output_dim=3),
-    # Parameters dominate memory (≈ 1.05 M parameters in eight 360² layers, batch 4): for the memory test.
+    # Parameters dominate memory (≈ 0.91 M parameters in seven 360² layers, batch 4): for the memory test.
     "wide": dict(kind="mlp", input_dim=360, widths=(360,) * 7, output_dim=3),
 }
 
@@ -261,3 +261,72 @@ def instrument_peaks(probes: list[Any], meter: Callable[[Callable[[], object]], 
 
 def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=1, sort_keys=True))
+
+
+def load_run(out: Path, rank: int = 0) -> dict[str, Any]:
+    """The records of one rank of a run (see :class:`Recorder`)."""
+    out = Path(out)
+    records: dict[str, Any] = {}
+    for name in ("batch", "weights_at", "optimizer_at", "values_at", "final"):
+        path = out / f"{name}_rank{rank}.pt"
+        if path.exists():
+            records[name] = torch.load(path, weights_only=False)
+    return records
+
+
+def union_batch(out: Path, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every rank's probe batch concatenated: the batch a single process measures."""
+    batches = [torch.load(Path(out) / f"batch_rank{r}.pt") for r in range(world)]
+    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+
+
+class Holder(nn.Module):
+    """``ShardedTask``'s layout without Lightning: parameter names ``net.*`` as in the run's tags."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def reference_model(model: str, weights: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> Holder:
+    """The plain model ``model`` holding the gathered ``weights`` (named as in the run: ``net.*``)."""
+    net = build_model(model).to(dtype)
+    net.load_state_dict({k: v.to(dtype) for k, v in weights.items()})
+    return Holder(net)
+
+
+def reference_optimizer(net: nn.Module, state: dict[str, Any], kind: str) -> torch.optim.Optimizer:
+    """A ``torch.optim`` optimizer over ``net`` holding the gathered optimizer ``state``."""
+    groups = state["__param_groups__"]
+    opt_cls = torch.optim.SGD if kind == "sgd" else torch.optim.AdamW
+    opt = opt_cls(net.parameters(), **{k: v for k, v in groups[0].items() if k in _OPT_KEYS[kind]})
+    names = [n for n, _ in net.named_parameters()]
+    opt.load_state_dict({
+        "state": {i: state[n] for i, n in enumerate(names) if state[n]},
+        "param_groups": [{**g, "params": list(range(len(names)))} for g in groups],
+    })
+    return opt
+
+
+_OPT_KEYS = {"sgd": ("lr", "momentum", "weight_decay"), "adamw": ("lr", "betas", "eps", "weight_decay")}
+
+
+def reference_values(net: nn.Module, batch: Any, probes: list[Any], step: int,
+                     optimizer: torch.optim.Optimizer | None = None, seed: int = 0) -> dict[str, float]:
+    """What the library measures in one process on ``batch`` (its exact path: ``ProbeContext`` on a plain
+    module), as full tags ``landscape/<group>/<key>``."""
+    from lightning_landscape.guards import probe_guard
+    from lightning_landscape.optim_info import describe_optimizer
+    from lightning_landscape.probes import ProbeContext, order_probes
+
+    values: dict[str, float] = {}
+    with probe_guard(net):
+        ctx = ProbeContext(net, lambda: task_loss(net, batch), step, optimizer=optimizer,
+                           optimizer_info=describe_optimizer(optimizer), seed=seed, batch=batch)
+        for probe in order_probes(probes):
+            values.update({f"landscape/{probe.group}/{k}": v for k, v in probe.run(ctx).scalars.items()})
+        ctx.release()
+    return values
