@@ -44,6 +44,23 @@ class ParameterSpace:
         self.device = self.params[0].device
         self.dtype = torch.promote_types(self.params[0].dtype, torch.float32)
 
+    #: Whether flat vectors hold this process's shard only (see ``ShardedParameterSpace``).
+    sharded = False
+
+    @property
+    def global_dim(self) -> int:
+        """Entries of the whole parameter vector (``dim`` unless sharded)."""
+        return self.dim
+
+    def local_tensors(self) -> list[torch.Tensor]:
+        """The tensors a flat vector's pieces are written into, in place (the parameters themselves)."""
+        return list(self.params)
+
+    def gradient(self, loss: torch.Tensor) -> torch.Tensor:
+        """The flat gradient of ``loss`` (``torch.autograd.grad``: no ``.grad`` field is touched)."""
+        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+        return self.flatten([None if g is None else g.detach() for g in grads])
+
     @classmethod
     def from_module(cls, module: nn.Module, include: Iterable[str] | None = None) -> "ParameterSpace":
         """All parameters of ``module`` that require grad (or only those named in ``include``)."""

@@ -26,10 +26,12 @@ from lightning_landscape.callbacks.probe_batch import ProbeBatchCache, split_bat
 from lightning_landscape.callbacks.writer import MetricWriter, prefixed, should_log, tags_by_group
 from lightning_landscape.control import WeightDecayController
 from lightning_landscape.guards import probe_guard
+from lightning_landscape.linalg.reduction import sharded_reduction
 from lightning_landscape.optim_info import describe_optimizer
 from lightning_landscape.parameters import ParameterSpace
 from lightning_landscape.probes import PROBES, NonFiniteLossError, Probe, ProbeContext, ProbeResult, default_probes
 from lightning_landscape.probes.base import check_choice, check_positive_int, order_probes
+from lightning_landscape.sharded import ShardedParameterSpace, has_sharded_parameters
 from lightning_landscape.validation import check_bool, check_tag_prefix
 
 #: Event names the probes and the monitor emit (``Event.rule``), which a controller may be triggered by.
@@ -51,6 +53,20 @@ def _is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, (RuntimeError, MemoryError)) and (
         "out of memory" in text or "can't allocate memory" in text or isinstance(err, MemoryError)
     )
+
+
+def _strategy_refusal(strategy: Any) -> str | None:
+    """Why the monitor cannot measure under ``strategy`` (``None``: it can)."""
+    fsdp1 = loaded_classes("strategies.FSDPStrategy")
+    if fsdp1 and isinstance(strategy, fsdp1):
+        return ("strategy FSDPStrategy (FSDP1) flattens parameters into FlatParameters, which the probes do not "
+                "measure; use ModelParallelStrategy with fully_shard in configure_model (FSDP2), which they do, "
+                "or a DDP strategy")
+    deepspeed = loaded_classes("strategies.DeepSpeedStrategy")
+    if deepspeed and isinstance(strategy, deepspeed):
+        return ("strategy DeepSpeedStrategy partitions parameters and optimizer state in its own engine, which the "
+                "probes do not support; use ModelParallelStrategy (FSDP2), a DDP strategy or single-device training")
+    return None
 
 
 def _build_probes(probes: Optional[list[Union[Probe, str]]]) -> list[Probe]:
@@ -306,16 +322,9 @@ class LandscapeMonitor(*callback_bases()):  # type: ignore[misc]
                 "tags (hessian/hvps, monitor/*, alerts/*) and checkpoint state would collide; give each monitor "
                 "its own log_prefix"
             )
-        strategy = getattr(trainer, "strategy", None)
-        unsupported = sum(
-            (loaded_classes(f"strategies.{name}") for name in ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")),
-            (),
-        )
-        if unsupported and isinstance(strategy, unsupported):
-            self._disable(
-                f"strategy {type(strategy).__name__} shards parameters, which the Hessian probes do not support "
-                "yet; use a DDP strategy (ddp, ddp_spawn) or single-device training"
-            )
+        refusal = _strategy_refusal(getattr(trainer, "strategy", None))
+        if refusal is not None:
+            self._disable(refusal)
             return
         try:
             self._loss_of_batch, self.loss_source = resolve_loss(pl_module, self.loss_fn)
@@ -431,11 +440,14 @@ class LandscapeMonitor(*callback_bases()):  # type: ignore[misc]
         if self._space is None:
             # At the first measurement, not in setup: lazy modules have their parameters only after a forward.
             try:
-                self._space = ParameterSpace.from_module(pl_module)
+                space_type = ShardedParameterSpace if has_sharded_parameters(pl_module) else ParameterSpace
+                self._space = space_type.from_module(pl_module)
             except ValueError as err:  # no trainable or complex parameters: nothing meaningful to measure
                 self._disable(str(err))
                 return logged
-        with probe_guard(pl_module, autocast_off=self.precision == "fp32"):
+        space = self._space
+        shards = (space.all_reduce_sum, space.dim, space.global_dim) if space.sharded else (None,)
+        with probe_guard(pl_module, autocast_off=self.precision == "fp32"), sharded_reduction(*shards):
             ctx = ProbeContext(
                 pl_module,
                 self._closure(trainer, batches),
@@ -474,13 +486,15 @@ class LandscapeMonitor(*callback_bases()):  # type: ignore[misc]
                     self._probe_failed(probe, err, step)
                     continue
                 self._merge(logged, probe.group, result, probe)
-            hvps = ctx.num_matvecs
+            hvps, hvp_error = ctx.num_matvecs, ctx.hvp_error
             ctx.release()
         # At every measurement, 0 included: the flag must come down once the probes recover (a flag left
         # at 1 keeps the nonfinite rule latched and hides the next episode).
         logged.scalars[f"{self.log_prefix}/monitor/nonfinite"] = float(nonfinite)
         if hvps:
             logged.scalars[f"{self.log_prefix}/hessian/hvps"] = float(hvps)
+        if hvp_error is not None:  # sharded parameters: products by central differences of gradients
+            logged.scalars[f"{self.log_prefix}/hessian/hvp_error"] = hvp_error
         elapsed = time.perf_counter() - started
         self.total_hvps += hvps
         self.num_measurements += 1

@@ -25,6 +25,8 @@ from typing import Callable
 
 import torch
 
+from lightning_landscape.linalg.reduction import dot, global_dim, norm, row_dots
+
 Matvec = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -42,10 +44,10 @@ def start_vector_norm(v0: torch.Tensor) -> torch.Tensor:
     """The norm of a valid start vector (1-D, finite, non-zero); raises otherwise."""
     if v0.ndim != 1:
         raise ValueError(f"start vector must be 1-D, got shape {tuple(v0.shape)}")
-    norm = torch.linalg.vector_norm(v0)
-    if not torch.isfinite(norm) or norm == 0:
+    size = norm(v0)
+    if not torch.isfinite(size) or size == 0:
         raise ValueError("start vector must be finite and non-zero")
-    return norm
+    return size
 
 
 def breaks_down(beta: float, max_alpha: float, max_beta: float) -> bool:
@@ -64,7 +66,7 @@ def project_out(blocks: list[torch.Tensor], w: torch.Tensor) -> tuple[torch.Tens
     >>> project_out([Q], torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))[0].tolist()
     [0.0, 0.0, 3.0]
     """
-    coeffs = [block @ w for block in blocks]
+    coeffs = [row_dots(block, w) for block in blocks]
     out = w
     for i, (block, c) in enumerate(zip(blocks, coeffs)):
         out = torch.addmv(out, block.T, c, alpha=-1.0) if i == 0 else out.addmv_(block.T, c, alpha=-1.0)
@@ -168,7 +170,7 @@ class LanczosState:
         self.keep_residual = keep_residual
         self.residual: tuple[torch.Tensor, torch.Tensor] | None = None  # (w, |w|) when stopped by max_steps
         self.matvec = matvec
-        self.max_steps = min(max_steps, v0.numel())
+        self.max_steps = min(max_steps, global_dim(v0.numel()))
         self.basis = KrylovBasis(v0.numel(), self.max_steps, v0.dtype, v0.device)
         self.basis.store(0, v0, norm)
         self.alphas: list[float] = []
@@ -187,25 +189,25 @@ class LanczosState:
         q = self.basis.row(j)
         w = self.matvec(q)
         self.matvecs += 1
-        alpha_t = torch.dot(w, q)
+        alpha_t = dot(w, q)
         # Fused axpys, no host sync (α stays on the device); the first is out of place because a
         # matvec may return a tensor it keeps.
         w = torch.addcmul(w, q, alpha_t, value=-1.0)
         if j > 0:
             w.sub_(self.basis.row(j - 1), alpha=self.betas[j - 1])
-        before = torch.linalg.vector_norm(w)
+        before = norm(w)
         # Full re-orthogonalisation (classical Gram–Schmidt, one pass against the whole basis). The
         # three-term recurrence has already removed the large components, so one pass normally
         # suffices; a second runs only when the first removed a lot (the DGKS criterion |w'| < |w|/√2).
         w, _ = self.basis.project_out(w, j + 1)
-        beta_t = torch.linalg.vector_norm(w)
+        beta_t = norm(w)
         alpha, before, beta = torch.stack([alpha_t.to(beta_t.dtype), before, beta_t]).tolist()  # one host sync
         if not (math.isfinite(alpha) and math.isfinite(before) and math.isfinite(beta)):
             # A NaN/Inf anywhere in A q propagates into α and the norms.
             raise FloatingPointError("operator returned non-finite values (NaN/Inf) in Lanczos")
         if beta < _DGKS * before:
             w, _ = self.basis.project_out(w, j + 1)
-            beta_t = torch.linalg.vector_norm(w)
+            beta_t = norm(w)
             beta = float(beta_t)
         self.alphas.append(alpha)
         self.betas.append(beta)
@@ -233,10 +235,10 @@ def recurrence_step(
     because a matvec may return a tensor it keeps.
     """
     if q_prev is None:
-        alpha_t = torch.dot(w, q)
+        alpha_t = dot(w, q)
         return torch.addcmul(w, q, alpha_t, value=-1.0), alpha_t
     r = torch.sub(w, q_prev, alpha=beta_prev, out=q_prev)
-    alpha_t = torch.dot(r, q)
+    alpha_t = dot(r, q)
     return r.addcmul_(q, alpha_t, value=-1.0), alpha_t
 
 
@@ -273,7 +275,7 @@ class LanczosRecurrence:
     def step(self) -> bool:
         """One step; returns ``False`` when it found an invariant subspace (the Ritz values are then exact)."""
         r, alpha_t = recurrence_step(self.matvec(self.q), self.q, self.q_prev, self.betas[-1] if self.betas else 0.0)
-        beta_t = torch.linalg.vector_norm(r)
+        beta_t = norm(r)
         alpha, beta = torch.stack([alpha_t.to(beta_t.dtype), beta_t]).tolist()  # one host sync
         if not (math.isfinite(alpha) and math.isfinite(beta)):
             # A NaN/Inf anywhere in A q propagates into α and β.

@@ -25,6 +25,7 @@ from lightning_landscape.linalg.krylov import (
     tridiagonal,
 )
 from lightning_landscape.linalg.operator import LinearOperator, matvec_of
+from lightning_landscape.linalg.reduction import global_dim, norm, row_norms
 
 
 @dataclass
@@ -96,7 +97,7 @@ def lanczos_extremes(
     if max_basis is not None and max_basis < 3:
         raise ValueError(f"max_basis must be >= 3 (two Ritz vectors and a new direction), got {max_basis}")
     matvec = matvec_of(matvec)
-    capped = max_basis is not None and max_basis < min(max_iter, v0.numel())
+    capped = max_basis is not None and max_basis < min(max_iter, global_dim(v0.numel()))
     state = LanczosState(matvec, v0, max_basis if capped else max_iter, keep_residual=capped)
     del v0  # the basis holds a copy; the caller's expression need not stay alive
     converged = False
@@ -162,7 +163,7 @@ def _result(
 ) -> LanczosResult:
     """Package the extreme Ritz pairs (both Ritz vectors in one pass over the basis)."""
     ends = basis.combine(evecs[:, [0, -1]])  # (2, dim): min and max as rows
-    ends = ends.div_(torch.linalg.vector_norm(ends, dim=1, keepdim=True))  # in place: no third and fourth vector
+    ends = ends.div_(row_norms(ends))  # in place: no third and fourth vector
     vec_min, vec_max = ends
     return LanczosResult(
         lambda_max=float(evals[-1]),
@@ -192,7 +193,7 @@ def _thick_restart(
     so the Ritz residual is ``|β Sₖᵢ|`` as without restarts.
     """
     basis, matvec = state.basis, state.matvec
-    m, dim = basis.capacity, basis.dim
+    m, dim = basis.capacity, global_dim(basis.dim)
     w, beta_t = state.residual
     state.residual = None
     matvecs = state.matvecs
@@ -212,7 +213,7 @@ def _thick_restart(
             matvecs += 1
             w, coeffs = basis.project_out(w, applied + 1)
             w, again = basis.project_out(w, applied + 1)
-            beta_t = torch.linalg.vector_norm(w)
+            beta_t = norm(w)
             column = torch.cat([(coeffs + again).to(beta_t.dtype), beta_t.reshape(1)]).double().cpu()  # one host sync
             if not torch.isfinite(column).all():
                 raise FloatingPointError("operator returned non-finite values (NaN/Inf) in Lanczos")

@@ -20,6 +20,7 @@ import torch
 from lightning_landscape.linalg.krylov import LanczosRecurrence, LanczosState, Matvec, tridiagonal
 from lightning_landscape.linalg.operator import LinearOperator, required, resolve
 from lightning_landscape.linalg.random import rademacher
+from lightning_landscape.linalg.reduction import global_dim
 from lightning_landscape.validation import check_bool
 
 Coefficients = tuple[list[float], list[float], int]  # (alphas, betas, matvecs)
@@ -65,7 +66,7 @@ def _lanczos_coefficients(matvec: Matvec, v0: torch.Tensor, max_steps: int) -> C
     ``v0`` is normalised in place and becomes the first Lanczos vector: pass a vector you can give up.
     """
     rec = LanczosRecurrence(matvec, v0)
-    steps = min(max_steps, v0.numel())
+    steps = min(max_steps, global_dim(v0.numel()))
     while rec.step() and rec.matvecs < steps:
         pass
     return rec.alphas, rec.betas, rec.matvecs
@@ -126,7 +127,7 @@ def spectral_density(
     check_bool("reorthogonalize", reorthogonalize)
     coefficients = _reorthogonalized_coefficients if reorthogonalize else _lanczos_coefficients
     nodes, weights, used = [], [], 0
-    steps = min(num_steps, dim)
+    steps = min(num_steps, global_dim(dim))
     for _ in range(num_probes):
         # The plain path normalises the start vector in place: it is the first Lanczos vector, no copy.
         alphas, betas, matvecs = coefficients(matvec, rademacher(dim, generator, dtype, device), steps)
@@ -134,4 +135,4 @@ def spectral_density(
         nodes.append(evals)
         weights.append(w)
         used += matvecs
-    return SpectralDensity(torch.stack(nodes), torch.stack(weights), dim, used)
+    return SpectralDensity(torch.stack(nodes), torch.stack(weights), global_dim(dim), used)

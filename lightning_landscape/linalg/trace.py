@@ -22,6 +22,7 @@ import torch
 from lightning_landscape.linalg.krylov import LanczosState, Matvec, tridiagonal
 from lightning_landscape.linalg.operator import LinearOperator, required, resolve
 from lightning_landscape.linalg.random import rademacher
+from lightning_landscape.linalg.reduction import dot, global_dim, is_sharded, row_dots
 
 
 @dataclass
@@ -89,7 +90,7 @@ def hutchinson_trace(
     samples = []
     for _ in range(num_samples):
         z = rademacher(dim, generator, dtype, device)
-        samples.append(torch.dot(z, matvec(z)).double())
+        samples.append(dot(z, matvec(z)).double())
         if rel_tol is not None and len(samples) >= MIN_ADAPTIVE_SAMPLES:
             s = torch.stack(samples).cpu()
             if _stderr(s) <= rel_tol * abs(float(s.mean())):
@@ -174,6 +175,8 @@ def hutchpp_trace(
     if sketch == "random":
         if rel_tol is not None:
             raise ValueError("rel_tol needs the Krylov sketch (sketch='krylov')")
+        if is_sharded():  # its QR of the sketch would need a distributed (TSQR) factorisation
+            raise ValueError("sketch='random' does not support sharded parameters; use sketch='krylov'")
         return _hutchpp_random(matvec, dim, num_matvecs, generator, dtype, device)
     return _hutchpp_krylov(matvec, dim, num_matvecs, generator, dtype, device, rel_tol)
 
@@ -246,44 +249,45 @@ def _hutchpp_krylov(
     matvec: Matvec, dim: int, budget: int, generator: torch.Generator, dtype: torch.dtype,
     device: torch.device | str | None, rel_tol: float | None = None,
 ) -> TraceEstimate:
-    k_max = max(1, min(dim, (2 * budget) // 3))
-    state = LanczosState(matvec, rademacher(dim, generator, dtype, device), min(k_max + 1, dim))
+    n_all = global_dim(dim)  # counts and scales are of the whole vector; ``dim`` entries are allocated here
+    k_max = max(1, min(n_all, (2 * budget) // 3))
+    state = LanczosState(matvec, rademacher(dim, generator, dtype, device), min(k_max + 1, n_all))
     captured: list[float] = []
     while True:
         more = state.step()
         a, b = state.alphas[-1], state.betas[-1]
         captured.append((captured[-1] if captured else 0.0) + a * a + 2 * b * b)
         k = len(state.alphas)
-        if not more or state.broke_down or k >= k_max or not _continue_sketch(state, dim, budget, captured):
+        if not more or state.broke_down or k >= k_max or not _continue_sketch(state, n_all, budget, captured):
             break
     exact = float(sum(state.alphas))
     used = state.matvecs
-    if k >= dim:
+    if k >= n_all:
         return TraceEstimate(exact, 0.0, used, torch.zeros(0, dtype=torch.float64), used)
     Q = state.basis_rows(k)  # (k, dim), orthonormal rows
     beta = 0.0 if state.broke_down else state.betas[k - 1]
     q_next = state.basis_rows(k + 1)[k] if beta else None
     samples = budget - used
     if rel_tol is not None and samples > 0:
-        samples = _planned_samples(state, dim, captured[-1], rel_tol, samples)
+        samples = _planned_samples(state, n_all, captured[-1], rel_tol, samples)
     deflated, raw = [], []
     for _ in range(samples):
         g = rademacher(dim, generator, dtype, device)
         Ag = matvec(g)
-        c = Q @ g
+        c = row_dots(Q, g)
         u = g - Q.T @ c
         # uᵀA u with A u = A g − A Q c and A Q = Q T + β q_{k+1} e_kᵀ (uᵀQ = 0): no extra HVP.
-        z = torch.dot(u, Ag)
+        z = dot(u, Ag)
         if q_next is not None:
-            z = z - beta * torch.dot(u, q_next) * c[-1]
+            z = z - beta * dot(u, q_next) * c[-1]
         deflated.append(z)
-        raw.append(torch.dot(g, Ag))
+        raw.append(dot(g, Ag))
     if not deflated:
         return TraceEstimate(exact, float("nan"), used, torch.zeros(0, dtype=torch.float64), used)
     forms = torch.stack(deflated + raw).double().cpu()  # one host sync
     s, r = forms[: len(deflated)], forms[len(deflated) :]
     w = _start_weight(budget)
-    value = w * dim * state.alphas[0] + (1 - w) * (exact + float(s.mean()))  # sᵀAs = dim·α₁ for s = √dim·q₁
+    value = w * n_all * state.alphas[0] + (1 - w) * (exact + float(s.mean()))  # sᵀAs = dim·α₁ for s = √dim·q₁
     n = s.numel()
     stderr = math.sqrt(w * w * float(r.var()) + (1 - w) ** 2 * float(s.var()) / n) if n > 1 else float("nan")
     return TraceEstimate(value, stderr, used + n, s, used)

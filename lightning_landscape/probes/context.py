@@ -8,7 +8,14 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from lightning_landscape.hessian import ChunkedHessianOperator, HessianOperator, LossChunk, Reduce
+from lightning_landscape.hessian import (
+    ChunkedHessianOperator,
+    FiniteDifferenceHessianOperator,
+    HessianOperator,
+    LossChunk,
+    Reduce,
+)
+from lightning_landscape.linalg.reduction import reduce_sum
 from lightning_landscape.optim_info import OptimizerInfo
 from lightning_landscape.parameters import ParameterSpace
 from lightning_landscape.probes.shared import SharedValues, SharedView
@@ -66,6 +73,7 @@ class ProbeContext:
         self._operator: HessianOperator | ChunkedHessianOperator | None = None
         self._operator_versions: tuple[int, ...] = ()
         self._spent = 0  # HVPs of operators rebuilt during this measurement
+        self._errors: list[float | None] = []  # finite-difference error estimates of rebuilt operators
         self._loss: float | None = None
 
     @property
@@ -74,9 +82,15 @@ class ProbeContext:
         return SharedView(self.shared)
 
     def generator(self, name: str) -> torch.Generator:
-        """A private generator on the parameters' device, identical on every rank."""
+        """A private generator on the parameters' device, identical on every rank.
+
+        With sharded parameters each process draws the entries of its own shard, so the seed also
+        depends on the shard (one seed everywhere would repeat one pattern in every shard: correlated
+        entries, a biased trace estimate).
+        """
         g = torch.Generator(device=self.space.device)
-        g.manual_seed((self.seed * 1_000_003 + self.step * 7919 + zlib.crc32(name.encode())) % (2**63))
+        shard = getattr(self.space, "rank", 0) if self.space.sharded else 0
+        g.manual_seed((self.seed * 1_000_003 + self.step * 7919 + zlib.crc32(name.encode()) + 104_729 * shard) % (2**63))
         return g
 
     def evaluate_loss(self) -> torch.Tensor:
@@ -103,8 +117,9 @@ class ProbeContext:
         if self._operator is not None and not fresh:
             return self._operator.gradient
         loss = self.evaluate_loss()
-        grads = torch.autograd.grad(loss, self.space.params, allow_unused=True)
-        return self.reduce_mean(self.space.flatten([None if g is None else g.detach() for g in grads]))
+        if self.space.sharded:  # FSDP2's reduce-scatter already averaged it over the processes
+            return self.space.gradient(loss)
+        return self.reduce_mean(self.space.gradient(loss))
 
     def loss(self) -> float:
         """The probe-batch loss as a float (reduced across ranks), computed at most once."""
@@ -117,20 +132,26 @@ class ProbeContext:
         return self._loss
 
     def _parameter_versions(self) -> tuple[int, ...]:
-        return tuple(p._version for p in self.space.params)
+        return tuple(t._version for t in self.space.local_tensors())
 
-    def hessian(self) -> HessianOperator | ChunkedHessianOperator:
+    def hessian(self) -> HessianOperator | ChunkedHessianOperator | FiniteDifferenceHessianOperator:
         """The shared Hessian operator; raises :class:`NonFiniteLossError` on a NaN/Inf loss or gradient.
 
         A probe that moved the weights and restored them (in place) invalidates the saved graph, so the
-        operator is rebuilt when any parameter's version counter changed since it was built.
+        operator is rebuilt when any parameter's version counter changed since it was built. Sharded
+        parameters (FSDP2) get the :class:`FiniteDifferenceHessianOperator`, which keeps no graph (its own
+        products move and restore the weights; it records the versions they leave).
         """
-        if self._operator is not None and self._operator_versions != self._parameter_versions():
+        if self._operator is not None and getattr(self._operator, "versions", self._operator_versions) \
+                != self._parameter_versions():
             self._spent += self._operator.num_matvecs
+            self._errors.append(getattr(self._operator, "error_estimate", None))
             self._operator.release()
             self._operator = None
         if self._operator is None:
-            if self.loss_chunks:
+            if self.space.sharded:
+                op = FiniteDifferenceHessianOperator(self.loss_closure, self.space)
+            elif self.loss_chunks:
                 op = ChunkedHessianOperator(self.loss_chunks, self.space, self.reduce_mean, seed=self.seed)
             else:
                 op = HessianOperator(self.evaluate_loss(), self.space, self.reduce_mean)
@@ -138,12 +159,20 @@ class ProbeContext:
             if not torch.isfinite(reduced):
                 raise NonFiniteLossError(f"probe-batch loss is {float(reduced)}")
             op.loss = reduced
-            if not torch.isfinite(op.gradient).all():
+            # Counted over every shard: one process must not stop while the others go on into a collective.
+            if float(reduce_sum((~torch.isfinite(op.gradient)).sum().to(op.gradient.dtype))) > 0:
                 raise NonFiniteLossError("probe-batch gradient has NaN/Inf entries")
             self._operator = op
             self._operator_versions = self._parameter_versions()
             self._loss = float(reduced)
         return self._operator
+
+    @property
+    def hvp_error(self) -> float | None:
+        """The largest relative error estimate of a finite-difference Hessian-vector product at this
+        measurement (sharded parameters); ``None`` when the products were exact (double backward)."""
+        found = [e for e in [*self._errors, getattr(self._operator, "error_estimate", None)] if e is not None]
+        return max(found) if found else None
 
     @property
     def num_matvecs(self) -> int:
