@@ -12,6 +12,7 @@ measurement at ``--at-step`` (``peaks_rank{r}.json``, bytes above the RSS before
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import sys
 import warnings
@@ -42,7 +43,7 @@ def all_probes(every: int) -> list[Probe]:
                                             fast_every_n_steps=None),
         "hessian_trace": HessianTrace(every_n_steps=every, num_matvecs=30, rel_tol=None),
         "hessian_density": HessianDensity(every_n_steps=every, num_probes=2, num_steps=20, stderr_tol=None),
-        "loss_geometry": LossSurfaceGeometry(every_n_steps=every, num_samples=4, lanczos_steps=20),
+        "loss_geometry": LossSurfaceGeometry(every_n_steps=every, num_samples=4, lanczos_steps=20, exact_max_params=256),
         "saddle_branches": SaddleBranches(every_n_steps=every, max_iter=30),
         "l2_transition": L2Transition(every_n_steps=every, ready_collapse_ratio=-1e9, ready_balance=-1e9,
                                       fast_every_n_steps=None, num_scales=6, refine_steps=4),
@@ -71,7 +72,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--devices", type=int, default=2,
                         help="ModelParallelStrategy processes; 0: one process, no strategy (the plain path)")
     parser.add_argument("--peaks", action="store_true", help="record each probe's peak RSS at --at-step")
+    parser.add_argument("--hang-timeout", type=float, default=150.0,
+                        help="dump every thread's stack and exit after this many seconds (a stuck collective)")
     args = parser.parse_args(argv)
+    faulthandler.dump_traceback_later(args.hang_timeout, exit=True)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ the runs start together once per module and the tests read their records:
 from __future__ import annotations
 
 import os
-import random
+import signal
 import socket
 import subprocess
 import sys
@@ -46,8 +46,8 @@ def _fsdp2_available() -> bool:
     return True
 
 
-pytestmark = pytest.mark.skipif(not _fsdp2_available(), reason="needs torch.distributed (gloo), FSDP2 and "
-                                "Lightning's ModelParallelStrategy")
+needs_fsdp2 = pytest.mark.skipif(not _fsdp2_available(), reason="needs torch.distributed (gloo), FSDP2 and "
+                                 "Lightning's ModelParallelStrategy")
 
 #: name -> fsdp_run.py arguments. Started together (≈ 20 s each on a shared 2-core machine).
 RUNS: dict[str, list[str]] = {
@@ -79,29 +79,36 @@ class Runs:
             env = {**os.environ, "MASTER_PORT": str(_free_port()), "OMP_NUM_THREADS": "1",
                    "PYTHONPATH": os.pathsep.join([str(ROOT), str(RUN.parent), os.environ.get("PYTHONPATH", "")])}
             log = open(root / f"{name}.log", "w")  # noqa: SIM115 - closed when the process is reaped
+            # Its own session: the second rank is a child of the first, and a stuck run is killed whole.
             proc = subprocess.Popen([sys.executable, str(RUN), "--out", str(out), *args], env=env, cwd=root,
-                                    stdout=log, stderr=subprocess.STDOUT)
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             self.procs[name] = (proc, out, time.perf_counter())
         self.seconds: dict[str, float] = {}
 
     def get(self, name: str) -> Path:
         proc, out, started = self.procs[name]
         try:
-            rc = proc.wait(timeout=240)
+            rc = proc.wait(timeout=240)  # the run dumps its stacks and exits after 150 s (--hang-timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            self._kill(proc)
             pytest.fail(f"run {name} timed out:\n{(self.root / f'{name}.log').read_text()[-3000:]}")
         self.seconds.setdefault(name, time.perf_counter() - started)
         if rc != 0:
             pytest.fail(f"run {name} exited with {rc}:\n{(self.root / f'{name}.log').read_text()[-3000:]}")
         return out
 
+    @staticmethod
+    def _kill(proc: subprocess.Popen) -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the run's session: both ranks
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
     def close(self) -> None:
         for proc, _, _ in self.procs.values():
             if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+                self._kill(proc)
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +142,7 @@ def _measured_everything(final: dict[str, Any]) -> None:
     assert groups <= {k.split("/")[1] for k in mon["last_values"]}, sorted(mon["last_values"])
 
 
+@needs_fsdp2
 @pytest.mark.parametrize("model", ["mlp", "transformer"])
 def test_monitor_does_not_change_sharded_training(runs: Runs, model: str) -> None:
     plain_dir, monitored_dir = runs.get(f"{model}_plain"), runs.get(f"{model}_all")
@@ -162,6 +170,7 @@ def _union_reference(out: Path, model: str, optimizer: str, dtype=torch.float32)
     return rec, net, reference_optimizer(net.net, rec["optimizer_at"], optimizer), union_batch(out, 2)
 
 
+@needs_fsdp2
 @pytest.mark.parametrize("model,optimizer", [("mlp", "adamw"), ("transformer", "sgd")])
 def test_sharded_values_match_one_process_on_the_union_batch(runs: Runs, model: str, optimizer: str) -> None:
     from fsdp_run import all_probes
@@ -203,6 +212,7 @@ def test_sharded_values_match_one_process_on_the_union_batch(runs: Runs, model: 
     assert not off
 
 
+@needs_fsdp2
 def test_sharded_weight_dynamics_over_steps(runs: Runs) -> None:
     """weight_dynamics at its second measurement (distance from the weights at its first) equals the
     single process's on the same two gathered weight sets."""
@@ -221,6 +231,7 @@ def test_sharded_weight_dynamics_over_steps(runs: Runs) -> None:
     assert not off
 
 
+@needs_fsdp2
 def test_per_rank_measurement_memory_is_half_the_single_process(runs: Runs) -> None:
     """Peak RSS of each probe's measurement in parameter-sized vectors of the full model: each rank of the
     2-process run holds shards, so about half of what one process holding the whole model holds."""
@@ -237,3 +248,39 @@ def test_per_rank_measurement_memory_is_half_the_single_process(runs: Runs) -> N
         per_rank = max(r["peaks"][name][0] for r in ranks) / vector
         assert one >= 2, (name, one)  # the probe holds vectors: the ratio is meaningful
         assert per_rank <= 0.5 * one + 1.0 and per_rank / one < 0.7, (name, per_rank, one)
+
+
+class _Trainer:
+    """What ``LandscapeMonitor.setup`` reads of a Trainer."""
+
+    def __init__(self, strategy: Any) -> None:
+        self.strategy, self.callbacks = strategy, []
+
+
+def _refusal(strategy: Any) -> str:
+    from lightning_landscape import LandscapeMonitor
+    from lightning_landscape.callbacks.monitor import LandscapeMonitorWarning
+    from lightning_helpers import small_task
+
+    monitor = LandscapeMonitor()
+    with pytest.warns(LandscapeMonitorWarning) as caught:
+        monitor.setup(_Trainer(strategy), small_task(), "fit")
+    assert not monitor._enabled  # switched off; training goes on
+    return " ".join(str(w.message) for w in caught)
+
+
+def test_fsdp1_is_refused_with_a_pointer_to_model_parallel() -> None:
+    """FSDP1 (``FSDPStrategy``; Lightning runs it on GPUs only, but the object builds anywhere): refused,
+    naming FSDP1 and the supported ``ModelParallelStrategy``."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    message = _refusal(FSDPStrategy())
+    assert "FSDPStrategy" in message and "ModelParallelStrategy" in message and "fully_shard" in message
+
+
+def test_deepspeed_is_refused() -> None:
+    pytest.importorskip("deepspeed")
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    message = _refusal(DeepSpeedStrategy())
+    assert "DeepSpeedStrategy" in message and "ModelParallelStrategy" in message
