@@ -123,7 +123,8 @@ class ShardedTask(L.LightningModule):
         if not self.shard:  # the same module trained without a strategy (the single-process reference)
             return
         mesh = self.device_mesh["data_parallel"]
-        for module in self.net.modules():
+        # Innermost first: a Block then takes the LayerNorm parameters its sharded Linears left.
+        for module in reversed(list(self.net.modules())):
             if isinstance(module, (nn.Linear, Block)):
                 fully_shard(module, mesh=mesh)
         fully_shard(self.net, mesh=mesh)
