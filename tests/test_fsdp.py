@@ -173,7 +173,11 @@ def _union_reference(out: Path, model: str, optimizer: str, dtype=torch.float32)
 #: Costs and diagnostics, not measurements of the landscape (they may differ between the two paths).
 COSTS = {"hvps", "lanczos_hvps", "geometry_hvps", "escape_forward_passes", "residual", "hvp_error"}
 #: Estimates with a reported standard error: within 3 standard errors of the exact value.
-WITH_STDERR = ("trace", "negative_mass", "mean_curvature", "scalar_curvature", "ricci_top", "ricci_gradient")
+WITH_STDERR = ("trace", "mean_curvature", "scalar_curvature", "ricci_top", "ricci_gradient")
+#: SLQ's negative mass is that of a quadrature-smoothed density (a cluster of eigenvalues at ±0 weighs in
+#: as a whole), not the exact fraction of negative eigenvalues: compared with the single process's own
+#: estimate, within 3 combined standard errors.
+AGAINST_SINGLE_ESTIMATE = ("negative_mass",)
 #: Krylov-converged values (start-independent once converged): 1e-3 relative of the single process.
 CONVERGED = {"eos_ratio", "eos_ratio_tracked", "preconditioned_lambda_max", "lambda_min_ratio",
              "gauss_kronecker_topk_log_abs", "gauss_kronecker_topk_sign"}
@@ -223,17 +227,22 @@ def test_sharded_values_match_one_process_on_the_union_batch(runs: Runs, model: 
         tags = [k for k in physics if _key(k) == key]
         assert len(tags) == 1, (key, tags)
         value, stderr = sharded[tags[0]], sharded[tags[0] + "_stderr"]
-        assert 0 < stderr < 0.5 * abs(exact[key]) + 0.05, (key, value, stderr, exact[key])
+        informative = 0.25 if key == "trace" else 1.0  # curvatures of the graph: a few samples, wide errors
+        assert 0 < stderr < informative * abs(exact[key]) + 0.05, (key, value, stderr, exact[key])
         assert abs(value - exact[key]) <= 3 * stderr, (key, value, stderr, exact[key])
+    single = reference_values(net, (x, y), all_probes(2), step=2, optimizer=opt)
+    for key in AGAINST_SINGLE_ESTIMATE:
+        tag = next(k for k in physics if _key(k) == key)
+        combined = (sharded[tag + "_stderr"] ** 2 + single[tag + "_stderr"] ** 2) ** 0.5
+        assert 0 < combined < 0.2 and abs(sharded[tag] - single[tag]) <= 3 * combined, (key, sharded[tag], single[tag])
     # The Krylov sketch's inertia counts the whole model (not one shard) and roughly matches the exact one.
     counts = [sharded[f"landscape/geometry/num_{s}"] for s in ("negative", "zero", "positive")]
     assert sum(counts) == pytest.approx(exact["dim"], rel=1e-6)
     assert abs(counts[0] - exact["num_negative"]) <= 0.15 * exact["dim"]
 
     # Everything else against the library's exact single-process path on the union batch.
-    single = reference_values(net, (x, y), all_probes(2), step=2, optimizer=opt)
     compared = [k for k in physics if k in single and _key(k) not in COSTS and not _key(k).endswith("_stderr")
-                and _key(k) not in WITH_STDERR and not k.startswith("landscape/geometry/num_")
+                and _key(k) not in WITH_STDERR + AGAINST_SINGLE_ESTIMATE and not k.startswith("landscape/geometry/num_")
                 and not k.startswith(RANDOM_DIRECTIONS) and _key(k) not in ("lambda_max", "lambda_min")]
     assert len(compared) >= 40, compared  # every probe contributes
     converged = [k for k in compared if _key(k) in CONVERGED]
