@@ -57,9 +57,10 @@ RUNS: dict[str, list[str]] = {
     # Agreement on both models (the MLP with SGD + momentum: the other optimizer family of the EoS ratio).
     "mlp_all": ["--model", "mlp", "--monitor", "all", "--optimizer", "sgd"],
     # Memory: per-rank batch 4 (2 ranks) vs the single process on the union batch of 8, no strategy.
-    "wide_sharded": ["--model", "wide", "--monitor", "default", "--steps", "2", "--batch-size", "4", "--peaks"],
+    "wide_sharded": ["--model", "wide", "--monitor", "default", "--steps", "2", "--batch-size", "4", "--peaks",
+                     "--optimizer", "sgd"],
     "wide_single": ["--model", "wide", "--monitor", "default", "--steps", "2", "--batch-size", "8", "--peaks",
-                    "--devices", "0"],
+                    "--optimizer", "sgd", "--devices", "0"],
 }
 
 
@@ -296,9 +297,11 @@ def test_sharded_weight_dynamics_over_steps(runs: Runs) -> None:
 
 @needs_fsdp2
 def test_per_rank_measurement_memory_is_half_the_single_process(runs: Runs) -> None:
-    """Peak RSS of each probe's measurement in parameter-sized vectors of the full model: each rank of the
-    2-process run holds shards, so about half of what one process holding the whole model holds."""
-    pytest.importorskip("ctypes")
+    """Peak RSS of each probe's measurement in parameter-sized vectors of the full model (≈ 0.9 M parameters
+    in 360-wide layers, batch 4 per rank: the vectors dominate). Each rank of the 2-process run holds its
+    shards, so about half of what one process holding the whole model holds, plus the working set of a
+    finite-difference product (the saved θ shard, two gradient shards and the flattening of one: ≤ 1.5 full
+    vectors). A rank holding full vectors (gathered Lanczos basis, unsharded random vectors) fails."""
     import json
 
     sharded_dir, single_dir = runs.get("wide_sharded"), runs.get("wide_single")
@@ -306,12 +309,17 @@ def test_per_rank_measurement_memory_is_half_the_single_process(runs: Runs) -> N
     ranks = [json.loads((sharded_dir / f"peaks_rank{r}.json").read_text()) for r in (0, 1)]
     vector = 4 * single["numel"]  # float32 bytes of one full parameter vector
     assert single["numel"] > 500_000 and single["peaks"].keys() == ranks[0]["peaks"].keys() == ranks[1]["peaks"].keys()
+    table = {}
     for name, (peak,) in single["peaks"].items():
         one = peak / vector
         per_rank = max(r["peaks"][name][0] for r in ranks) / vector
-        assert one >= 2, (name, one)  # the probe holds vectors: the ratio is meaningful
-        assert per_rank <= 0.5 * one + 1.0 and per_rank / one < 0.7, (name, per_rank, one)
-
+        table[name] = (round(one, 2), round(per_rank, 2))
+        assert one >= 2, (name, one)  # the probe holds vectors: the comparison is meaningful
+    print("vectors (single process, per rank):", table)
+    for name, (one, per_rank) in table.items():
+        assert per_rank <= 0.5 * one + 1.5, (name, table)
+        if one >= 8:  # a probe whose vectors dwarf the product's working set: the ratio itself
+            assert per_rank / one < 0.65, (name, table)
 
 class _Trainer:
     """What ``LandscapeMonitor.setup`` reads of a Trainer."""
