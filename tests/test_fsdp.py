@@ -304,6 +304,8 @@ def test_per_rank_measurement_memory_is_half_the_single_process(runs: Runs) -> N
     vectors). A rank holding full vectors (gathered Lanczos basis, unsharded random vectors) fails."""
     import json
 
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("peak RSS needs Linux /proc/self/clear_refs")
     sharded_dir, single_dir = runs.get("wide_sharded"), runs.get("wide_single")
     single = json.loads((single_dir / "peaks_rank0.json").read_text())
     ranks = [json.loads((sharded_dir / f"peaks_rank{r}.json").read_text()) for r in (0, 1)]
