@@ -192,7 +192,7 @@ class RecordingLogger(Logger):
 
 class Recorder(L.Callback):
     """Saves, per rank, into ``out_dir``: the first batch (the monitor's fixed probe batch), the gathered
-    weights, optimizer state and the monitor's values after step ``at_step``, and at the end the gathered weights, optimizer
+    weights, gradients, optimizer state and the monitor's values after step ``at_step``, and at the end the gathered weights, optimizer
     state, RNG states, the user's logged metrics and the per-step ``callback_metrics`` of the user's tags."""
 
     def __init__(self, out_dir: str, at_step: int = 1) -> None:
@@ -217,6 +217,9 @@ class Recorder(L.Callback):
         if trainer.global_step == self.at_step and not self._path(trainer, "weights_at").exists():
             torch.save(gathered_weights(pl_module.net), self._path(trainer, "weights_at"))
             torch.save(gathered_optimizer_state(pl_module.net, trainer.optimizers[0]), self._path(trainer, "optimizer_at"))
+            # The step's gradients as the user's hooks after ours see them (a measurement must put them back).
+            torch.save({n: None if p.grad is None else full(p.grad) for n, p in pl_module.net.named_parameters()},
+                       self._path(trainer, "grads_at"))
             monitor = self._monitor(trainer)
             if monitor is not None:
                 torch.save(dict(monitor.last_values), self._path(trainer, "values_at"))
@@ -268,7 +271,7 @@ def load_run(out: Path, rank: int = 0) -> dict[str, Any]:
     """The records of one rank of a run (see :class:`Recorder`)."""
     out = Path(out)
     records: dict[str, Any] = {}
-    for name in ("batch", "weights_at", "optimizer_at", "values_at", "final"):
+    for name in ("batch", "weights_at", "optimizer_at", "grads_at", "values_at", "final"):
         path = out / f"{name}_rank{rank}.pt"
         if path.exists():
             records[name] = torch.load(path, weights_only=False)

@@ -152,6 +152,8 @@ def test_monitor_does_not_change_sharded_training(runs: Runs) -> None:
         monitored = load_run(monitored_dir, rank)["final"]
         _measured_everything(monitored)
         assert _same(plain["weights"], monitored["weights"]), f"rank {rank}: weights"
+        grads = load_run(plain_dir, rank)["grads_at"], load_run(monitored_dir, rank)["grads_at"]
+        assert _same(*grads), f"rank {rank}: gradients after the measured step"
         assert _same(plain["optimizer"], monitored["optimizer"]), f"rank {rank}: optimizer state"
         for stream in ("torch", "numpy", "python"):
             assert _same(plain["rng"][stream], monitored["rng"][stream]), f"rank {rank}: {stream} RNG"
