@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hang-timeout", type=float, default=150.0,
                         help="dump every thread's stack and exit after this many seconds (a stuck collective)")
     args = parser.parse_args(argv)
+    faulthandler.enable()  # a crash prints every stack
     faulthandler.dump_traceback_later(args.hang_timeout, exit=True)
 
     out = Path(args.out)

@@ -51,11 +51,13 @@ needs_fsdp2 = pytest.mark.skipif(not _fsdp2_available(), reason="needs torch.dis
 
 #: name -> fsdp_run.py arguments. Started together (≈ 20 s each on a shared 2-core machine).
 RUNS: dict[str, list[str]] = {
-    # Purity: the Transformer block (LayerNorm, attention, AdamW) with and without the monitor.
-    "transformer_plain": ["--model", "transformer", "--monitor", "none"],
-    "transformer_all": ["--model", "transformer", "--monitor", "all"],
-    # Agreement on both models (the MLP with SGD + momentum: the other optimizer family of the EoS ratio).
+    # Purity and agreement: an MLP (SGD + momentum), 4 steps, measured at steps 2 and 4 ...
+    "mlp_plain": ["--model", "mlp", "--monitor", "none", "--optimizer", "sgd"],
     "mlp_all": ["--model", "mlp", "--monitor", "all", "--optimizer", "sgd"],
+    # ... and a Transformer block (LayerNorm, attention; AdamW; the root owns the final LayerNorm), 3 steps,
+    # measured at step 2 and tracked at step 3.
+    "transformer_plain": ["--model", "transformer", "--monitor", "none", "--steps", "3"],
+    "transformer_all": ["--model", "transformer", "--monitor", "all", "--steps", "3"],
     # Memory: per-rank batch 4 (2 ranks) vs the single process on the union batch of 8, no strategy.
     "wide_sharded": ["--model", "wide", "--monitor", "default", "--steps", "2", "--batch-size", "4", "--peaks",
                      "--optimizer", "sgd"],
@@ -133,11 +135,11 @@ def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-def _measured_everything(final: dict[str, Any]) -> None:
-    """The monitor ran under the strategy, every probe measured twice and none failed."""
+def _measured_everything(final: dict[str, Any], measurements: int) -> None:
+    """The monitor ran under the strategy, measured every probe ``measurements`` times and none failed."""
     mon = final["monitor"]
     assert mon["enabled"], "the monitor disabled itself under ModelParallelStrategy"
-    assert mon["measurements"] == 2 and not mon["failures"] and not mon["disabled_probes"], mon
+    assert mon["measurements"] == measurements and not mon["failures"] and not mon["disabled_probes"], mon
     from fsdp_run import all_probes
 
     groups = {p.group for p in all_probes(2)}
@@ -145,12 +147,13 @@ def _measured_everything(final: dict[str, Any]) -> None:
 
 
 @needs_fsdp2
-def test_monitor_does_not_change_sharded_training(runs: Runs) -> None:
-    plain_dir, monitored_dir = runs.get("transformer_plain"), runs.get("transformer_all")
+@pytest.mark.parametrize("model,measurements", [("mlp", 2), ("transformer", 1)])
+def test_monitor_does_not_change_sharded_training(runs: Runs, model: str, measurements: int) -> None:
+    plain_dir, monitored_dir = runs.get(f"{model}_plain"), runs.get(f"{model}_all")
     for rank in (0, 1):
         plain = load_run(plain_dir, rank)["final"]
         monitored = load_run(monitored_dir, rank)["final"]
-        _measured_everything(monitored)
+        _measured_everything(monitored, measurements)
         assert _same(plain["weights"], monitored["weights"]), f"rank {rank}: weights"
         grads = load_run(plain_dir, rank)["grads_at"], load_run(monitored_dir, rank)["grads_at"]
         assert _same(*grads), f"rank {rank}: gradients after the measured step"
