@@ -129,3 +129,13 @@ class ShardedParameterSpace(ParameterSpace):
     def full_parameter(self, index: int) -> torch.Tensor:
         """Parameter ``index`` gathered whole on every process (a collective: call it on every rank)."""
         return self.params[index].detach().full_tensor()
+
+
+def gathered(t: torch.Tensor) -> torch.Tensor:
+    """``t`` detached and, if it is a ``DTensor``, gathered whole (a collective: every process calls it).
+
+    For the neuron probes, which read whole layers (rows of the input weights, columns of the output
+    weights): one layer at a time, so a measurement holds one layer, never the model.
+    """
+    t = t.detach()
+    return t.full_tensor() if is_sharded_tensor(t) else t

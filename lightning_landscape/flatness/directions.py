@@ -25,6 +25,7 @@ from typing import Iterator, Literal
 
 import torch
 
+from lightning_landscape.linalg.reduction import norm
 from lightning_landscape.parameters import ParameterSpace
 
 BiasMode = Literal["ignore", "filter"]
@@ -55,8 +56,9 @@ def filter_normalize(direction: torch.Tensor, reference: torch.Tensor, space: Pa
             # tiny floor: a zero random row (probability 0) must not produce NaN
             out.append((rows_d * (norm_w / norm_d.clamp_min(torch.finfo(d.dtype).tiny))).reshape(-1))
         elif bias_bn == "filter":
-            norm_d = torch.linalg.vector_norm(d).clamp_min(torch.finfo(d.dtype).tiny)
-            out.append((d * (torch.linalg.vector_norm(w) / norm_d)).reshape(-1))
+            # a 1-D parameter is one filter, split over the processes when sharded: reduced norms
+            norm_d = norm(d.reshape(-1)).clamp_min(torch.finfo(d.dtype).tiny)
+            out.append((d * (norm(w.reshape(-1)) / norm_d)).reshape(-1))
         else:
             out.append(torch.zeros_like(d).reshape(-1))
     return torch.cat(out)
@@ -82,7 +84,7 @@ def filter_normalized_direction(space: ParameterSpace, generator: torch.Generato
 def set_flat(space: ParameterSpace, flat: torch.Tensor) -> None:
     """Write a flat vector into the parameters, in place (cast to each parameter's dtype)."""
     with torch.no_grad():
-        for p, part in zip(space.params, space.unflatten(flat)):
+        for p, part in zip(space.local_tensors(), space.unflatten(flat)):
             p.copy_(part)
 
 
@@ -99,10 +101,10 @@ def restored(space: ParameterSpace) -> Iterator[torch.Tensor]:
     >>> torch.equal(net.weight, before)
     True
     """
-    saved = [p.detach().clone() for p in space.params]
+    saved = [p.detach().clone() for p in space.local_tensors()]
     try:
         yield space.flatten_params()
     finally:
         with torch.no_grad():
-            for p, copy in zip(space.params, saved):
+            for p, copy in zip(space.local_tensors(), saved):
                 p.copy_(copy)

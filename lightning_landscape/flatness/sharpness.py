@@ -31,6 +31,7 @@ from typing import Callable
 import torch
 
 from lightning_landscape.flatness.directions import restored, set_flat
+from lightning_landscape.linalg.reduction import dot, norm
 from lightning_landscape.parameters import ParameterSpace
 
 #: Evaluates the (probe-batch) loss at the parameters as they are now.
@@ -57,10 +58,10 @@ def sam_perturbation(gradient: torch.Tensor, rho: float) -> torch.Tensor:
     >>> sam_perturbation(torch.tensor([3.0, 4.0]), 0.5)
     tensor([0.3000, 0.4000])
     """
-    norm = torch.linalg.vector_norm(gradient)
-    if norm == 0:
+    size = norm(gradient)
+    if size == 0:
         return torch.zeros_like(gradient)
-    return gradient * (rho / norm)
+    return gradient * (rho / size)
 
 
 def asam_perturbation(gradient: torch.Tensor, theta: torch.Tensor, rho: float, eta: float = 0.0) -> torch.Tensor:
@@ -71,10 +72,10 @@ def asam_perturbation(gradient: torch.Tensor, theta: torch.Tensor, rho: float, e
     """
     t = theta.abs() + eta
     tg = t * gradient
-    norm = torch.linalg.vector_norm(tg)
-    if norm == 0:
+    size = norm(tg)
+    if size == 0:
         return torch.zeros_like(gradient)
-    return t * tg * (rho / norm)
+    return t * tg * (rho / size)
 
 
 def perturbed_loss_change(loss_fn: LossFn, space: ParameterSpace, perturbation: torch.Tensor,
@@ -85,16 +86,16 @@ def perturbed_loss_change(loss_fn: LossFn, space: ParameterSpace, perturbation: 
     with torch.no_grad(), restored(space) as theta:
         loss0 = float(loss_fn()) if base_loss is None else float(base_loss)
         eps = perturbation.to(device=theta.device, dtype=theta.dtype)
-        eps_norm = float(torch.linalg.vector_norm(eps))
+        eps_norm = float(norm(eps))
         g = gradient.to(device=theta.device, dtype=theta.dtype)
         if eps_norm == 0:
-            return SharpnessResult(loss0, loss0, 0.0, float(torch.linalg.vector_norm(g)), 0.0, 0.0, 0.0)
+            return SharpnessResult(loss0, loss0, 0.0, float(norm(g)), 0.0, 0.0, 0.0)
         set_flat(space, theta + eps)
         loss1 = float(loss_fn())
-    slope = float(torch.dot(g.double().flatten(), eps.double().flatten()))
+    slope = float(dot(g.double().flatten(), eps.double().flatten()))
     sharp = loss1 - loss0
     curvature = 2.0 * (sharp - slope) / eps_norm**2 if math.isfinite(sharp) else math.inf
-    return SharpnessResult(loss0, loss1, sharp, float(torch.linalg.vector_norm(g)), eps_norm, slope, curvature)
+    return SharpnessResult(loss0, loss1, sharp, float(norm(g)), eps_norm, slope, curvature)
 
 
 def sharpness(loss_fn: LossFn, space: ParameterSpace, gradient: torch.Tensor, rho: float = 0.05,

@@ -26,6 +26,7 @@ import torch
 
 from lightning_landscape.flatness.directions import restored, set_flat
 from lightning_landscape.flatness.sharpness import LossFn
+from lightning_landscape.linalg.reduction import dot, norm
 from lightning_landscape.parameters import ParameterSpace
 
 
@@ -68,7 +69,7 @@ def cosine(u: torch.Tensor, v: torch.Tensor) -> float:
     >>> round(cosine(torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0])), 4)
     0.7071
     """
-    nu, nv = torch.linalg.vector_norm(u), torch.linalg.vector_norm(v)
+    nu, nv = norm(u), norm(v)
     if nu == 0 or nv == 0:
         return 0.0
-    return float(torch.dot(u.flatten().double(), v.flatten().double()) / (nu.double() * nv.double()))
+    return float(dot(u.flatten().double(), v.flatten().double()) / (nu.double() * nv.double()))

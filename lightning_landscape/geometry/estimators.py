@@ -31,12 +31,13 @@ from lightning_landscape.linalg import hutchinson_trace
 from lightning_landscape.linalg.krylov import LanczosState, project_out, tridiagonal
 from lightning_landscape.linalg.operator import LinearOperator, matvec_of, required, resolve
 from lightning_landscape.linalg.random import rademacher
+from lightning_landscape.linalg.reduction import dot, global_dim, norm, reduce_sum, row_dots
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.dot(a.reshape(-1).double(), b.reshape(-1).double()))
+    return float(dot(a.reshape(-1).double(), b.reshape(-1).double()))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -134,7 +135,7 @@ class KrylovSketch:
 
     def coefficients(self, v: torch.Tensor) -> torch.Tensor:
         """``Q v`` (one entry per basis vector)."""
-        return torch.cat([b @ v.to(b.dtype) for b in self.blocks])
+        return torch.cat([row_dots(b, v.to(b.dtype)) for b in self.blocks])
 
     def expand(self, coeffs: torch.Tensor) -> torch.Tensor:
         """``Qᵀ c`` for ``c`` of shape ``(m,)`` or ``(m, r)``, block by block (no copy of Q)."""
@@ -152,12 +153,12 @@ class KrylovSketch:
     def _gram(self) -> torch.Tensor:
         """``Q Qᵀ`` in float64 (the identity up to rounding): exact Ritz-vector norms without forming them."""
         rows = [torch.cat([a @ b.T for b in self.blocks], dim=1) for a in self.blocks]
-        return torch.cat(rows).double().cpu()
+        return reduce_sum(torch.cat(rows)).double().cpu()
 
     def ritz_vectors(self, index: torch.Tensor) -> torch.Tensor:
         """Ritz vectors (columns, unit norm) for the given positions in ``ritz_values``."""
         vecs = self.expand(self.ritz_coefficients[:, index])
-        return vecs / torch.linalg.vector_norm(vecs, dim=0, keepdim=True)
+        return vecs / reduce_sum((vecs * vecs).sum(dim=0, keepdim=True)).sqrt()
 
     def ritz_projections(self, index: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``Yᵀ v`` for the unit Ritz vectors ``Y`` at ``index``, without forming them (float64)."""
@@ -234,7 +235,7 @@ def krylov_sketch(
     num_steps, generator = required("num_steps", num_steps), required("generator", generator)
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    state = LanczosState(matvec, rademacher(dim, generator, dtype, device), min(num_steps, dim))
+    state = LanczosState(matvec, rademacher(dim, generator, dtype, device), min(num_steps, global_dim(dim)))
     while state.step():
         pass
     t, used = tridiagonal(state.alphas, state.betas), state.matvecs
@@ -242,7 +243,7 @@ def krylov_sketch(
     blocks = state.basis.views(m)  # views of the run's own blocks: Q is never held twice
     del state
     sketch = KrylovSketch(blocks=blocks, tridiagonal=t, ritz_values=t.new_empty(0), ritz_coefficients=t.new_empty(0),
-                          trace=float(torch.trace(t)), frobenius_sq=0.0, dim=dim, num_matvecs=used + 1)
+                          trace=float(torch.trace(t)), frobenius_sq=0.0, dim=global_dim(dim), num_matvecs=used + 1)
     last = blocks[-1][-1]
     h_last = matvec(last)
     frob = float((t * t).sum()) - float((t[m - 1] * t[m - 1]).sum()) + _dot(h_last, h_last)
@@ -250,7 +251,7 @@ def krylov_sketch(
     del h_last
     residual = sketch.project(residual)
     sketch.frobenius_sq = frob
-    sketch.residual_norm = float(torch.linalg.vector_norm(residual))
+    sketch.residual_norm = float(norm(residual))
     del residual
     sketch.ritz_values, sketch.ritz_coefficients = torch.linalg.eigh(t)
     return sketch
@@ -332,7 +333,7 @@ def estimate_geometry(
     if num_samples < 3:
         raise ValueError(f"num_samples must be >= 3 (pairs for (tr H)², jackknife), got {num_samples}")
     g = gradient.detach().reshape(-1)
-    dim = g.numel()
+    dim = g.numel()  # allocated here; the curvatures are of the whole vector (global_dim)
     used = 0
     if h_gradient is None:
         h_gradient = matvec(g)
@@ -384,8 +385,8 @@ def estimate_geometry(
         trace_h2_stderr=float(f.std(unbiased=True)) / math.sqrt(n),
         trace_shape=tr_s,
         trace_shape_stderr=tr_s_se,
-        mean_curvature=tr_s / dim,
-        mean_curvature_stderr=tr_s_se / dim,
+        mean_curvature=tr_s / global_dim(dim),
+        mean_curvature_stderr=tr_s_se / global_dim(dim),
         scalar_curvature=scalar,
         scalar_curvature_stderr=_jackknife_stderr(t, f, a, b, q),
         trace_samples=t,

@@ -11,9 +11,13 @@ original tensors untouched, so the restore is bit-exact by construction.
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
+
+from lightning_landscape.linalg.reduction import reduce_sum
+from lightning_landscape.sharded import is_sharded_tensor, local_view
 
 LossFn = Callable[[], "torch.Tensor | float"]
 
@@ -33,6 +37,23 @@ def swapped_values(params: Sequence[torch.Tensor], values: Sequence[torch.Tensor
     """
     if len(params) != len(values):
         raise ValueError(f"got {len(values)} values for {len(params)} parameters")
+    if any(is_sharded_tensor(p) for p in params):
+        # FSDP2 gathers each parameter from its own sharded storage, which the local tensor views but
+        # ``.data`` does not reach: write in place and restore bit-exactly from a copy.
+        locals_ = [local_view(p) for p in params]
+        saved = [t.detach().clone() for t in locals_]
+        try:
+            with torch.no_grad():
+                for p, t, v in zip(params, locals_, values):
+                    if v.shape != p.shape:
+                        raise ValueError(f"value of shape {tuple(v.shape)} for a parameter of shape {tuple(p.shape)}")
+                    t.copy_(local_view(v))
+            yield
+        finally:
+            with torch.no_grad():
+                for t, original in zip(locals_, saved):
+                    t.copy_(original)
+        return
     originals = [p.data for p in params]
     try:
         for p, v in zip(params, values):
@@ -58,7 +79,8 @@ def squared_norm(params: Iterable[torch.Tensor]) -> float:
     >>> squared_norm([torch.tensor([3.0]), torch.tensor([[4.0]])])
     25.0
     """
-    return float(sum(float(p.detach().double().pow(2).sum()) for p in params))
+    local = sum(float(local_view(p.detach()).double().pow(2).sum()) for p in params)
+    return float(reduce_sum(torch.tensor(local, dtype=torch.float64)))  # sharded: the shards' squares added
 
 
 def parameter_norms(named: Iterable[tuple[str, torch.Tensor]]) -> dict[str, float]:
@@ -67,7 +89,7 @@ def parameter_norms(named: Iterable[tuple[str, torch.Tensor]]) -> dict[str, floa
     >>> parameter_norms([("w", torch.tensor([3.0, 4.0]))])
     {'w': 5.0}
     """
-    return {name: float(p.detach().double().norm()) for name, p in named}
+    return {name: math.sqrt(squared_norm([p])) for name, p in named}
 
 
 def scaled_loss(params: Sequence[torch.Tensor], loss_fn: LossFn, scale: float) -> float:

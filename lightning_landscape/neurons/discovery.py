@@ -65,6 +65,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from lightning_landscape.neurons.layers import HeadLayer, NeuronLayer
+from lightning_landscape.sharded import has_sharded_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -347,6 +348,7 @@ def _trace(module: nn.Module, forward: Callable[[], Any]) -> Discovery:
     norm_owner: dict[int, str] = {}
     mha_owner: dict[int, str] = {}
     modules = dict(module.named_modules())
+    sharded = has_sharded_parameters(module)
     for name, m in modules.items():
         if isinstance(m, _LAYER_TYPES):
             owner[id(m.weight)] = name
@@ -355,9 +357,28 @@ def _trace(module: nn.Module, forward: Callable[[], Any]) -> Discovery:
                 norm_owner[id(t)] = name
         elif isinstance(m, nn.MultiheadAttention):
             mha_owner[id(m.out_proj.weight)] = name
+    def note_params(m: nn.Module, _inputs: Any) -> None:
+        # FSDP2 swaps in gathered (unsharded) parameters just before a module runs: the tensors the
+        # forward pass sees are those, not the ones listed above. Its pre-forward hooks run before ours.
+        name = names[id(m)]
+        if isinstance(m, _LAYER_TYPES):
+            owner[id(m.weight)] = name
+        elif isinstance(m, _NORM_MODULES):
+            for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)):
+                norm_owner[id(t)] = name
+        else:
+            mha_owner[id(m.out_proj.weight)] = name
+
+    names = {id(m): n for n, m in modules.items()}
+    handles = [m.register_forward_pre_hook(note_params) for m in modules.values()
+               if isinstance(m, (*_LAYER_TYPES, *_NORM_MODULES, nn.MultiheadAttention))] if sharded else []
     recorder = _Recorder(owner, norm_owner, mha_owner)
-    with torch.no_grad(), recorder:
-        forward()
+    try:
+        with torch.no_grad(), recorder:
+            forward()
+    finally:
+        for h in handles:
+            h.remove()
     ops = recorder.ops
     consumers: dict[tuple[int, int], list[int]] = {}
     for k, op in enumerate(ops):

@@ -15,7 +15,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lightning_landscape.linalg.reduction import reduce_sum
 from lightning_landscape.neurons.discovery import NeuronLayer
+from lightning_landscape.sharded import local_view
 
 
 def parameter_layers(module: nn.Module) -> dict[str, list[torch.Tensor]]:
@@ -43,7 +45,9 @@ def parameter_layers(module: nn.Module) -> dict[str, list[torch.Tensor]]:
 
 def _norm(tensors: list[torch.Tensor]) -> float:
     # float64 accumulation without a float64 copy of the tensor (a layer can be most of the model)
-    return float(torch.sqrt(sum(torch.linalg.vector_norm(t.detach(), dtype=torch.float64) ** 2 for t in tensors)))
+    # Sharded parameters: each process adds its shards' squares; the sum is reduced over the processes.
+    local = sum(torch.linalg.vector_norm(local_view(t.detach()), dtype=torch.float64) ** 2 for t in tensors)
+    return float(torch.sqrt(reduce_sum(torch.as_tensor(local, dtype=torch.float64))))
 
 
 def snapshot(module: nn.Module) -> dict[str, list[torch.Tensor]]:

@@ -27,6 +27,7 @@ from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
 from lightning_landscape.neurons.layers import HeadLayer, NeuronLayer
+from lightning_landscape.sharded import gathered
 
 _MHA_SIGNATURE = inspect.signature(F.multi_head_attention_forward)
 
@@ -35,7 +36,7 @@ def _output_ms(out: torch.Tensor, bias: torch.Tensor | None, channel_dim: int | 
     out = out.detach().double()
     if bias is not None:
         shape = [-1] if channel_dim is None else [1, -1] + [1] * (out.ndim - 2)
-        out = out - bias.detach().double().reshape(shape)
+        out = out - gathered(bias).double().reshape(shape)
     return out.pow(2).mean()
 
 
@@ -84,6 +85,13 @@ def capture_hidden(layers: Sequence[NeuronLayer], forward: Callable[[], Any]) ->
     heads = {id(layer.mha.out_proj.weight): layer for layer in layers if isinstance(layer, HeadLayer)}
     handles = [layer.output_module.register_forward_hook(make_hook(layer))
                for layer in layers if not isinstance(layer, HeadLayer)]
+
+    def note_head(layer: HeadLayer) -> Callable:
+        def pre_hook(mod: torch.nn.Module, inputs: tuple) -> None:  # FSDP2 swaps in gathered weights first
+            heads[id(mod.out_proj.weight)] = layer
+        return pre_hook
+
+    handles += [layer.mha.register_forward_pre_hook(note_head(layer)) for layer in layers if isinstance(layer, HeadLayer)]
     try:
         with torch.no_grad(), _HeadCapture(heads, record):
             forward()

@@ -36,6 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_landscape.sharded import gathered
+
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
@@ -54,14 +56,14 @@ def batchnorm_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError(f"{type(bn).__name__} keeps no running statistics (track_running_stats=False): its "
                          "eval-form affine map is undefined")
-    mean, var = bn.running_mean.detach().double(), bn.running_var.detach().double()
+    mean, var = gathered(bn.running_mean).double(), gathered(bn.running_var).double()
     a = 1.0 / torch.sqrt(var + bn.eps)
     b = -a * mean
     if bn.weight is not None:
-        a = a * bn.weight.detach().double()
-        b = b * bn.weight.detach().double()
+        a = a * gathered(bn.weight).double()
+        b = b * gathered(bn.weight).double()
     if bn.bias is not None:
-        b = b + bn.bias.detach().double()
+        b = b + gathered(bn.bias).double()
     return a, b
 
 
@@ -99,22 +101,22 @@ class NeuronLayer:
     def input_weights(self) -> torch.Tensor:
         """``[width, fan_in (+1 with bias)]``: row i is neuron i's input weights (bias last), detached; with a
         BatchNorm folded in (eval form) and then always with the bias column."""
-        w = self.input_module.weight.detach()
+        w = gathered(self.input_module.weight)
         rows = w.reshape(w.shape[0], -1)
         bias = getattr(self.input_module, "bias", None)
         if self.norm is not None:
             a, b = batchnorm_affine(self.norm)
             a, b = a.to(rows.device), b.to(rows.device)
-            c = bias.detach().double() if bias is not None else torch.zeros_like(a)
+            c = gathered(bias).double() if bias is not None else torch.zeros_like(a)
             folded = torch.cat([rows.double() * a[:, None], (a * c + b)[:, None]], dim=1)
             return folded.to(rows.dtype)
         if bias is not None:
-            rows = torch.cat([rows, bias.detach().reshape(-1, 1).to(rows.dtype)], dim=1)
+            rows = torch.cat([rows, gathered(bias).reshape(-1, 1).to(rows.dtype)], dim=1)
         return rows
 
     def output_weights(self) -> torch.Tensor:
         """``[width, fan_out]``: row i is neuron i's output weights (a column / input channel of the next layer)."""
-        w = self.output_module.weight.detach()
+        w = gathered(self.output_module.weight)
         return w.transpose(0, 1).reshape(w.shape[1], -1)
 
     def unit_mean_square(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -157,18 +159,18 @@ class HeadLayer(NeuronLayer):
         """``[E, ...]`` rows (or an ``[E]`` bias) split by head → ``[H, -1]``."""
         if t is None:
             return None
-        return t.detach().reshape(self.width, -1)
+        return gathered(t).reshape(self.width, -1)
 
     def input_weights(self) -> torch.Tensor:
         """``[heads, ·]``: head h's query, key and value projection rows and biases (and ``bias_k``/``bias_v``)."""
         m, e = self.mha, self.mha.embed_dim
         if m.in_proj_weight is not None:
-            wq, wk, wv = m.in_proj_weight.detach().split(e, dim=0)
+            wq, wk, wv = gathered(m.in_proj_weight).split(e, dim=0)
         else:
-            wq, wk, wv = m.q_proj_weight.detach(), m.k_proj_weight.detach(), m.v_proj_weight.detach()
+            wq, wk, wv = gathered(m.q_proj_weight), gathered(m.k_proj_weight), gathered(m.v_proj_weight)
         parts: list[Any] = [self._per_head(wq), self._per_head(wk), self._per_head(wv)]
         if m.in_proj_bias is not None:
-            parts += [self._per_head(b) for b in m.in_proj_bias.detach().split(e)]
+            parts += [self._per_head(b) for b in gathered(m.in_proj_bias).split(e)]
         for extra in (m.bias_k, m.bias_v):
             if extra is not None:
                 parts.append(self._per_head(extra.reshape(-1)))
@@ -176,7 +178,7 @@ class HeadLayer(NeuronLayer):
 
     def output_weights(self) -> torch.Tensor:
         """``[heads, embed_dim · head_dim]``: head h's columns of ``out_proj.weight``."""
-        w = self.mha.out_proj.weight.detach()  # [E_out, E]
+        w = gathered(self.mha.out_proj.weight)  # [E_out, E]
         return w.transpose(0, 1).reshape(self.width, -1)
 
     def unit_mean_square(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from lightning_landscape.geometry.estimators import (
     ricci_second_form,
 )
 from lightning_landscape.geometry.exact import exact_geometry, full_hessian, ricci_curvature, section_gauss_kronecker
+from lightning_landscape.linalg.reduction import norm
 from lightning_landscape.probes.base import Probe, ProbeResult, check_positive_float, check_positive_int
 from lightning_landscape.probes.context import ProbeContext
 
@@ -125,11 +126,11 @@ class LossSurfaceGeometry(Probe):
         op = ctx.hessian()
         start = op.num_matvecs
         g = op.gradient.detach()
-        if ctx.space.dim <= self.exact_max_params:
+        if not ctx.space.sharded and ctx.space.dim <= self.exact_max_params:  # dense: every product, one process
             scalars = self._exact(ctx, g)
         else:
             scalars = self._estimate(ctx, g)
-        scalars["gradient_norm"] = float(torch.linalg.vector_norm(g.double()))
+        scalars["gradient_norm"] = float(norm(g.double()))
         scalars["geometry_hvps"] = float(op.num_matvecs - start)
         ctx.shared.scalar_curvature = scalars["scalar_curvature"]
         return ProbeResult(scalars=scalars)
@@ -194,7 +195,7 @@ class LossSurfaceGeometry(Probe):
             if key == "ricci_top":
                 u, hu = top, op.matvec(top)
                 del top
-            elif float(torch.linalg.vector_norm(g)) > 0:
+            elif float(norm(g)) > 0:
                 u, hu = g, hg
             else:
                 continue

@@ -11,6 +11,7 @@ import torch
 from lightning_landscape.l2.convention import CONVENTION_TEXT, group_decays
 from lightning_landscape.l2.invariance import InvariantGroup, scale_invariant_groups
 from lightning_landscape.l2.order import collapse_ratio, parameter_norms, squared_norm, trivial_loss
+from lightning_landscape.linalg.reduction import dot
 from lightning_landscape.l2.ray import ray_critical_beta
 from lightning_landscape.probes.base import (
     Probe,
@@ -293,8 +294,8 @@ class L2Transition(Probe):
             return math.nan
         chosen = {id(p) for p in params}
         theta = ctx.space.flatten([p.detach() if id(p) in chosen else None for p in ctx.space.params])
-        dot = float(torch.dot(theta.double(), grad.double()))
-        return -dot / (2.0 * beta_eff * theta_sq)
+        radial = float(dot(theta.double(), grad.double()))
+        return -radial / (2.0 * beta_eff * theta_sq)
 
     def track(self, step: int, optimizer: Any, optimizer_info: Any) -> ProbeResult | None:
         """``margin_tracked``: the last ``critical_beta`` over the penalty implied by the optimizer's

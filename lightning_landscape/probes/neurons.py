@@ -24,6 +24,7 @@ import torch
 from lightning_landscape.alerts.events import Event, check_severity
 from lightning_landscape.linalg import extreme_eigenvalues
 from lightning_landscape.linalg.random import gaussian
+from lightning_landscape.linalg.reduction import norm
 from lightning_landscape.neurons.channels import ChannelTracker
 from lightning_landscape.neurons.discovery import NeuronLayer, discover_layers
 from lightning_landscape.neurons.dynamics import distances, layer_norms, neuron_norms, snapshot
@@ -500,7 +501,7 @@ class SaddleBranches(Probe):
         op = ctx.hessian()
         lam_max, lam_min = extreme_eigenvalues(
             op.matvec, gaussian(ctx.space.dim, ctx.generator(self.name), ctx.space.dtype, ctx.space.device),
-            max_iter=min(self.max_iter, ctx.space.dim), tol=self.tol, min_iter=min(2, ctx.space.dim))
+            max_iter=min(self.max_iter, ctx.space.global_dim), tol=self.tol, min_iter=min(2, ctx.space.global_dim))
         if shared.lambda_max is None:
             shared.lambda_max = lam_max
         if shared.lambda_min is None:
@@ -539,7 +540,7 @@ class SaddleBranches(Probe):
             self.last_widths[layer.name] = rep
             out.scalars[f"{layer.name}/effective_width"] = float(rep.effective_width)
             out.scalars[f"{layer.name}/width"] = float(rep.width)
-        grad_norm = float(torch.linalg.vector_norm(ctx.gradient()))  # shared with the Hessian probes if they ran
+        grad_norm = float(norm(ctx.gradient()))  # shared with the Hessian probes if they ran
         loss = ctx.loss()
         stalled = self._stalled(ctx.step, loss)
         # A saddle needs a small gradient or a stalled loss: only then is the spectrum worth its products

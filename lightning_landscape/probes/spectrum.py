@@ -18,6 +18,7 @@ from lightning_landscape.linalg import (
     spectral_density,
 )
 from lightning_landscape.linalg.random import gaussian
+from lightning_landscape.linalg.reduction import norm, sq_norm
 from lightning_landscape.optim_info import adam_preconditioner, adam_steps
 from lightning_landscape.probes.base import (
     Histogram,
@@ -39,7 +40,8 @@ EXACT_MAX_DIM = 256
 
 def _exact(ctx: ProbeContext, limit: int) -> bool:
     """Whether this measurement uses the dense Hessian (small model, operator able to build it)."""
-    return 0 < ctx.space.dim <= limit and hasattr(ctx.hessian(), "dense")
+    # Sharded parameters: never (no dense matrix of shards; and each process's ``dim`` is its own shard's).
+    return not ctx.space.sharded and 0 < ctx.space.dim <= limit and hasattr(ctx.hessian(), "dense")
 
 
 def _warm_start(previous: list[torch.Tensor], dim: int, noise: float, generator: torch.Generator,
@@ -53,7 +55,7 @@ def _warm_start(previous: list[torch.Tensor], dim: int, noise: float, generator:
     v0 = previous[0].to(device=device, dtype=dtype, copy=True)
     for v in previous[1:]:
         v0.add_(v.to(device=device, dtype=dtype))
-    return v0.add_(fresh.mul_(noise * torch.linalg.vector_norm(v0) / torch.linalg.vector_norm(fresh)))
+    return v0.add_(fresh.mul_(noise * norm(v0) / norm(fresh)))
 
 
 class HessianSpectrum(Probe):
@@ -265,7 +267,10 @@ class HessianSpectrum(Probe):
         p_now = adam_preconditioner(optimizer, space)
         if p_now is None or p_now.numel() != weights.numel():
             return self._drift
-        mass = float(torch.where(weights > 0, weights * p_now, torch.zeros((), dtype=p_now.dtype)).sum())
+        mass_t = torch.where(weights > 0, weights * p_now, torch.zeros((), dtype=p_now.dtype)).sum()
+        # Sharded parameters (between measurements: no reduction context): every process adds its shard's
+        # part, so all take the same scheduling decision.
+        mass = float(space.all_reduce_sum(mass_t) if space.sharded else mass_t)
         self._drift = 1.0 / mass if mass > 0 and math.isfinite(mass) else self._drift
         return self._drift
 
@@ -369,7 +374,7 @@ class HessianSpectrum(Probe):
         self._precond_vectors = [res.vector_max.detach().clone()]  # not the view that keeps vector_min alive
         self._sharpness, self._sharpness_kind = res.lambda_max, "preconditioned"
         u = self._precond_vectors[0]
-        weights = (u * u) / (u * u).sum()
+        weights = (u * u) / sq_norm(u)
         self._drift_weights = torch.where(torch.isfinite(p), weights / p, torch.zeros((), dtype=p.dtype))
         self._drift_space, self._drift = ctx.space, 1.0
         return {
@@ -521,7 +526,7 @@ class HessianDensity(Probe):
             runs.append(spectral_density(op.matvec, ctx.space.dim, 1, self.num_steps, gen, ctx.space.dtype,
                                          ctx.space.device, reorthogonalize=self.reorthogonalize))
             dens = SpectralDensity(torch.cat([r.nodes for r in runs]), torch.cat([r.weights for r in runs]),
-                                   ctx.space.dim, sum(r.num_matvecs for r in runs))
+                                   ctx.space.global_dim, sum(r.num_matvecs for r in runs))
             stderr = _negative_masses(dens).std().item() / math.sqrt(len(runs)) if len(runs) > 1 else math.inf
             if self.stderr_tol is not None and stderr <= self.stderr_tol:
                 break
