@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from lightning_landscape.parameters import ParameterSpace
+from lightning_landscape.sharded import local_view
 
 
 @dataclass(frozen=True)
@@ -117,17 +118,17 @@ def adam_preconditioner(optimizer: torch.optim.Optimizer, space: ParameterSpace)
     """
     parts = []
     any_state = False
-    for p in space.params:
+    for p, numel in zip(space.params, space.numels):  # numels: the local shards' under FSDP2
         state = optimizer.state.get(p)
         if not state or "exp_avg_sq" not in state:
-            parts.append(torch.full((p.numel(),), float("inf"), dtype=space.dtype, device=space.device))
+            parts.append(torch.full((numel,), float("inf"), dtype=space.dtype, device=space.device))
             continue
         any_state = True
         group = next(g for g in optimizer.param_groups if any(q is p for q in g["params"]))
         b1, b2 = group["betas"]
         t = float(state["step"])
         v = state["max_exp_avg_sq"] if group.get("amsgrad") and "max_exp_avg_sq" in state else state["exp_avg_sq"]
-        v_hat = v.detach().to(space.dtype) / (1.0 - b2**t)
+        v_hat = local_view(v.detach()).to(space.dtype) / (1.0 - b2**t)  # FSDP2: the state is sharded like p
         parts.append(((1.0 - b1**t) * (v_hat.sqrt() + group["eps"])).reshape(-1))
     return torch.cat(parts) if any_state else None
 

@@ -16,6 +16,9 @@ from lightning_landscape.probes.base import PROBES
 #: Tags written by the monitor itself (not by a probe): key -> (meaning, cost, when).
 MONITOR_TAGS: dict[str, tuple[str, str, str]] = {
     "hessian/hvps": ("Hessian-vector products spent at this measurement (all probes)", "—", "each measurement"),
+    "hessian/hvp_error": ("sharded parameters (FSDP2): estimated relative error of a Hessian-vector product taken by "
+                          "central differences of gradients (‖Hv(h) − Hv(2h)‖ / ‖Hv(h)‖)", "2 gradients",
+                          "each measurement with Hessian probes"),
     "monitor/seconds": ("wall time of this measurement", "—", "each measurement"),
     "monitor/overhead": ("monitoring time so far / training time so far", "—", "each measurement"),
     "monitor/nonfinite": ("1 when the probe loss or gradient was NaN/Inf (Hessian probes skipped), else 0", "—",

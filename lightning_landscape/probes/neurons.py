@@ -25,6 +25,7 @@ from lightning_landscape.alerts.events import Event, check_severity
 from lightning_landscape.linalg import extreme_eigenvalues
 from lightning_landscape.linalg.random import gaussian
 from lightning_landscape.linalg.reduction import norm
+from lightning_landscape.sharded import is_sharded_tensor
 from lightning_landscape.neurons.channels import ChannelTracker
 from lightning_landscape.neurons.discovery import NeuronLayer, discover_layers
 from lightning_landscape.neurons.dynamics import distances, layer_norms, neuron_norms, snapshot
@@ -205,7 +206,10 @@ class WeightDynamics(Probe):
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"runs": self._runs, "init_step": self._init_step}
-        if self.checkpoint_init and self._init is not None:
+        # Sharded (FSDP2) weights are not stored: each process holds other shards, and the callback state
+        # is saved from one process (the distance from init then restarts after a resume, as without it).
+        if self.checkpoint_init and self._init is not None and not any(
+                is_sharded_tensor(t) for v in self._init.values() for t in v):
             state["init"] = {k: [t.cpu() for t in v] for k, v in self._init.items()}
         return state
 
