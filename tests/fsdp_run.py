@@ -43,7 +43,7 @@ def all_probes(every: int) -> list[Probe]:
                                             fast_every_n_steps=None),
         "hessian_trace": HessianTrace(every_n_steps=every, num_matvecs=30, rel_tol=None),
         "hessian_density": HessianDensity(every_n_steps=every, num_probes=2, num_steps=20, stderr_tol=None),
-        "loss_geometry": LossSurfaceGeometry(every_n_steps=every, num_samples=4, lanczos_steps=20, exact_max_params=256),
+        "loss_geometry": LossSurfaceGeometry(every_n_steps=every, num_samples=4, lanczos_steps=20),
         "saddle_branches": SaddleBranches(every_n_steps=every, max_iter=30),
         "l2_transition": L2Transition(every_n_steps=every, ready_collapse_ratio=-1e9, ready_balance=-1e9,
                                       fast_every_n_steps=None, num_scales=6, refine_steps=4),
