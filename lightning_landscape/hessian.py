@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from lightning_landscape.parameters import ParameterSpace
+from lightning_landscape.sharded import after_write
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 
@@ -312,6 +313,7 @@ class FiniteDifferenceHessianOperator:
         with torch.no_grad():
             for t, base, d in zip(self.space.local_tensors(), saved, direction):
                 torch.add(base, d.to(t.dtype), alpha=scale, out=t)
+        after_write()  # FSDP2: no stale gathered copy may serve the next forward
         with torch.enable_grad():
             return self.space.gradient(self._closure())
 
@@ -326,6 +328,7 @@ class FiniteDifferenceHessianOperator:
             with torch.no_grad():
                 for t, base in zip(locals_, saved):
                     t.copy_(base)
+            after_write()
         self.num_gradients += 2
         return plus.sub_(minus).mul_(size / (2 * step))
 

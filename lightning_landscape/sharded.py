@@ -15,7 +15,9 @@ and put back, so the user's gradients are untouched.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+from contextvars import ContextVar
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -40,6 +42,33 @@ def is_sharded_tensor(t: Any) -> bool:
 def has_sharded_parameters(module: nn.Module) -> bool:
     """Whether any trainable parameter of ``module`` is a ``DTensor``."""
     return any(p.requires_grad and is_sharded_tensor(p) for p in module.parameters())
+
+
+_AFTER_WRITE: ContextVar[Callable[[], None] | None] = ContextVar("lightning_landscape_after_write", default=None)
+
+
+@contextlib.contextmanager
+def writes_resync(callback: Callable[[], None] | None) -> Iterator[None]:
+    """Within the block, :func:`after_write` calls ``callback`` (the sharded space's :meth:`reshard`)."""
+    token = _AFTER_WRITE.set(callback)
+    try:
+        yield
+    finally:
+        _AFTER_WRITE.reset(token)
+
+
+def after_write() -> None:
+    """Call after writing parameter shards in place, before the next forward pass.
+
+    FSDP2 keeps a module's gathered (unsharded) parameters after a forward pass when it does not reshard
+    after forward (its default for the root module) or when no backward follows (a forward-only probe):
+    the next forward would then run on the stale gathered copy, not on the shards just written. Resharding
+    frees that copy, so the next forward gathers the new values (and training after the measurement
+    gathers the restored ones).
+    """
+    callback = _AFTER_WRITE.get()
+    if callback is not None:
+        callback()
 
 
 def local_view(t: torch.Tensor) -> torch.Tensor:
@@ -79,6 +108,7 @@ class ShardedParameterSpace(ParameterSpace):
             meshes.add(id(p.device_mesh))
         if len(meshes) != 1:
             raise ValueError("the parameters are sharded over different device meshes; one data-parallel mesh is supported")
+        self.fsdp_modules: list[nn.Module] = []  # set by from_module: what reshard() acts on
         self.mesh = self.params[0].device_mesh
         self.group = self.mesh.get_group()
         self.rank = int(self.mesh.get_local_rank())
@@ -90,6 +120,22 @@ class ShardedParameterSpace(ParameterSpace):
         self.numels = [t.numel() for t in locals_]
         self.dim = sum(self.numels)
         self.device = locals_[0].device
+
+    @classmethod
+    def from_module(cls, module: nn.Module, include: Any = None) -> "ShardedParameterSpace":
+        space = super().from_module(module, include)
+        try:
+            from torch.distributed.fsdp import FSDPModule
+        except ImportError:  # torch without FSDP2: nothing gathers parameters
+            return space
+        space.fsdp_modules = [m for m in module.modules() if isinstance(m, FSDPModule)]
+        return space
+
+    def reshard(self) -> None:
+        """Free every gathered copy of the parameters (FSDP2 ``reshard``), so the next forward pass gathers
+        the shards as they are now (see :func:`after_write`)."""
+        for m in self.fsdp_modules:
+            m.reshard()
 
     @property
     def global_dim(self) -> int:

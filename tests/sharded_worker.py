@@ -34,7 +34,9 @@ def data(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.tanh(x @ teacher)
 
 
-def worker(rank: int, port: int, out: str, dtype_name: str) -> None:
+def worker(rank: int, port: int, out: str, dtype_name: str, root_owned: bool = False) -> None:
+    """``root_owned``: the last Linear is not wrapped itself, so the root module owns its parameters (FSDP2
+    keeps the root's gathered copy after a forward pass: the case where in-place writes could go stale)."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -43,7 +45,7 @@ def worker(rank: int, port: int, out: str, dtype_name: str) -> None:
     from lightning_landscape import ProbeContext
     from lightning_landscape.guards import probe_guard
     from lightning_landscape.linalg.reduction import sharded_reduction
-    from lightning_landscape.sharded import ShardedParameterSpace
+    from lightning_landscape.sharded import ShardedParameterSpace, writes_resync
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
@@ -51,9 +53,9 @@ def worker(rank: int, port: int, out: str, dtype_name: str) -> None:
         dtype = getattr(torch, dtype_name)
         mesh = init_device_mesh("cpu", (2,))
         net = model(dtype)
-        for m in net:
-            if isinstance(m, nn.Linear):
-                fully_shard(m, mesh=mesh)
+        linears = [m for m in net if isinstance(m, nn.Linear)]
+        for m in linears[:-1] if root_owned else linears:
+            fully_shard(m, mesh=mesh)
         fully_shard(net, mesh=mesh)
         x, y = data(dtype)
         xs, ys = x[rank * BATCH:(rank + 1) * BATCH], y[rank * BATCH:(rank + 1) * BATCH]
@@ -76,13 +78,20 @@ def worker(rank: int, port: int, out: str, dtype_name: str) -> None:
         probes = [P.HessianSpectrum(tol=1e-7, max_iter=80), P.HessianTrace(num_matvecs=60, rel_tol=None),
                   P.Sharpness(), P.L2Transition(), P.WeightDynamics()]
         values: dict[str, float] = {}
-        with probe_guard(net), sharded_reduction(space.all_reduce_sum, space.dim, space.global_dim):
+        with probe_guard(net), sharded_reduction(space.all_reduce_sum, space.dim, space.global_dim), \
+                writes_resync(space.reshard):
             ctx = ProbeContext(net, loss, step=1, space=space, reduce_mean=reduce_mean)
             for probe in probes:
                 values.update({f"{probe.name}/{k}": v for k, v in probe.run(ctx).scalars.items()})
             gradient_shard = ctx.gradient()
             values["hvp_error"] = ctx.hvp_error
             values["hvps"] = ctx.num_matvecs
+        space.reshard()  # as the monitor does after a measurement
+        with torch.no_grad():
+            outputs = net(xs)  # what training would compute next: from the restored shards
+        space.reshard()
+        all_outputs = [None, None]
+        dist.all_gather_object(all_outputs, outputs)
         after = {n: p.detach().full_tensor().clone() for n, p in net.named_parameters()}
         grads_same = all(torch.equal(p.grad.to_local(), g) for p, g in zip(net.parameters(), grads_before))
         flags = torch.tensor([float(grads_same), float(torch.equal(rng, torch.get_rng_state()))])
@@ -91,7 +100,8 @@ def worker(rank: int, port: int, out: str, dtype_name: str) -> None:
         dist.all_gather_object(shards, (rank, space.dim, gradient_shard))
         if rank == 0:
             torch.save({"values": values, "before": before, "after": after, "grads_same": bool(flags[0]),
-                        "rng_same": bool(flags[1]), "shards": shards, "global_dim": space.global_dim},
+                        "rng_same": bool(flags[1]), "shards": shards, "global_dim": space.global_dim,
+                        "outputs": torch.cat(all_outputs)},
                        os.path.join(out, "result.pt"))
     finally:
         dist.destroy_process_group()

@@ -64,10 +64,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def two_process(tmp_path_factory) -> dict:
+@pytest.fixture(scope="module", params=[False, True], ids=["every-linear-wrapped", "root-owns-the-head"])
+def two_process(request, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("sharded")
-    torch.multiprocessing.spawn(W.worker, args=(_free_port(), str(out), "float64"), nprocs=2)
+    torch.multiprocessing.spawn(W.worker, args=(_free_port(), str(out), "float64", request.param), nprocs=2)
     return torch.load(out / "result.pt", weights_only=False)
 
 
@@ -130,9 +130,14 @@ def test_two_processes_gradient_shards_form_the_union_gradient(two_process) -> N
 
 
 def test_two_processes_change_nothing(two_process) -> None:
+    """Weights, gradients and RNG as before; the next forward runs on the restored weights (a gathered copy
+    left from a probe's perturbed forward pass would make it differ)."""
     before, after = two_process["before"], two_process["after"]
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert two_process["grads_same"] and two_process["rng_same"]
+    net = W.model(torch.float64)
+    with torch.no_grad():
+        assert torch.allclose(two_process["outputs"], net(W.data(torch.float64)[0]), rtol=1e-12, atol=1e-12)
 
 
 def test_two_processes_forward_only_values_match_one_process(two_process) -> None:
@@ -151,3 +156,31 @@ def test_two_processes_forward_only_values_match_one_process(two_process) -> Non
     for key in ("sharpness/sharpness", "sharpness/gradient_norm", "l2_transition/critical_beta",
                 "l2_transition/theta_sq", "l2_transition/loss_trivial", "weight_dynamics/total/norm"):
         assert got[key] == pytest.approx(want[key], rel=1e-9, abs=1e-12), key
+
+
+class _Mesh:
+    def __init__(self, sizes: dict[str, int]) -> None:
+        self.sizes = sizes
+
+    def __getitem__(self, name: str) -> "_Mesh":
+        return _Mesh({"": self.sizes[name]})
+
+    def size(self) -> int:
+        return self.sizes[""]
+
+
+@pytest.mark.parametrize("flavour", ["lightning.pytorch", "pytorch_lightning"])
+def test_tensor_parallel_layouts_are_refused_with_the_supported_one_named(flavour) -> None:
+    import importlib
+
+    from lightning_landscape.callbacks.monitor import _strategy_refusal
+
+    strategies = importlib.import_module(f"{flavour}.strategies")
+    tp = strategies.ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=2)
+    tp._device_mesh = _Mesh({"data_parallel": 1, "tensor_parallel": 2})
+    why = _strategy_refusal(tp)
+    assert why is not None and "tensor_parallel_size=2" in why and "tensor_parallel_size=1" in why
+    dp = strategies.ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+    dp._device_mesh = _Mesh({"data_parallel": 2, "tensor_parallel": 1})
+    assert _strategy_refusal(dp) is None
+    assert _strategy_refusal(strategies.DDPStrategy()) is None

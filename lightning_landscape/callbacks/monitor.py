@@ -9,12 +9,13 @@ All hook logic is framework-free: it only touches duck-typed trainer attributes.
 from __future__ import annotations
 
 import ast
+import contextlib
 import copy
 import logging
 import time
 import warnings
 from collections import defaultdict
-from typing import Any, Callable, Literal, Optional, Union
+from typing import Any, Callable, Iterator, Literal, Optional, Union
 
 import torch
 from torch import nn
@@ -31,7 +32,7 @@ from lightning_landscape.optim_info import describe_optimizer
 from lightning_landscape.parameters import ParameterSpace
 from lightning_landscape.probes import PROBES, NonFiniteLossError, Probe, ProbeContext, ProbeResult, default_probes
 from lightning_landscape.probes.base import check_choice, check_positive_int, order_probes
-from lightning_landscape.sharded import ShardedParameterSpace, has_sharded_parameters
+from lightning_landscape.sharded import ShardedParameterSpace, after_write, has_sharded_parameters, writes_resync
 from lightning_landscape.validation import check_bool, check_tag_prefix
 
 #: Event names the probes and the monitor emit (``Event.rule``), which a controller may be triggered by.
@@ -55,6 +56,16 @@ def _is_out_of_memory(err: BaseException) -> bool:
     )
 
 
+@contextlib.contextmanager
+def _resharded_after(space: ParameterSpace) -> Iterator[None]:
+    """FSDP2: leave no gathered parameter copy behind (the probes' forward passes may leave the root's)."""
+    try:
+        yield
+    finally:
+        if space.sharded:
+            space.reshard()
+
+
 def _strategy_refusal(strategy: Any) -> str | None:
     """Why the monitor cannot measure under ``strategy`` (``None``: it can)."""
     fsdp1 = loaded_classes("strategies.FSDPStrategy")
@@ -62,6 +73,16 @@ def _strategy_refusal(strategy: Any) -> str | None:
         return ("strategy FSDPStrategy (FSDP1) flattens parameters into FlatParameters, which the probes do not "
                 "measure; use ModelParallelStrategy with fully_shard in configure_model (FSDP2), which they do, "
                 "or a DDP strategy")
+    model_parallel = loaded_classes("strategies.ModelParallelStrategy")
+    if model_parallel and isinstance(strategy, model_parallel):
+        try:
+            tensor_parallel = int(strategy.device_mesh["tensor_parallel"].size())
+        except Exception:  # noqa: BLE001 - no mesh yet (or another layout): the parameter space checks later
+            tensor_parallel = 1
+        if tensor_parallel > 1:
+            return (f"ModelParallelStrategy with tensor_parallel_size={tensor_parallel}: tensor-parallel parameters "
+                    "are not supported (only FSDP2 sharding over the data-parallel mesh); use "
+                    "ModelParallelStrategy(data_parallel_size=<devices>, tensor_parallel_size=1)")
     deepspeed = loaded_classes("strategies.DeepSpeedStrategy")
     if deepspeed and isinstance(strategy, deepspeed):
         return ("strategy DeepSpeedStrategy partitions parameters and optimizer state in its own engine, which the "
@@ -447,7 +468,8 @@ class LandscapeMonitor(*callback_bases()):  # type: ignore[misc]
                 return logged
         space = self._space
         shards = (space.all_reduce_sum, space.dim, space.global_dim) if space.sharded else (None,)
-        with probe_guard(pl_module, autocast_off=self.precision == "fp32"), sharded_reduction(*shards):
+        with probe_guard(pl_module, autocast_off=self.precision == "fp32"), sharded_reduction(*shards), \
+                writes_resync(space.reshard if space.sharded else None), _resharded_after(space):
             ctx = ProbeContext(
                 pl_module,
                 self._closure(trainer, batches),
@@ -467,6 +489,7 @@ class LandscapeMonitor(*callback_bases()):  # type: ignore[misc]
                 if nonfinite and probe.needs_hessian:
                     continue
                 try:
+                    after_write()  # FSDP2: every probe starts from the sharded parameters
                     result = probe.run(ctx)
                 except (NonFiniteLossError, FloatingPointError) as err:
                     nonfinite = True

@@ -27,6 +27,7 @@ import torch
 
 from lightning_landscape.linalg.reduction import norm
 from lightning_landscape.parameters import ParameterSpace
+from lightning_landscape.sharded import after_write
 
 BiasMode = Literal["ignore", "filter"]
 BIAS_MODES: tuple[str, ...] = ("ignore", "filter")
@@ -86,6 +87,7 @@ def set_flat(space: ParameterSpace, flat: torch.Tensor) -> None:
     with torch.no_grad():
         for p, part in zip(space.local_tensors(), space.unflatten(flat)):
             p.copy_(part)
+    after_write()  # FSDP2: the next forward gathers these values
 
 
 @contextlib.contextmanager
@@ -108,3 +110,4 @@ def restored(space: ParameterSpace) -> Iterator[torch.Tensor]:
         with torch.no_grad():
             for p, copy in zip(space.local_tensors(), saved):
                 p.copy_(copy)
+        after_write()

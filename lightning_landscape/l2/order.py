@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 
 from lightning_landscape.linalg.reduction import reduce_sum
-from lightning_landscape.sharded import is_sharded_tensor, local_view
+from lightning_landscape.sharded import after_write, is_sharded_tensor, local_view
 
 LossFn = Callable[[], "torch.Tensor | float"]
 
@@ -48,11 +48,13 @@ def swapped_values(params: Sequence[torch.Tensor], values: Sequence[torch.Tensor
                     if v.shape != p.shape:
                         raise ValueError(f"value of shape {tuple(v.shape)} for a parameter of shape {tuple(p.shape)}")
                     t.copy_(local_view(v))
+            after_write()
             yield
         finally:
             with torch.no_grad():
                 for t, original in zip(locals_, saved):
                     t.copy_(original)
+            after_write()
         return
     originals = [p.data for p in params]
     try:

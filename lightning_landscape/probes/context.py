@@ -19,6 +19,7 @@ from lightning_landscape.linalg.reduction import reduce_sum
 from lightning_landscape.optim_info import OptimizerInfo
 from lightning_landscape.parameters import ParameterSpace
 from lightning_landscape.probes.shared import SharedValues, SharedView
+from lightning_landscape.sharded import after_write
 
 LossClosure = Callable[[], torch.Tensor]
 
@@ -105,6 +106,9 @@ class ProbeContext:
         if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
             raise TypeError(f"the loss closure must return a scalar tensor, got {loss!r}")
         if not torch.is_grad_enabled() or not loss.requires_grad:
+            # FSDP2: a forward pass without backward leaves the root's gathered parameters registered on
+            # the module (``module.parameters()`` would list them); put the shards back.
+            after_write()
             return self.reduce_mean(loss.detach())
         return loss
 
