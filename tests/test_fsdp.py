@@ -146,16 +146,18 @@ def _measured_everything(final: dict[str, Any], measurements: int) -> None:
     assert groups <= {k.split("/")[1] for k in mon["last_values"]}, sorted(mon["last_values"])
 
 
-#: The Transformer's root module owns its final LayerNorm (not wrapped by a fully_shard of its own). After a
-#: forward pass without backward FSDP2 leaves the root's parameters unsharded, and the measurement does not
-#: reshard them: afterwards ``named_parameters()`` yields full plain tensors (``.grad`` None), and during it
-#: the forward uses that stale copy while the probes move the shards. Enabled once that is handled.
-ROOT_OWNED = pytest.mark.skip(reason="FSDP2 root-owned parameters left unsharded by forward-only probe passes "
-                                     "(see ROOT_OWNED in this file)")
+#: Two defects of the sharded path that the Transformer (AdamW, attention, LayerNorm) exposes and the MLP
+#: (SGD) does not: AdamW's decoupled L2 coefficient (``l2/convention.py``, ``_decoupled_beta``) sums only
+#: this process's shard, so beta, margin and radial balance differ between ranks; and the central-difference
+#: step ``u^(1/3)·max(1, ‖θ‖)`` grows with the model's norm (here h ≈ 0.033): λmax comes out 1.7e-3 relative
+#: low while ``hvp_error`` reports 2.4e-4. With both corrected (shards reduced; h = u^(1/3)) this case
+#: passes; enable it then.
+SHARDED_DEFECTS = pytest.mark.skip(reason="AdamW decoupled beta summed per shard; finite-difference step scaled "
+                                          "by ‖θ‖ (see SHARDED_DEFECTS in this file)")
 
 
 @needs_fsdp2
-@pytest.mark.parametrize("model,measurements", [("mlp", 2), pytest.param("transformer", 1, marks=ROOT_OWNED)])
+@pytest.mark.parametrize("model,measurements", [("mlp", 2), ("transformer", 1)])
 def test_monitor_does_not_change_sharded_training(runs: Runs, model: str, measurements: int) -> None:
     plain_dir, monitored_dir = runs.get(f"{model}_plain"), runs.get(f"{model}_all")
     for rank in (0, 1):
@@ -227,7 +229,7 @@ def _key(tag: str) -> str:
 
 
 @needs_fsdp2
-@pytest.mark.parametrize("model,optimizer", [("mlp", "sgd"), pytest.param("transformer", "adamw", marks=ROOT_OWNED)])
+@pytest.mark.parametrize("model,optimizer", [("mlp", "sgd"), pytest.param("transformer", "adamw", marks=SHARDED_DEFECTS)])
 def test_sharded_values_match_one_process_on_the_union_batch(runs: Runs, model: str, optimizer: str) -> None:
     from fsdp_run import all_probes
 
