@@ -5,7 +5,8 @@
     python benchmarks/probe_costs.py --probes channels saddle_branches
 
 One process, one thread. The training step is the median of ``--steps`` SGD steps (momentum 0.9) of the
-same process. Every registered probe then measures once, with its defaults, through ``ProbeContext`` under
+same process, and each probe's time is a ratio to the median of the five steps timed around it (three
+before, two after: on a shared machine the load drifts during the run). Every registered probe then measures once, with its defaults, through ``ProbeContext`` under
 ``probe_guard`` as the monitor runs it (each builds its own gradient graph; in a suite they share one):
 its wall time in training steps, and its peak resident set size above the RSS before it (``VmHWM`` after
 ``clear_refs``; the process runs with ``MALLOC_MMAP_THRESHOLD_=65536`` so freed tensors leave the RSS at
@@ -91,9 +92,12 @@ def main() -> None:
                 probe.run(ctx)
                 ctx.release()
 
+        # The training step is timed again next to each probe (median of 3): on a shared machine the load
+        # drifts over the run, and a ratio to a step timed minutes earlier would carry that drift.
+        around = [bench.train_step() for _ in range(3)]
         seconds, peak = measure(run)
-        bench.train_step()
-        cost[name] = seconds / step
+        around += [bench.train_step() for _ in range(2)]
+        cost[name] = seconds / statistics.median(around)
         label = name + (" (worst case: own Lanczos)" if name in WORST_CASE else "")
         rows.append([label, probe.every_n_steps, f"{cost[name]:.1f}", f"{peak / vector:.1f}",
                      f"{100 * cost[name] / probe.every_n_steps:.2f} %"])

@@ -10,8 +10,9 @@ Two models, both trained for a few hundred SGD steps on 10-class teacher–stude
 * ``benchmark``: MLP 784-256-256-10 (269,322 parameters), batch 512 — the reference is Hutch++ with
   ``--ref-matvecs`` HVPs (its standard error is printed; it is far below the errors compared).
 
-For every budget of HVPs and seed, the same Hessian is estimated by our ``hutchpp_trace`` (the
-``HessianTrace`` default: Krylov sketch, adaptive split), the classic Hutch++ (``sketch="random"``), our
+For every budget of HVPs and seed, the same Hessian is estimated by our ``hutchpp_trace_bounded`` (the
+``HessianTrace`` default: Krylov sketch held as scalars, adaptive split), ``hutchpp_trace`` (the same with
+the sketch's basis kept, ``keep_basis=True``), the classic Hutch++ (``sketch="random"``), our
 ``hutchinson_trace``, and PyHessian's ``hessian(...).trace(maxIter=budget,
 tol=-inf)`` (the tolerance disables its early stop, so it spends exactly ``budget`` HVPs). Reported per
 row: the root-mean-square relative error over seeds with its bootstrap standard error (2,000 resamples
@@ -35,6 +36,7 @@ from _common import F, environment, import_pyhessian, make_mlp_bench, median, py
 from lightning_landscape.guards import probe_guard
 from lightning_landscape.hessian import HessianOperator
 from lightning_landscape.linalg import hutchinson_trace, hutchpp_trace
+from lightning_landscape.linalg.hutchpp_bounded import hutchpp_trace_bounded
 from lightning_landscape.parameters import ParameterSpace
 
 
@@ -60,7 +62,8 @@ def exact_trace(op: HessianOperator, chunk: int = 256) -> float:
 
 
 LABELS = {
-    "hutchpp": "ours, Hutch++ Krylov sketch (HessianTrace default)",
+    "hutchpp_bounded": "ours, Hutch++ Krylov sketch held as scalars (HessianTrace default)",
+    "hutchpp": "ours, Hutch++ Krylov sketch with its basis (keep_basis=True)",
     "hutchpp_random": "ours, Hutch++ classic random sketch",
     "hutchinson": "ours, Hutchinson",
     "pyhessian": "PyHessian 0.1 trace() (Hutchinson)",
@@ -132,12 +135,14 @@ def study(name, bench, train_steps, budgets, seeds, hessian_cls, reference: str,
     failure = ""
     rows = []
     for m in budgets:
-        errs: dict[str, list[float]] = {"hutchpp": [], "hutchpp_random": [], "hutchinson": [], "pyhessian": []}
-        ses: dict[str, list[float]] = {"hutchpp": [], "hutchpp_random": [], "hutchinson": []}
-        sketch: dict[str, list[int]] = {"hutchpp": [], "hutchpp_random": []}
+        errs: dict[str, list[float]] = {"hutchpp_bounded": [], "hutchpp": [], "hutchpp_random": [], "hutchinson": [],
+                                        "pyhessian": []}
+        ses: dict[str, list[float]] = {"hutchpp_bounded": [], "hutchpp": [], "hutchpp_random": [], "hutchinson": []}
+        sketch: dict[str, list[int]] = {"hutchpp_bounded": [], "hutchpp": [], "hutchpp_random": []}
         for seed in seeds:
             gen = lambda: torch.Generator(device=space.device).manual_seed(seed)  # noqa: E731
-            for key, fn in (("hutchpp", hutchpp_trace), ("hutchpp_random", partial(hutchpp_trace, sketch="random")),
+            for key, fn in (("hutchpp_bounded", hutchpp_trace_bounded), ("hutchpp", hutchpp_trace),
+                            ("hutchpp_random", partial(hutchpp_trace, sketch="random")),
                             ("hutchinson", hutchinson_trace)):
                 est = fn(op.matvec, space.dim, m, gen(), space.dtype, space.device)
                 errs[key].append((est.value - ref) / abs(ref))

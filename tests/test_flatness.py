@@ -22,6 +22,7 @@ from lightning_landscape.flatness import (
     slice_1d,
     slice_2d,
 )
+from lightning_landscape.flatness.directions import move_to, restored
 from lightning_landscape.parameters import ParameterSpace
 from lightning_landscape.slice_plots import plot_slice_1d, plot_slice_2d
 from lightning_landscape.probes import ProbeContext
@@ -427,3 +428,43 @@ def test_monitor_logs_flatness_scalars_and_images(tmp_path):
     for key in ("sharpness", "adaptive_sharpness", "escape_radius", "escape_radius_std", "slice_descent"):
         assert f"landscape/flatness/{key}" in scalars
     assert {"landscape/flatness/slice_1d", "landscape/flatness/slice_2d"} <= set(acc.Tags()["images"])
+
+
+@pytest.mark.parametrize("dtypes", [(torch.bfloat16, torch.float32), (torch.float32, torch.float64), (torch.float16,)])
+def test_restored_is_bit_exact_for_mixed_dtypes(dtypes) -> None:
+    """One flat copy restores parameters it holds exactly (bf16/fp16 in fp32); a float64 parameter behind a
+    float32 first one (flat dtype float32) is restored from its own clone, not from the rounded flat copy."""
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(5, 3, generator=gen, dtype=torch.float64).to(d)) for d in dtypes]
+    for p in params:  # values a float32 round trip would change when p is float64
+        with torch.no_grad():
+            p.add_(1e-12 if p.dtype == torch.float64 else 0.0)
+    space = ParameterSpace(params)
+    before = [p.detach().clone() for p in params]
+    d = torch.randn(space.dim, generator=gen, dtype=space.dtype)
+    with restored(space) as theta:
+        move_to(space, theta, (0.3, d))
+        assert not all(torch.equal(p, b) for p, b in zip(params, before))
+    assert all(torch.equal(p, b) and p.dtype == b.dtype for p, b in zip(params, before))
+
+
+def test_move_to_matches_the_flat_sum() -> None:
+    """θ + a·d1 + b·d2 formed in place equals the flat sum (to one rounding: the in-place form may fuse)."""
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Linear(6, 2))
+    space = ParameterSpace.from_module(net)
+    gen = torch.Generator().manual_seed(1)
+    theta = space.flatten_params()
+    d1, d2 = (torch.randn(space.dim, generator=gen) for _ in range(2))
+    move_to(space, theta, (0.5, d1), (-2.0, d2))
+    torch.testing.assert_close(space.flatten_params(), theta + 0.5 * d1 - 2.0 * d2, rtol=1e-6, atol=1e-6)
+
+
+def test_dot64_is_float64_exact_beyond_one_chunk() -> None:
+    """Chunked float64 products: the same value as the float64 dot of float64 copies (a float32 dot is off)."""
+    from lightning_landscape.linalg.dot import CHUNK, dot64
+    gen = torch.Generator().manual_seed(2)
+    a = torch.randn(3 * CHUNK + 17, generator=gen) * 1e3
+    b = a + torch.randn(a.numel(), generator=gen) * 1e-3
+    exact = float(torch.dot(a.double(), b.double()))
+    assert dot64(a, b) == pytest.approx(exact, rel=1e-14)
+    assert abs(float(torch.dot(a, b)) - exact) > 1e-14 * abs(exact)  # what float32 accumulation would give

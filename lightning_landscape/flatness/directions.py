@@ -78,8 +78,27 @@ def filter_normalized_direction(space: ParameterSpace, generator: torch.Generato
     True
     """
     reference = space.flatten_params() if reference is None else reference
-    raw = torch.randn(space.dim, generator=generator, device=generator.device, dtype=space.dtype)
-    return filter_normalize(raw.to(space.device), reference, space, bias_bn)
+    raw = torch.randn(space.dim, generator=generator, device=generator.device, dtype=space.dtype).to(space.device)
+    return _filter_normalize_(raw, reference, space, bias_bn)
+
+
+def _filter_normalize_(direction: torch.Tensor, reference: torch.Tensor, space: ParameterSpace,
+                       bias_bn: BiasMode) -> torch.Tensor:
+    """:func:`filter_normalize` in place (the same values): no parameter-sized temporary besides ``direction``."""
+    if bias_bn not in BIAS_MODES:
+        raise ValueError(f"bias_bn must be one of {list(BIAS_MODES)}, got {bias_bn!r}")
+    for d, w in zip(space.unflatten(direction), space.unflatten(reference)):
+        if d.ndim >= 2:
+            rows_d = d.view(d.shape[0], -1)
+            norm_d = torch.linalg.vector_norm(rows_d, dim=1, keepdim=True)
+            norm_w = torch.linalg.vector_norm(w.reshape(w.shape[0], -1), dim=1, keepdim=True)
+            rows_d.mul_(norm_w / norm_d.clamp_min(torch.finfo(d.dtype).tiny))
+        elif bias_bn == "filter":
+            norm_d = norm(d.reshape(-1)).clamp_min(torch.finfo(d.dtype).tiny)  # sharded: reduced norms
+            d.mul_(norm(w.reshape(-1)) / norm_d)
+        else:
+            d.zero_()
+    return direction
 
 
 def set_flat(space: ParameterSpace, flat: torch.Tensor) -> None:
@@ -90,11 +109,40 @@ def set_flat(space: ParameterSpace, flat: torch.Tensor) -> None:
     after_write()  # FSDP2: the next forward gathers these values
 
 
+def move_to(space: ParameterSpace, theta: torch.Tensor, *steps: tuple[float, torch.Tensor]) -> None:
+    """Set the parameters to ``θ + Σ cᵢ dᵢ`` for ``steps = ((c₁, d₁), ...)``, parameter by parameter in place.
+
+    No parameter-sized temporary where a parameter has the flat dtype (the sum is formed in the parameter
+    itself); other parameters get the sum in the flat dtype, cast once, one parameter at a time.
+
+    >>> w = torch.nn.Parameter(torch.zeros(2)); space = ParameterSpace([w])
+    >>> move_to(space, torch.tensor([1.0, 2.0]), (0.5, torch.tensor([2.0, 0.0])), (1.0, torch.tensor([0.0, 1.0])))
+    >>> w.tolist()
+    [2.0, 3.0]
+    """
+    parts = [space.unflatten(d.to(device=theta.device, dtype=theta.dtype)) for _, d in steps]
+    with torch.no_grad():
+        for k, (p, base) in enumerate(zip(space.local_tensors(), space.unflatten(theta))):
+            if p.dtype == base.dtype:
+                p.copy_(base)
+                for (c, _), d in zip(steps, parts):
+                    p.add_(d[k], alpha=c)
+            else:
+                total = base.clone()
+                for (c, _), d in zip(steps, parts):
+                    total.add_(d[k], alpha=c)
+                p.copy_(total)
+                del total
+    after_write()  # FSDP2: the next forward gathers these values
+
+
 @contextlib.contextmanager
 def restored(space: ParameterSpace) -> Iterator[torch.Tensor]:
-    """Yield θ (flat copy); on exit put every parameter back bit-exactly from a clone.
+    """Yield θ (flat copy; do not modify it); on exit put every parameter back bit-exactly from a copy.
 
-    Restoring from a clone (not by subtracting the step again) is what makes it bit-exact.
+    Restoring from a copy (not by subtracting the step again) is what makes it bit-exact. The flat θ is
+    that copy when it holds every parameter's dtype exactly (one parameter-sized copy in all); otherwise
+    the parameters are cloned as well.
 
     >>> net = torch.nn.Linear(2, 1); space = ParameterSpace.from_module(net)
     >>> before = net.weight.detach().clone()
@@ -103,9 +151,12 @@ def restored(space: ParameterSpace) -> Iterator[torch.Tensor]:
     >>> torch.equal(net.weight, before)
     True
     """
-    saved = [p.detach().clone() for p in space.local_tensors()]
+    theta = space.flatten_params()
+    # Widening casts (bf16/fp16 -> fp32, fp32 -> fp64) are exact: θ itself restores such parameters.
+    exact = all(torch.promote_types(p.dtype, theta.dtype) == theta.dtype for p in space.params)
+    saved = space.unflatten(theta) if exact else [p.detach().clone() for p in space.local_tensors()]
     try:
-        yield space.flatten_params()
+        yield theta
     finally:
         with torch.no_grad():
             for p, copy in zip(space.local_tensors(), saved):

@@ -33,7 +33,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from lightning_landscape.flatness.directions import restored, set_flat
+from lightning_landscape.flatness.directions import move_to, restored
 from lightning_landscape.flatness.sharpness import LossFn
 from lightning_landscape.parameters import ParameterSpace
 
@@ -148,7 +148,7 @@ def escape_radius(loss_fn: LossFn, space: ParameterSpace, directions: Iterable[t
             d = d.to(device=theta.device, dtype=theta.dtype)
 
             def loss_at(sigma: float) -> float:
-                set_flat(space, theta + sigma * d)
+                move_to(space, theta, (sigma, d))
                 return float(loss_fn())
 
             sigma, ok, n, value = escape_radius_along(loss_at, threshold, sigma_min, sigma_max, growth, rel_tol)

@@ -30,8 +30,9 @@ from typing import Callable
 
 import torch
 
-from lightning_landscape.flatness.directions import restored, set_flat
-from lightning_landscape.linalg.reduction import dot, norm
+from lightning_landscape.flatness.directions import move_to, restored
+from lightning_landscape.linalg.dot import dot64
+from lightning_landscape.linalg.reduction import norm as reduced_norm
 from lightning_landscape.parameters import ParameterSpace
 
 #: Evaluates the (probe-batch) loss at the parameters as they are now.
@@ -58,10 +59,10 @@ def sam_perturbation(gradient: torch.Tensor, rho: float) -> torch.Tensor:
     >>> sam_perturbation(torch.tensor([3.0, 4.0]), 0.5)
     tensor([0.3000, 0.4000])
     """
-    size = norm(gradient)
-    if size == 0:
+    norm = reduced_norm(gradient)
+    if norm == 0:
         return torch.zeros_like(gradient)
-    return gradient * (rho / size)
+    return gradient * (rho / norm)
 
 
 def asam_perturbation(gradient: torch.Tensor, theta: torch.Tensor, rho: float, eta: float = 0.0) -> torch.Tensor:
@@ -70,12 +71,12 @@ def asam_perturbation(gradient: torch.Tensor, theta: torch.Tensor, rho: float, e
     >>> asam_perturbation(torch.tensor([1.0, 1.0]), torch.tensor([2.0, 0.0]), rho=1.0)  # T = (2, 0)
     tensor([2., 0.])
     """
-    t = theta.abs() + eta
+    t = theta.abs().add_(eta)
     tg = t * gradient
-    size = norm(tg)
-    if size == 0:
+    norm = reduced_norm(tg)
+    if norm == 0:
         return torch.zeros_like(gradient)
-    return t * tg * (rho / size)
+    return t.mul_(tg).mul_(rho / norm)  # in place: two parameter-sized temporaries, not four
 
 
 def perturbed_loss_change(loss_fn: LossFn, space: ParameterSpace, perturbation: torch.Tensor,
@@ -86,16 +87,16 @@ def perturbed_loss_change(loss_fn: LossFn, space: ParameterSpace, perturbation: 
     with torch.no_grad(), restored(space) as theta:
         loss0 = float(loss_fn()) if base_loss is None else float(base_loss)
         eps = perturbation.to(device=theta.device, dtype=theta.dtype)
-        eps_norm = float(norm(eps))
+        eps_norm = float(reduced_norm(eps))
         g = gradient.to(device=theta.device, dtype=theta.dtype)
         if eps_norm == 0:
-            return SharpnessResult(loss0, loss0, 0.0, float(norm(g)), 0.0, 0.0, 0.0)
-        set_flat(space, theta + eps)
+            return SharpnessResult(loss0, loss0, 0.0, float(reduced_norm(g)), 0.0, 0.0, 0.0)
+        move_to(space, theta, (1.0, eps))
         loss1 = float(loss_fn())
-    slope = float(dot(g.double().flatten(), eps.double().flatten()))
+    slope = dot64(g, eps)
     sharp = loss1 - loss0
     curvature = 2.0 * (sharp - slope) / eps_norm**2 if math.isfinite(sharp) else math.inf
-    return SharpnessResult(loss0, loss1, sharp, float(norm(g)), eps_norm, slope, curvature)
+    return SharpnessResult(loss0, loss1, sharp, float(reduced_norm(g)), eps_norm, slope, curvature)
 
 
 def sharpness(loss_fn: LossFn, space: ParameterSpace, gradient: torch.Tensor, rho: float = 0.05,

@@ -20,14 +20,30 @@ normalisation.
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Iterator, Sequence
 
 import torch
 
-from lightning_landscape.flatness.directions import restored, set_flat
+from lightning_landscape.flatness.directions import move_to, restored
 from lightning_landscape.flatness.sharpness import LossFn
-from lightning_landscape.linalg.reduction import dot, norm
+from lightning_landscape.linalg.dot import dot64
+from lightning_landscape.linalg.reduction import norm
 from lightning_landscape.parameters import ParameterSpace
+
+
+@contextlib.contextmanager
+def _restore_point(space: ParameterSpace, theta: torch.Tensor | None) -> Iterator[torch.Tensor]:
+    """The caller's θ, put back by the caller's own :func:`restored` after the slices (on an error too),
+    or a :func:`restored` of our own."""
+    if theta is None:
+        with restored(space) as own:
+            yield own
+        return
+    try:
+        yield theta
+    finally:
+        move_to(space, theta)
 
 
 def _values(x: Sequence[float] | torch.Tensor) -> list[float]:
@@ -35,29 +51,36 @@ def _values(x: Sequence[float] | torch.Tensor) -> list[float]:
 
 
 def slice_1d(loss_fn: LossFn, space: ParameterSpace, direction: torch.Tensor,
-             alphas: Sequence[float] | torch.Tensor) -> torch.Tensor:
-    """Loss at ``θ + α d`` for each ``α`` (float64 tensor); parameters restored bit-exactly."""
+             alphas: Sequence[float] | torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
+    """Loss at ``θ + α d`` for each ``α`` (float64 tensor); parameters restored bit-exactly.
+
+    Memory: one copy of θ (the restore point) besides ``direction``; each point is formed in the
+    parameters themselves. A caller that already holds θ inside :func:`restored` passes it as ``theta``
+    (no second copy; that context restores the parameters).
+    """
     out = []
-    with torch.no_grad(), restored(space) as theta:
+    with torch.no_grad(), _restore_point(space, theta) as theta:
         d = direction.to(device=theta.device, dtype=theta.dtype)
         for a in _values(alphas):
-            set_flat(space, theta + a * d)
+            move_to(space, theta, (a, d))  # in place: θ, d and the parameters are the only vectors
             out.append(float(loss_fn()))
     return torch.tensor(out, dtype=torch.float64)
 
 
 def slice_2d(loss_fn: LossFn, space: ParameterSpace, d1: torch.Tensor, d2: torch.Tensor,
-             alphas: Sequence[float] | torch.Tensor, betas: Sequence[float] | torch.Tensor) -> torch.Tensor:
-    """Loss at ``θ + α d1 + β d2``: a ``(len(betas), len(alphas))`` float64 tensor (row = β, as images)."""
+             alphas: Sequence[float] | torch.Tensor, betas: Sequence[float] | torch.Tensor,
+             theta: torch.Tensor | None = None) -> torch.Tensor:
+    """Loss at ``θ + α d1 + β d2``: a ``(len(betas), len(alphas))`` float64 tensor (row = β, as images).
+
+    Memory and ``theta`` as in :func:`slice_1d`."""
     grid = []
-    with torch.no_grad(), restored(space) as theta:
+    with torch.no_grad(), _restore_point(space, theta) as theta:
         u = d1.to(device=theta.device, dtype=theta.dtype)
         v = d2.to(device=theta.device, dtype=theta.dtype)
         for b in _values(betas):
             row = []
-            shifted = theta + b * v
             for a in _values(alphas):
-                set_flat(space, shifted + a * u)
+                move_to(space, theta, (b, v), (a, u))
                 row.append(float(loss_fn()))
             grid.append(row)
     return torch.tensor(grid, dtype=torch.float64)
@@ -72,4 +95,4 @@ def cosine(u: torch.Tensor, v: torch.Tensor) -> float:
     nu, nv = norm(u), norm(v)
     if nu == 0 or nv == 0:
         return 0.0
-    return float(dot(u.flatten().double(), v.flatten().double()) / (nu.double() * nv.double()))
+    return dot64(u, v) / (float(nu) * float(nv))

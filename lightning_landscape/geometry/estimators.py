@@ -28,16 +28,17 @@ from typing import Callable
 import torch
 
 from lightning_landscape.linalg import hutchinson_trace
+from lightning_landscape.linalg.dot import dot64
 from lightning_landscape.linalg.krylov import LanczosState, project_out, tridiagonal
 from lightning_landscape.linalg.operator import LinearOperator, matvec_of, required, resolve
 from lightning_landscape.linalg.random import rademacher
-from lightning_landscape.linalg.reduction import dot, global_dim, norm, reduce_sum, row_dots
+from lightning_landscape.linalg.reduction import global_dim, norm, reduce_sum, row_dots
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(dot(a.reshape(-1).double(), b.reshape(-1).double()))
+    return dot64(a, b)  # float64 products without float64 copies of the vectors
 
 
 # --------------------------------------------------------------------------------------------------
@@ -393,3 +394,52 @@ def estimate_geometry(
         trace_h2_samples=f,
         num_matvecs=used + (sketch.num_matvecs if sketch is not None else 0),
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# the basis-free route: moments from plain Hutchinson samples, Ritz data from the three-term recurrence
+
+
+def geometry_from_samples(trace_samples: torch.Tensor, trace_h2_samples: torch.Tensor, g_h_g: float, g_h2_g: float,
+                          q: float, dim: int, num_matvecs: int) -> GeometryEstimate:
+    """The :class:`GeometryEstimate` of independent unbiased samples of tr H and tr H² (one pair per probe).
+
+    What :func:`estimate_geometry` computes from its (deflated) probes, for samples taken elsewhere: the
+    memory-bounded probe takes them without a Krylov basis.
+
+    >>> t = torch.tensor([2.0, 2.0, 2.0], dtype=torch.float64); f = torch.tensor([2.0, 2.0, 2.0], dtype=torch.float64)
+    >>> est = geometry_from_samples(t, f, 0.0, 0.0, 1.0, 2, 3)   # H = I₂ at a critical point: R = 2
+    >>> est.scalar_curvature, est.scalar_curvature_stderr
+    (2.0, 0.0)
+    """
+    t, f = trace_samples.double().reshape(-1), trace_h2_samples.double().reshape(-1)
+    n = t.numel()
+    if n < 3 or f.numel() != n:
+        raise ValueError(f"need >= 3 paired samples of tr H and tr H², got {n} and {f.numel()}")
+    trace = float(t.mean())
+    trace_se = float(t.std(unbiased=True)) / math.sqrt(n)
+    s1 = float(t.sum())
+    trace_sq = (s1 * s1 - float((t * t).sum())) / (n * (n - 1))
+    tr_s = trace_shape_operator(trace, g_h_g, q)
+    tr_s_se = trace_se / math.sqrt(q)
+    return GeometryEstimate(
+        q=q, g_h_g=g_h_g, g_h2_g=g_h2_g, trace=trace, trace_stderr=trace_se, trace_sq=trace_sq,
+        trace_h2=float(f.mean()), trace_h2_stderr=float(f.std(unbiased=True)) / math.sqrt(n),
+        trace_shape=tr_s, trace_shape_stderr=tr_s_se, mean_curvature=tr_s / dim, mean_curvature_stderr=tr_s_se / dim,
+        scalar_curvature=scalar_curvature_from_moments(trace_sq, float(f.mean()), trace, g_h_g, g_h2_g, q),
+        scalar_curvature_stderr=_jackknife_stderr(t, f, g_h_g, g_h2_g, q),
+        trace_samples=t, trace_h2_samples=f, num_matvecs=num_matvecs,
+    )
+
+
+def ricci_from_moments(u_u: float, u_hu: float, hu_hu: float, g_u: float, g_hu: float, q: float,
+                       trace_shape: float) -> float:
+    """``Ric(u, u)`` of :func:`ricci_from_hvp` from the inner products alone (``|u|², uᵀHu, |Hu|², gᵀu, gᵀHu``).
+
+    >>> ricci_from_moments(1.0, 2.0, 4.0, 0.0, 0.0, 1.0, 4.0)   # κ = 2, 2 at a critical point: Ric = 4
+    4.0
+    """
+    norm_g = u_u + g_u**2
+    if not norm_g > 0.0:
+        raise ValueError("direction must be non-zero")
+    return (trace_shape * u_hu / math.sqrt(q) - (hu_hu - g_hu**2 / q) / q) / norm_g

@@ -1,7 +1,7 @@
 """Flatness probes: SAM/ASAM sharpness, random-walk escape radius, 1-D/2-D landscape slices.
 
-All three move the weights and put them back bit-exactly (:func:`~lightning_landscape.guards.preserved_parameters`),
-evaluate the probe-batch loss under ``no_grad`` (only the sharpness gradient needs autograd, and uses
+All three move the weights and put them back bit-exactly (:func:`~lightning_landscape.guards.preserved_parameters`;
+the slice from its one saved copy of θ, :func:`~lightning_landscape.flatness.directions.restored`), evaluate the probe-batch loss under ``no_grad`` (only the sharpness gradient needs autograd, and uses
 ``torch.autograd.grad``), and draw random directions only from ``ctx.generator(...)``.
 
 Common random numbers: every loss evaluation of one measurement re-seeds the global RNG to the same value
@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Literal
 
 import torch
 
-from lightning_landscape.flatness.directions import BIAS_MODES, filter_normalized_direction
+from lightning_landscape.flatness.directions import BIAS_MODES, filter_normalized_direction, restored
 from lightning_landscape.flatness.escape import escape_radius
 from lightning_landscape.flatness.sharpness import sharpness
 from lightning_landscape.flatness.slices import cosine, slice_1d, slice_2d
@@ -322,8 +322,9 @@ class LandscapeSlice(Probe):
         gen = ctx.generator(self.name)
         out = ProbeResult()
         lowest = math.inf
-        with preserved_parameters(ctx.module):
-            theta = ctx.space.flatten_params()
+        # One copy of θ (the restore point, also the filter-norm reference) and the two directions; the
+        # slices form each point in the parameters themselves (peak ≈ 3 parameter-sized vectors + a forward).
+        with restored(ctx.space) as theta:
             base = _finite_base(loss_fn)
             d1 = filter_normalized_direction(ctx.space, gen, theta, self.bias_bn)
             d2 = filter_normalized_direction(ctx.space, gen, theta, self.bias_bn)
@@ -331,15 +332,15 @@ class LandscapeSlice(Probe):
                     f"{'fixed' if self.bias_bn == 'ignore' else 'moved'}")
             if self.mode in ("1d", "both"):
                 a = self._grid(self.points_1d)
-                l1 = slice_1d(loss_fn, ctx.space, d1, a)
-                l2 = slice_1d(loss_fn, ctx.space, d2, a)
+                l1 = slice_1d(loss_fn, ctx.space, d1, a, theta=theta)
+                l2 = slice_1d(loss_fn, ctx.space, d2, a, theta=theta)
                 lowest = min(lowest, _finite_min(l1), _finite_min(l2))
                 out.images["slice_1d"] = plot_slice_1d(
                     a.numpy(), l1.numpy(), step=ctx.step, curves={"direction 2": l2.numpy()}, current=base,
                     dpi=self.dpi, label="direction 1")
             if self.mode in ("2d", "both"):
                 a = self._grid(self.points_2d)
-                grid = slice_2d(loss_fn, ctx.space, d1, d2, a, a)
+                grid = slice_2d(loss_fn, ctx.space, d1, d2, a, a, theta=theta)
                 lowest = min(lowest, _finite_min(grid))
                 out.images["slice_2d"] = plot_slice_2d(a.numpy(), a.numpy(), grid.numpy(), step=ctx.step,
                                                        subtitle=note, dpi=self.dpi)

@@ -17,6 +17,7 @@ from lightning_landscape.linalg import (
     lanczos_extremes,
     spectral_density,
 )
+from lightning_landscape.linalg.hutchpp_bounded import hutchpp_trace_bounded
 from lightning_landscape.linalg.random import gaussian
 from lightning_landscape.linalg.reduction import norm, sq_norm
 from lightning_landscape.optim_info import adam_preconditioner, adam_steps
@@ -395,6 +396,12 @@ class HessianTrace(Probe):
             the samples' own spread), never more than ``num_matvecs``; ``None``: always ``num_matvecs``.
         exact_max_dim: up to this many parameters the trace of the dense Hessian (exact, standard error 0,
             shared with the spectrum and density probes); ``0``: always estimate.
+        keep_basis: Hutch++ only. ``False`` (default): the sketch is held as scalars (the plain Lanczos
+            recurrence, the Hutchinson vectors as packed sign bits: a fixed handful of parameter-sized vectors,
+            :func:`~lightning_landscape.linalg.hutchpp_bounded.hutchpp_trace_bounded`); it stops before its
+            vectors lose orthogonality, which in float32 can end it before a spiky spectrum's outliers have all
+            converged (no loss at the default 12 products, less deflation at 24 or more). ``True``: keep and
+            re-orthogonalise the sketch's basis (up to ``2·num_matvecs/3`` vectors).
 
     Example:
         >>> net = torch.nn.Linear(3, 1)
@@ -419,9 +426,10 @@ class HessianTrace(Probe):
     def __init__(
         self, every_n_steps: int | None = None, num_matvecs: int = 12,
         method: Literal["hutchpp", "hutchinson"] = "hutchpp", rel_tol: float | None = 0.05,
-        exact_max_dim: int = EXACT_MAX_DIM,
+        exact_max_dim: int = EXACT_MAX_DIM, keep_basis: bool = False,
     ) -> None:
         super().__init__(every_n_steps)
+        self.keep_basis = check_bool("HessianTrace.keep_basis", keep_basis)
         self.method = check_choice("HessianTrace.method", method, ("hutchpp", "hutchinson"))
         minimum = 3 if method == "hutchpp" else 2
         self.num_matvecs = check_positive_int("HessianTrace.num_matvecs", num_matvecs, minimum)
@@ -430,7 +438,7 @@ class HessianTrace(Probe):
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "num_matvecs": self.num_matvecs, "method": self.method, "rel_tol": self.rel_tol,
-                "exact_max_dim": self.exact_max_dim}
+                "exact_max_dim": self.exact_max_dim, "keep_basis": self.keep_basis}
 
     def run(self, ctx: ProbeContext) -> ProbeResult:
         op = ctx.hessian()
@@ -438,7 +446,10 @@ class HessianTrace(Probe):
             est = dense_trace(op.dense())
         else:
             gen = ctx.generator(self.name)
-            estimator = hutchpp_trace if self.method == "hutchpp" else hutchinson_trace
+            if self.method == "hutchinson":
+                estimator = hutchinson_trace
+            else:
+                estimator = hutchpp_trace if self.keep_basis else hutchpp_trace_bounded
             est = estimator(op.matvec, ctx.space.dim, self.num_matvecs, gen, ctx.space.dtype, ctx.space.device,
                             rel_tol=self.rel_tol)
         out = ProbeResult(scalars={"trace": est.value})
