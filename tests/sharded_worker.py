@@ -98,6 +98,16 @@ def worker(rank: int, port: int, out: str, dtype_name: str, root_owned: bool = F
         dist.all_reduce(flags, op=dist.ReduceOp.MIN)
         shards = [None, None]
         dist.all_gather_object(shards, (rank, space.dim, gradient_shard))
+        # AdamW's decoupled decay as an L2 coefficient sums over every parameter entry: over the shards too.
+        from lightning_landscape.l2.convention import group_decays
+
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-2, weight_decay=0.1)
+        for p in net.parameters():
+            p.grad = None
+        loss().backward()
+        opt.step()
+        with sharded_reduction(space.all_reduce_sum, space.dim, space.global_dim):
+            values["adamw_beta"] = group_decays(opt)[0].beta
         if rank == 0:
             torch.save({"values": values, "before": before, "after": after, "grads_same": bool(flags[0]),
                         "rng_same": bool(flags[1]), "shards": shards, "global_dim": space.global_dim,

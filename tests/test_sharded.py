@@ -184,3 +184,15 @@ def test_tensor_parallel_layouts_are_refused_with_the_supported_one_named(flavou
     dp._device_mesh = _Mesh({"data_parallel": 2, "tensor_parallel": 1})
     assert _strategy_refusal(dp) is None
     assert _strategy_refusal(strategies.DDPStrategy()) is None
+
+
+def test_two_processes_adamw_decay_coefficient_sums_every_shard(two_process) -> None:
+    """``wd/2·Σ(√v̂+ε)θ²/Σθ²`` of AdamW over the whole model after one step on the union batch (one shard's
+    sums differ by tens of percent here)."""
+    from lightning_landscape.l2.convention import group_decays
+
+    net, loss = _mlp_problem(torch.float64)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2, weight_decay=0.1)
+    loss().backward()
+    opt.step()
+    assert two_process["values"]["adamw_beta"] == pytest.approx(group_decays(opt)[0].beta, rel=1e-9)

@@ -538,6 +538,24 @@ class LandscapeMonitor(*callback_bases()):  # type: ignore[misc]
         optimizer = trainer.optimizers[0] if getattr(trainer, "optimizers", None) else None
         info = describe_optimizer(optimizer)
         logged = ProbeResult()
+        space = self._space
+        # Sharded parameters: what a tracker sums over parameters (Adam's decoupled decay) is reduced too,
+        # so every process takes the same decision.
+        shards = (space.all_reduce_sum, space.dim, space.global_dim) if space is not None and space.sharded else (None,)
+        with sharded_reduction(*shards):
+            self._track_each(probes, step, optimizer, info, logged)
+        if logged.scalars and logged.scalars != self._last_tracked:  # unchanged (e.g. constant lr): nothing new
+            self._last_tracked = dict(logged.scalars)
+            # Tracked values are functions of state every rank holds identically (sums over sharded
+            # parameters reduced above): no broadcast needed.
+            self._act(trainer, logged, step, broadcast=False)
+            if should_log(trainer) or logged.texts:  # an alert or a controller change is written when it happens
+                self._write(trainer, logged, step)
+            else:
+                self.last_values.update(logged.scalars)
+        self.probe_seconds += time.perf_counter() - started  # the cost clock counts tracking too
+
+    def _track_each(self, probes: list[Probe], step: int, optimizer: Any, info: Any, logged: ProbeResult) -> None:
         for probe in probes:
             try:
                 result = probe.track(step, optimizer, info)
@@ -546,15 +564,6 @@ class LandscapeMonitor(*callback_bases()):  # type: ignore[misc]
                 continue
             if result is not None:
                 self._merge(logged, probe.group, result, probe)
-        if logged.scalars and logged.scalars != self._last_tracked:  # unchanged (e.g. constant lr): nothing new
-            self._last_tracked = dict(logged.scalars)
-            # Tracked values are functions of state every rank holds identically: no broadcast needed.
-            self._act(trainer, logged, step, broadcast=False)
-            if should_log(trainer) or logged.texts:  # an alert or a controller change is written when it happens
-                self._write(trainer, logged, step)
-            else:
-                self.last_values.update(logged.scalars)
-        self.probe_seconds += time.perf_counter() - started  # the cost clock counts tracking too
 
     def _judged(self, logged: ProbeResult) -> dict[str, float]:
         """The scalars a verdict may be drawn from: everything measured except what is warming up."""

@@ -22,6 +22,9 @@ from typing import Literal
 
 import torch
 
+from lightning_landscape.linalg.reduction import reduce_sum
+from lightning_landscape.sharded import local_view
+
 DecayKind = Literal["coupled", "decoupled", "none", "unknown"]
 
 #: torch optimizers whose ``weight_decay`` is added to the gradient (a true L2 penalty ``wd/2 ‖θ‖²``).
@@ -93,10 +96,12 @@ def _decoupled_beta(optimizer: object, group: dict, wd: float) -> float | None:
             return None
         # AMSGrad divides by its running maximum, not by exp_avg_sq.
         v = st["max_exp_avg_sq"] if group.get("amsgrad") and "max_exp_avg_sq" in st else st["exp_avg_sq"]
-        v_hat = v.detach().double() / (1.0 - beta2**step)
-        theta2 = p.detach().double() ** 2
+        # FSDP2: the state is sharded like p; each process sums its shard (reduced below)
+        v_hat = local_view(v.detach()).double() / (1.0 - beta2**step)
+        theta2 = local_view(p.detach()).double() ** 2
         num += float(((v_hat.sqrt() + eps) * theta2).sum())
         den += float(theta2.sum())
+    num, den = reduce_sum(torch.tensor([num, den], dtype=torch.float64)).tolist()
     if den == 0.0:
         return None
     return 0.5 * wd * num / den
