@@ -31,3 +31,15 @@ def test_cuda_mixed_precision_measures_in_fp32(precision: str) -> None:
     assert monitor.last_values["landscape/hessian/lambda_max"] == pytest.approx(float(evals[-1]), rel=1e-4)
     assert monitor.last_values["landscape/hessian/lambda_min"] == pytest.approx(
         float(evals[0]), rel=1e-3, abs=1e-4 * float(evals[-1]))
+
+
+def test_cuda_fsdp1_is_refused_naming_model_parallel_and_training_continues() -> None:
+    """FSDP1 (``strategy="fsdp"``, which Lightning runs on GPUs only): the monitor switches itself off with a
+    warning that points to ``ModelParallelStrategy``; training runs to the end."""
+    from lightning_landscape.callbacks.monitor import LandscapeMonitorWarning
+
+    monitor = LandscapeMonitor(probes=[HessianSpectrum(every_n_steps=1)])
+    t = trainer(max_steps=2, callbacks=[monitor], accelerator="gpu", devices=1, strategy="fsdp")
+    with pytest.warns(LandscapeMonitorWarning, match="ModelParallelStrategy"):
+        t.fit(small_task(), loaders())
+    assert t.global_step == 2 and not monitor.last_values
