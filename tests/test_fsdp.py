@@ -146,13 +146,6 @@ def _measured_everything(final: dict[str, Any], measurements: int) -> None:
     assert groups <= {k.split("/")[1] for k in mon["last_values"]}, sorted(mon["last_values"])
 
 
-#: The bounded geometry estimate (a plain Lanczos recurrence, no basis) under sharding: its top-k section's
-#: Gauss–Kronecker curvature comes out as if ``Vᵀg`` were 0 (MLP: log|K_5| 0.548 sharded; 0.220–0.231 in one
-#: process over seeds 0–4; 0.228 exact). Enabled once that is fixed.
-TOPK_SECTION = pytest.mark.skip(reason="sharded bounded geometry estimate loses Vᵀg in gauss_kronecker_topk "
-                                       "(see TOPK_SECTION in this file)")
-
-
 @needs_fsdp2
 @pytest.mark.parametrize("model,measurements", [("mlp", 2), ("transformer", 1)])
 def test_monitor_does_not_change_sharded_training(runs: Runs, model: str, measurements: int) -> None:
@@ -193,7 +186,7 @@ WITH_STDERR = ("trace", "mean_curvature", "scalar_curvature", "ricci_top", "ricc
 #: ±1e-3·λmax of zero (the band a node may land on either side of; finite-difference products move it).
 SMOOTHED = ("negative_mass",)
 #: Estimates with no reported error (top-k Ritz values of a 20-step Krylov sketch): 10 % of the exact value.
-SKETCHED = ("gauss_kronecker_topk_log_abs",)
+SKETCHED = ("gauss_kronecker_topk_log_abs", "gauss_kronecker_topk_sign")
 #: Krylov-converged values (start-independent once converged): 1e-3 relative of the single process.
 CONVERGED = {"eos_ratio", "eos_ratio_tracked", "preconditioned_lambda_max", "lambda_min_ratio",
              "gauss_kronecker_topk_sign"}
@@ -276,17 +269,14 @@ def test_sharded_values_match_one_process_on_the_union_batch(runs: Runs, model: 
 
 
 @needs_fsdp2
-@TOPK_SECTION
-@pytest.mark.parametrize("model,optimizer", [("mlp", "sgd"), ("transformer", "adamw")])
-def test_sharded_topk_section_curvature_matches_exact(runs: Runs, model: str, optimizer: str) -> None:
-    """log|K_k| of the section through the top-k Ritz vectors (no reported error: a 20-step sketch) within
-    10 % of the exact float64 value; the single process meets this for every seed tried."""
-    out = runs.get(f"{model}_all")
-    rec, _, _, (x, y) = _union_reference(out, model, optimizer)
-    exact = _exact_landscape(model, rec, x, y)
-    for key in SKETCHED:
-        tag = f"landscape/geometry/{key}"
-        assert rec["values_at"][tag] == pytest.approx(exact[key], rel=0.1), (key, rec["values_at"][tag], exact[key])
+@pytest.mark.parametrize("model", ["mlp", "transformer"])
+def test_sharded_topk_section_is_not_measured(runs: Runs, model: str) -> None:
+    """The basis-free run tells ghost and spurious Ritz values apart at the products' rounding level, which
+    finite-difference products (≈ 1e-4 relative) swamp: a spurious value in the section gave log|K_5| 0.55
+    against 0.23 exact (MLP). Under sharding the section is absent, the rest of the geometry is measured."""
+    values = load_run(runs.get(f"{model}_all"), 0)["values_at"]
+    assert not any(k.startswith("landscape/geometry/gauss_kronecker_topk") for k in values)
+    assert "landscape/geometry/scalar_curvature" in values and "landscape/geometry/ricci_top" in values
 
 
 @needs_fsdp2
