@@ -85,7 +85,13 @@ class ShardedParameterSpace(ParameterSpace):
     (``fully_shard`` on the data-parallel mesh); anything else is refused with the reason. ``shapes``,
     ``numels`` and ``dim`` are those of the local shards; ``global_dim`` counts the whole model.
 
-    >>> space = ShardedParameterSpace.from_module(torch.nn.Linear(2, 1))  # doctest: +SKIP
+    Under FSDP2 (``fully_shard`` on a data-parallel mesh) ``from_module(model)`` gives the local view; any
+    parameter left unsharded is refused with the reason:
+
+    >>> ShardedParameterSpace.from_module(torch.nn.Linear(2, 1))
+    Traceback (most recent call last):
+    ...
+    ValueError: parameter 'weight' is not sharded (not a DTensor): apply fully_shard to every module with parameters (or to the root module)
     """
 
     sharded = True
@@ -96,8 +102,8 @@ class ShardedParameterSpace(ParameterSpace):
         for p, name in zip(self.params, self.names):
             if not is_sharded_tensor(p):
                 raise ValueError(
-                    f"parameter {name!r} is not sharded while others are: apply fully_shard to every module with "
-                    "parameters (or to the root module) so that every parameter is a DTensor"
+                    f"parameter {name!r} is not sharded (not a DTensor): apply fully_shard to every module with "
+                    "parameters (or to the root module)"
                 )
             placements = tuple(p.placements)
             if p.device_mesh.ndim != 1 or any(type(pl).__name__ != "Shard" or pl.dim != 0 for pl in placements):
