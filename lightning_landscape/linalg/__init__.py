@@ -5,7 +5,13 @@ Pure torch: nothing here knows about models, losses or Lightning.
 
 from lightning_landscape.linalg.dense import dense_density, dense_extremes, dense_trace
 from lightning_landscape.linalg.krylov import KrylovBasis, LanczosRecurrence, LanczosState
-from lightning_landscape.linalg.lanczos import LanczosResult, extreme_eigenvalues, lanczos_extremes, lanczos_tridiagonal
+from lightning_landscape.linalg.lanczos import (
+    LanczosResult,
+    extreme_eigenvalues,
+    extreme_values,
+    lanczos_extremes,
+    lanczos_tridiagonal,
+)
 from lightning_landscape.linalg.operator import CallableOperator, LinearOperator, MatrixOperator
 from lightning_landscape.linalg.random import rademacher
 from lightning_landscape.linalg.slq import SpectralDensity, spectral_density
@@ -25,6 +31,7 @@ __all__ = [
     "dense_extremes",
     "dense_trace",
     "extreme_eigenvalues",
+    "extreme_values",
     "hutchinson_trace",
     "hutchpp_trace",
     "lanczos_extremes",

@@ -38,8 +38,8 @@ class LanczosResult:
 
     lambda_max: float
     lambda_min: float
-    vector_max: torch.Tensor
-    vector_min: torch.Tensor
+    vector_max: torch.Tensor | None  # None from :func:`extreme_values` (no basis: no Ritz vectors)
+    vector_min: torch.Tensor | None
     residual_max: float
     residual_min: float
     relative_residual: float
@@ -120,6 +120,36 @@ def lanczos_extremes(
     return _result(state.basis, evals, evecs, res_max, res_min, rel, state.matvecs, converged)
 
 
+def extreme_values(matvec: LinearOperator | Matvec, v0: torch.Tensor, max_iter: int, tol: float,
+                   min_iter: int = 2) -> LanczosResult:
+    """:func:`extreme_eigenvalues` with its residuals and cost: a :class:`LanczosResult` without vectors.
+
+    Three parameter-sized vectors whatever ``max_iter`` is; ``vector_max`` / ``vector_min`` are ``None``.
+
+    >>> A = torch.diag(torch.tensor([-2.0, 0.5, 1.0, 3.0], dtype=torch.float64))
+    >>> r = extreme_values(lambda v: A @ v, torch.ones(4, dtype=torch.float64), 4, 1e-8)
+    >>> round(r.lambda_max, 6), round(r.lambda_min, 6), r.num_matvecs, r.converged, r.vector_max
+    (3.0, -2.0, 4, True, None)
+    """
+    rec = LanczosRecurrence(matvec_of(matvec), v0)
+    evals = torch.zeros(1, dtype=torch.float64)
+    res_min = res_max = rel = 0.0
+    converged = False
+    for j in range(max_iter):
+        more = rec.step()
+        evals, evecs = torch.linalg.eigh(tridiagonal(rec.alphas, rec.betas))
+        if not more:  # invariant subspace: the Ritz values are exact
+            res_min = res_max = rel = 0.0
+            converged = True
+            break
+        res_min, res_max, rel, _ = _ritz_residuals(evals, evecs, rec.betas[-1])
+        if j + 1 >= min_iter and rel <= tol:
+            converged = True
+            break
+    return LanczosResult(float(evals[-1]), float(evals[0]), None, None, res_max, res_min, rel, rec.matvecs,
+                         converged, evals)
+
+
 def extreme_eigenvalues(matvec: LinearOperator | Matvec, v0: torch.Tensor, max_iter: int, tol: float,
                         min_iter: int = 2) -> tuple[float, float]:
     """``(λmax, λmin)`` of a symmetric operator by the plain Lanczos recurrence: three vectors, no basis.
@@ -135,19 +165,8 @@ def extreme_eigenvalues(matvec: LinearOperator | Matvec, v0: torch.Tensor, max_i
     >>> [round(v, 6) for v in extreme_eigenvalues(lambda v: A @ v, torch.ones(4, dtype=torch.float64), 4, 1e-8)]
     [3.0, -2.0]
     """
-    rec = LanczosRecurrence(matvec_of(matvec), v0)
-    evals = torch.zeros(1, dtype=torch.float64)
-    for j in range(max_iter):
-        more = rec.step()
-        evals, evecs = torch.linalg.eigh(tridiagonal(rec.alphas, rec.betas))
-        if not more:  # invariant subspace: the Ritz values are exact
-            break
-        beta = rec.betas[-1]
-        scale = max(abs(float(evals[0])), abs(float(evals[-1])), 1e-30)
-        residual = max(abs(beta * float(evecs[-1, 0])), abs(beta * float(evecs[-1, -1])))
-        if j + 1 >= min_iter and residual <= tol * scale:
-            break
-    return float(evals[-1]), float(evals[0])
+    res = extreme_values(matvec, v0, max_iter, tol, min_iter)
+    return res.lambda_max, res.lambda_min
 
 
 def _ritz_residuals(evals: torch.Tensor, evecs: torch.Tensor, beta: float) -> tuple[float, float, float, float]:

@@ -12,6 +12,7 @@ from lightning_landscape.linalg import (
     dense_extremes,
     dense_trace,
     hutchinson_trace,
+    extreme_values,
     hutchpp_trace,
     SpectralDensity,
     lanczos_extremes,
@@ -77,6 +78,12 @@ class HessianSpectrum(Probe):
         max_basis: most Lanczos vectors kept (parameter-sized each); a longer run thick-restarts from the
             two extreme Ritz vectors, which on trained-network Hessians costs about the same number of
             products. ``None``: keep all ``max_iter + 1``.
+        ritz_vectors: keep a Lanczos basis and the two extreme Ritz vectors (the warm start of the next
+            measurement, the top eigenvector shared with ``loss_geometry``, Adam's preconditioner drift).
+            ``False``: the plain three-term recurrence, three vectors whatever ``max_iter`` is (a peak of
+            ≤ 8 parameter-sized vectors with the gradient graph, against ≤ 16), for models whose memory is
+            tight; every measurement then starts cold and stops at ``tol`` (not ``cold_factor * tol``:
+            there is no later warm start to finish the job), and nothing is shared or tracked for Adam.
         adam_warmup_steps: Adam/AdamW only: the preconditioned ratio is logged but not judged (state
             ``warming_up``: no rule or controller sees it) until Adam has taken this many steps. A
             second-moment estimate built from one gradient makes ``λmax(P⁻¹H)`` huge: on the scenario
@@ -149,6 +156,7 @@ class HessianSpectrum(Probe):
         warm_noise: float = 0.01,
         preconditioned_eos: bool = True,
         max_basis: int | None = 8,
+        ritz_vectors: bool = True,
         adam_warmup_steps: int = 20,
         fast_every_n_steps: int | None = 25,
         fast_above: float | None = 0.25,
@@ -167,6 +175,7 @@ class HessianSpectrum(Probe):
         self.warm_noise = check_positive_float("HessianSpectrum.warm_noise", warm_noise, allow_zero=True)
         self.preconditioned_eos = check_bool("HessianSpectrum.preconditioned_eos", preconditioned_eos)
         self.max_basis = None if max_basis is None else check_positive_int("HessianSpectrum.max_basis", max_basis, 3)
+        self.ritz_vectors = check_bool("HessianSpectrum.ritz_vectors", ritz_vectors)
         self.adam_warmup_steps = check_positive_int("HessianSpectrum.adam_warmup_steps", adam_warmup_steps, 0)
         self.fast_every_n_steps = (None if fast_every_n_steps is None
                                    else check_positive_int("HessianSpectrum.fast_every_n_steps", fast_every_n_steps))
@@ -190,7 +199,8 @@ class HessianSpectrum(Probe):
     def config(self) -> dict[str, Any]:
         return {**super().config(), "max_iter": self.max_iter, "tol": self.tol, "cold_factor": self.cold_factor,
                 "warm_start": self.warm_start,
-                "max_basis": self.max_basis, "adam_warmup_steps": self.adam_warmup_steps,
+                "max_basis": self.max_basis, "ritz_vectors": self.ritz_vectors,
+                "adam_warmup_steps": self.adam_warmup_steps,
                 "fast_every_n_steps": self.fast_every_n_steps, "fast_above": self.fast_above,
                 "fast_rise": self.fast_rise, "exact_max_dim": self.exact_max_dim}
 
@@ -305,8 +315,9 @@ class HessianSpectrum(Probe):
             res = dense_extremes(op.dense(), space.dim)
         else:
             res = self._lanczos(op.matvec, self._vectors, space, gen)
-        self._vectors = [res.vector_max.detach(), res.vector_min.detach()]
-        ctx.shared.hessian_top_vector = res.vector_max
+        if res.vector_max is not None and res.vector_min is not None:
+            self._vectors = [res.vector_max.detach(), res.vector_min.detach()]
+            ctx.shared.hessian_top_vector = res.vector_max
         ctx.shared.lambda_max, ctx.shared.lambda_min = res.lambda_max, res.lambda_min
         out = ProbeResult(
             scalars={
@@ -333,6 +344,9 @@ class HessianSpectrum(Probe):
     def _lanczos(self, matvec: Any, previous: list[torch.Tensor], space: Any, gen: torch.Generator) -> Any:
         """One Lanczos run, warm-started from ``previous`` Ritz vectors when there are any (else cold, to
         ``cold_factor * tol`` when warm starts are on: the next measurement starts from its vectors)."""
+        if not self.ritz_vectors:  # three vectors, no basis, no Ritz vectors (see ``ritz_vectors``)
+            return extreme_values(matvec, gaussian(space.dim, gen, space.dtype, space.device),
+                                  max_iter=self.max_iter, tol=self.tol, min_iter=2)
         prev = previous if self.warm_start else []
         cold = self.warm_start and not any(v.numel() == space.dim for v in prev)
         return lanczos_extremes(  # start vector passed straight in: the basis keeps the only copy
@@ -372,12 +386,13 @@ class HessianSpectrum(Probe):
             res = dense_extremes(inv_sqrt[:, None] * op.dense() * inv_sqrt[None, :], 0)
         else:
             res = self._lanczos(precond_matvec, self._precond_vectors, ctx.space, gen)
-        self._precond_vectors = [res.vector_max.detach().clone()]  # not the view that keeps vector_min alive
         self._sharpness, self._sharpness_kind = res.lambda_max, "preconditioned"
-        u = self._precond_vectors[0]
-        weights = (u * u) / sq_norm(u)
-        self._drift_weights = torch.where(torch.isfinite(p), weights / p, torch.zeros((), dtype=p.dtype))
-        self._drift_space, self._drift = ctx.space, 1.0
+        if res.vector_max is not None:  # ritz_vectors=False: no top vector, no drift tracking
+            self._precond_vectors = [res.vector_max.detach().clone()]  # not the view that keeps vector_min alive
+            u = self._precond_vectors[0]
+            weights = (u * u) / sq_norm(u)
+            self._drift_weights = torch.where(torch.isfinite(p), weights / p, torch.zeros((), dtype=p.dtype))
+            self._drift_space, self._drift = ctx.space, 1.0
         return {
             "preconditioned_lambda_max": res.lambda_max,
             "eos_ratio": res.lambda_max / info.eos_threshold(),
