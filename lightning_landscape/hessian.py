@@ -261,8 +261,8 @@ class FiniteDifferenceHessianOperator:
     a factor 2–4 between the two steps, so the difference is about the error at ``h`` or more). A
     product costs two forward and backward passes. Piecewise-linear activations (ReLU) make the gradient
     jump wherever a unit changes sign within the step: the difference then measures the loss's curvature
-    at the scale ``h`` (kinks included), not the almost-everywhere Hessian autograd gives, and the
-    estimate is large (≈ 0.5 on a ReLU MLP).
+    at the scale ``h`` (kinks included), not the almost-everywhere Hessian autograd gives; the estimate
+    then flags it, though below the actual error (0.66 reported for errors of 3.6–50 on a ReLU MLP).
 
     ``loss_closure`` returns this process's loss with its graph; every norm goes through
     :mod:`~lightning_landscape.linalg.reduction`, so under sharding it runs inside ``sharded_reduction``.
