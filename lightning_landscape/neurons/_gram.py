@@ -15,7 +15,7 @@ built on this return exactly what an all-pairs float64 loop would.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -82,6 +82,20 @@ def strict_upper_mask(block_rows: int, block_cols: int, device: torch.device) ->
     r = torch.arange(block_rows, device=device)[:, None]
     c = torch.arange(block_cols, device=device)[None, :]
     return c <= r
+
+
+def row_norms64(x: torch.Tensor, chunk_entries: int = 1 << 17) -> torch.Tensor:
+    """``‖xᵢ‖`` in float64 (float64 copies of row chunks: as ``vector_norm(x.double(), dim=1)``, bit for bit,
+    several times faster on a wide layer than one float64 copy or an upcasting norm).
+
+    >>> row_norms64(torch.tensor([[3.0, 4.0]])).tolist()
+    [5.0]
+    """
+    step = max(1, chunk_entries // max(x[0].numel() if x.shape[0] else 1, 1))
+    rows = x.reshape(x.shape[0], -1)
+    if x.shape[0] == 0:
+        return torch.empty(0, dtype=torch.float64, device=x.device)
+    return torch.cat([torch.linalg.vector_norm(rows[a:a + step].double(), dim=1) for a in range(0, x.shape[0], step)])
 
 
 def exact_distances(x64: torch.Tensor, i: torch.Tensor, j: torch.Tensor, sign: int | torch.Tensor,
@@ -233,6 +247,39 @@ def sketch_blocks(sk: Sketch) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]
         yield start, sk.y[start:stop] @ sk.y[start:].T, masks[r]
 
 
+def sketch_hits(sk: Sketch, odd: bool, limit: Callable[[int, int], torch.Tensor | float | None]
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Per Gram block, ``(pairs [h, 2], D̂ [h])`` of the pairs ``i < j`` with sketched ``D̂ ≤ limit(start, stop)``
+    (per row of the block, or one number; ``None``: every pair). ``odd``: ``D̂ = min_s`` over both signs.
+
+    The fewest passes over each block: abs (odd), subtract, a row maximum, then compare and nonzero on the
+    rows that have a hit, with ``D̂ ≤ r`` written as ``s·Ĝᵢⱼ − n̂ⱼ/2 ≥ (n̂ᵢ − r)/2`` (the halving is exact).
+    """
+    half = sk.n / 2.0
+    for start, g, below in sketch_blocks(sk):
+        rows = g.shape[0]
+        if odd:
+            g.abs_()
+        g[:, :rows].masked_fill_(below, -math.inf)  # never selected (and ignored by amax)
+        h = g.sub_(half[None, start:])
+        n_rows = sk.n[start:start + rows]
+        r = limit(start, start + rows)
+        if r is None:
+            hit = (h > -math.inf).nonzero()
+        else:
+            t = (n_rows - r) / 2.0 if isinstance(r, torch.Tensor) else (n_rows - float(r)) / 2.0
+            live = (h.amax(1) >= t).nonzero().flatten()  # rows with a hit: few once the limit is tight
+            if live.numel() == 0:
+                continue
+            hit = (h[live] >= t[live, None]).nonzero()
+            hit[:, 0] = live[hit[:, 0]]
+        if hit.numel():
+            approx = n_rows[hit[:, 0]] - 2.0 * h[hit[:, 0], hit[:, 1]]
+            hit[:, 0] += start
+            hit[:, 1] += start
+            yield hit, approx
+
+
 @dataclass
 class SketchCandidates:
     """Pairs ``(i, j, s)`` (index tensors) selected on the sketch, and ``floor``: every pair *not* selected
@@ -267,29 +314,10 @@ def sketch_nearest(sk: Sketch, symmetry: str, count: int) -> SketchCandidates:
             tau = float(v.max())
         vals, idx, kept = [v], [ij], v.numel()
 
-    # Per block: abs (odd), subtract, compare, nonzero — the fewest passes over the block, with the selection
-    # D̂ ≤ τ written as s·Ĝᵢⱼ − n̂ⱼ/2 ≥ (n̂ᵢ − τ)/2 (the halving is exact).
-    half = sk.n / 2.0
-    for start, g, below in sketch_blocks(sk):
-        rows = g.shape[0]
-        if odd:
-            g.abs_()
-        g[:, :rows].masked_fill_(below, -math.inf)  # never selected (and ignored by amax)
-        h = g.sub_(half[None, start:])
-        n_rows = sk.n[start:start + rows]
-        if math.isfinite(tau):
-            t = (n_rows - tau) / 2.0
-            live = (h.amax(1) >= t).nonzero().flatten()  # rows with a hit: once τ settles, a few of them
-            hit = (h[live] >= t[live, None]).nonzero()
-            hit[:, 0] = live[hit[:, 0]]
-        else:
-            hit = (h > -math.inf).nonzero()
-        if hit.numel():
-            vals.append(n_rows[hit[:, 0]] - 2.0 * h[hit[:, 0], hit[:, 1]])
-            hit[:, 0] += start
-            hit[:, 1] += start
-            idx.append(hit)
-            kept += hit.shape[0]
+    for hit, approx in sketch_hits(sk, odd, lambda start, stop: tau if math.isfinite(tau) else None):
+        vals.append(approx)
+        idx.append(hit)
+        kept += hit.shape[0]
         if kept >= 4 * count or (not math.isfinite(tau) and kept >= count):
             prune()
     if not vals:
@@ -308,6 +336,28 @@ def sketch_nearest(sk: Sketch, symmetry: str, count: int) -> SketchCandidates:
     j = torch.cat([j, j[other]])
     s = torch.cat([s, -s[other]])
     return SketchCandidates(i, j, s, floor)
+
+
+def sketch_within(sk: Sketch, odd: bool, reach: torch.Tensor) -> SketchCandidates:
+    """Pairs ``(i, j, s)`` with sketched ``D̂ ≤ min(reachᵢ, reachⱼ)`` (``reach`` per row, in the Gram's dtype);
+    for ``odd``, each sign whose ``D̂`` is within reach."""
+    found_i, found_j, found_v = [], [], []
+    for hit, approx in sketch_hits(sk, odd, lambda start, stop: reach[start:stop]):
+        ok = approx <= reach[hit[:, 1]]
+        found_i.append(hit[ok, 0])
+        found_j.append(hit[ok, 1])
+        found_v.append(approx[ok])
+    dev = sk.y.device
+    if not found_i:
+        empty = torch.empty(0, dtype=torch.long, device=dev)
+        return SketchCandidates(empty, empty, empty, math.inf)
+    i, j = torch.cat(found_i), torch.cat(found_j)
+    if not odd:
+        return SketchCandidates(i, j, torch.ones_like(i), math.inf)
+    g = (sk.y[i] * sk.y[j]).sum(1)
+    s = torch.where(g >= 0, 1, -1).to(torch.long)
+    other = sk.n[i] + sk.n[j] + 2.0 * g.abs() <= torch.minimum(reach[i], reach[j])
+    return SketchCandidates(torch.cat([i, i[other]]), torch.cat([j, j[other]]), torch.cat([s, -s[other]]), math.inf)
 
 
 def certified_distance(sk: Sketch, floor: float) -> float:
