@@ -135,7 +135,7 @@ SKETCH_SEED = 0x5EED
 SKETCH_FAILURE = 1e-12  # probability that any pair's sketched distance exceeds z times its own (union bound)
 SKETCH_CANDIDATES = 1024  # sketched-nearest pairs verified exactly by the nearest-pair search
 EXACT_MAX_MACS = 2**31  # exact Gram up to this many multiply-adds (width 1448 at fan-in 2048)
-SKETCH_BLOCK_ENTRIES = 1 << 18  # sketched-Gram block: rows × width entries (1 MiB of float32)
+SKETCH_BLOCK_ENTRIES = 1 << 17  # sketched-Gram block: rows × width entries (512 KiB of float32: in L2)
 
 
 def use_sketch(m: int, d: int, exact: bool | None = None) -> bool:
@@ -230,21 +230,28 @@ def sketch_rows(x: torch.Tensor, divisors: torch.Tensor | None = None, signs: in
     eta = 2.0 * (gamma + 4.0 * u) * float(torch.linalg.vector_norm(s.double()))
     growth = chi2_growth(k, SKETCH_FAILURE, signs * m * (m - 1) / 2)
     n = y.pow(2).sum(1)
-    return Sketch(y, n, ref_norms, eta, growth, bound_factor(k, dtype))
+    return Sketch(y, n, ref_norms, eta, growth, bound_factor(k + 1, dtype))  # k + 1: the folded norm column
 
 
-def sketch_blocks(sk: Sketch) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+def sketch_blocks(sk: Sketch, fold_norms: bool = False) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """``(start, G, below)`` over the upper triangle of the sketched Gram: ``G = Y[start:stop] Y[start:]ᵀ`` and
-    ``below`` the mask of ``G[:, :rows]`` at or below the diagonal (the caller fills it)."""
+    ``below`` the mask of ``G[:, :rows]`` at or below the diagonal (the caller fills it). ``fold_norms``:
+    ``G − n̂ⱼ/2`` straight from the product, with a column of ones against a column of ``−n̂ⱼ/2`` (one pass
+    fewer; the rounding of one more term is in ``kappa``, computed for k + 1 terms)."""
     m = sk.y.shape[0]
-    rows = max(1, min(m, max(32, SKETCH_BLOCK_ENTRIES // max(m, 1))))
+    rows = max(1, min(m, max(16, SKETCH_BLOCK_ENTRIES // max(m, 1))))
     masks: dict[int, torch.Tensor] = {}
+    if fold_norms:
+        left = torch.cat([sk.y, torch.ones_like(sk.n)[:, None]], 1)
+        right = torch.cat([sk.y, -sk.n[:, None] / 2.0], 1)
+    else:
+        left = right = sk.y
     for start in range(0, m, rows):
         stop = min(m, start + rows)
         r = stop - start
         if r not in masks:
             masks[r] = strict_upper_mask(r, r, sk.y.device)
-        yield start, sk.y[start:stop] @ sk.y[start:].T, masks[r]
+        yield start, left[start:stop] @ right[start:].T, masks[r]
 
 
 def sketch_hits(sk: Sketch, odd: bool, limit: Callable[[int, int], torch.Tensor | float | None]
@@ -256,12 +263,13 @@ def sketch_hits(sk: Sketch, odd: bool, limit: Callable[[int, int], torch.Tensor 
     rows that have a hit, with ``D̂ ≤ r`` written as ``s·Ĝᵢⱼ − n̂ⱼ/2 ≥ (n̂ᵢ − r)/2`` (the halving is exact).
     """
     half = sk.n / 2.0
-    for start, g, below in sketch_blocks(sk):
+    for start, g, below in sketch_blocks(sk, fold_norms=not odd):
         rows = g.shape[0]
         if odd:
             g.abs_()
+            g.sub_(half[None, start:])
         g[:, :rows].masked_fill_(below, -math.inf)  # never selected (and ignored by amax)
-        h = g.sub_(half[None, start:])
+        h = g
         n_rows = sk.n[start:start + rows]
         r = limit(start, start + rows)
         if r is None:
