@@ -235,3 +235,19 @@ def test_effective_width_clusters_equal_exact_at_width_4096():
         sketched = effective_width(w, a, h, 1.0, symmetry)
         exact = effective_width(w, a, h, 1.0, symmetry, exact=True)
         assert sketched == exact and sketched.effective_width == width
+
+
+def test_sketch_is_deterministic_and_leaves_the_global_rng_alone():
+    w = _rows(5)
+    state = torch.get_rng_state()
+    first = search_closest(w, "odd", K)
+    assert torch.equal(torch.get_rng_state(), state)  # a private generator: training's RNG stream untouched
+    torch.manual_seed(123)  # another global seed: the same sketch, the same candidates (as on every DDP rank)
+    assert search_closest(w, "odd", K) == first
+
+
+def test_half_precision_rows_are_searched_exactly():
+    w = _rows(6)
+    w[9] = -w[4000]
+    found = search_closest(w.to(torch.bfloat16), "odd", 1)
+    assert found.pairs == brute_nearest(w.to(torch.bfloat16).float(), "odd", 1) == [(0.0, 9, 4000, -1)]

@@ -219,7 +219,9 @@ def sketch_rows(x: torch.Tensor, divisors: torch.Tensor | None = None, signs: in
     y = torch.cat([x[a:a + 256].to(dtype) @ s_dev for a in range(0, m, 256)])  # row chunks: cache-friendly
     # only the bounds use these: the working precision (within γ_d, relative) rounded up by 1e-3 is enough
     # (an upcast float64 norm of a wide layer costs as much as the whole sketch)
-    ref_norms = torch.linalg.vector_norm(x, dim=1).double() * (1.0 + 1e-3)
+    wide = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32  # half precision: accumulate wider
+    ref_norms = (torch.linalg.vector_norm(x, dim=1) if wide == x.dtype else
+                 torch.linalg.vector_norm(x, dim=1, dtype=wide)).double() * (1.0 + 1e-3)
     u = 2.0**-24 if dtype == torch.float32 else 2.0**-53
     if divisors is not None:
         div = divisors.to(device=x.device, dtype=torch.float64).clamp_min(1e-300)
