@@ -251,3 +251,20 @@ def test_half_precision_rows_are_searched_exactly():
     w[9] = -w[4000]
     found = search_closest(w.to(torch.bfloat16), "odd", 1)
     assert found.pairs == brute_nearest(w.to(torch.bfloat16).float(), "odd", 1) == [(0.0, 9, 4000, -1)]
+
+
+def test_loose_merge_tolerance_falls_back_to_the_exact_gram():
+    # a tolerance near the typical distance: the sketch cannot rule out most pairs; the exact Gram decides
+    w = _rows(7).double()
+    w[20] = w[10] + 0.5 * w[10].norm() * w[11] / w[11].norm()  # relative distance 0.5: merges at 0.8
+    c = torch.ones(M, dtype=torch.float64)
+    wn = w.norm(dim=1)
+    threshold = 0.8
+    gram = w @ w.T
+    n = wn.pow(2)
+    err = (n[:, None] + n[None, :] - 2 * gram).clamp_min(0).sqrt() / torch.maximum(wn[:, None], wn[None, :])
+    err = err.masked_fill(~torch.ones(M, M, dtype=torch.bool).triu(1), math.inf)
+    assert float((err - threshold).abs().min()) > 1e-6  # no pair near the threshold: the Gram formula decides
+    want = {tuple(p) for p in (err <= threshold).nonzero().tolist()}
+    assert (10, 20) in want
+    assert set(merge_pairs(w, c, wn, threshold, "none")) == want

@@ -351,15 +351,21 @@ def sketch_nearest(sk: Sketch, symmetry: str, count: int) -> SketchCandidates:
     return SketchCandidates(i, j, s, floor)
 
 
-def sketch_within(sk: Sketch, odd: bool, reach: torch.Tensor) -> SketchCandidates:
+def sketch_within(sk: Sketch, odd: bool, reach: torch.Tensor, max_pairs: int | None = None
+                  ) -> SketchCandidates | None:
     """Pairs ``(i, j, s)`` with sketched ``D̂ ≤ min(reachᵢ, reachⱼ)`` (``reach`` per row, in the Gram's dtype);
-    for ``odd``, each sign whose ``D̂`` is within reach."""
+    for ``odd``, each sign whose ``D̂`` is within reach. ``None`` once more than ``max_pairs`` are found (a
+    reach near the typical distance: measuring them all would cost more than the exact Gram)."""
     found_i, found_j, found_v = [], [], []
+    total = 0
     for hit, approx in sketch_hits(sk, odd, lambda start, stop: reach[start:stop]):
         ok = approx <= reach[hit[:, 1]]
         found_i.append(hit[ok, 0])
         found_j.append(hit[ok, 1])
         found_v.append(approx[ok])
+        total += int(ok.sum())
+        if max_pairs is not None and total > max_pairs:
+            return None
     dev = sk.y.device
     if not found_i:
         empty = torch.empty(0, dtype=torch.long, device=dev)

@@ -97,13 +97,15 @@ def _merge_pairs(x: torch.Tensor, divisors: torch.Tensor | None, c: torch.Tensor
         # it cannot merge (but with probability SKETCH_FAILURE).
         big = (threshold * float(scale.max()) / c64).pow(2)
         reach = sk.upper(big, sk.ref_norms + float(sk.ref_norms.max()), sk.n.double() + float(sk.n.max()))
-        cand = _gram.sketch_within(sk, symmetry == "odd", (reach * (1 + 1e-6)).to(sk.y.dtype))
-        i, j = cand.i, cand.j
-        dist = exact_distances(x.reshape(m, -1), i, j, cand.s, divisors=divisors)  # the brute-force formula
-        if not homogeneous:
-            dist = dist / torch.maximum(scale[i], scale[j])
-        ok = dist * torch.maximum(c64[i], c64[j]) <= threshold
-        return sorted(set(zip(i[ok].tolist(), j[ok].tolist())))
+        # more than 8m candidates (a merge tolerance near the typical distance): the exact Gram is cheaper
+        cand = _gram.sketch_within(sk, symmetry == "odd", (reach * (1 + 1e-6)).to(sk.y.dtype), max_pairs=8 * m)
+        if cand is not None:
+            i, j = cand.i, cand.j
+            dist = exact_distances(x.reshape(m, -1), i, j, cand.s, divisors=divisors)  # the brute-force formula
+            if not homogeneous:
+                dist = dist / torch.maximum(scale[i], scale[j])
+            ok = dist * torch.maximum(c64[i], c64[j]) <= threshold
+            return sorted(set(zip(i[ok].tolist(), j[ok].tolist())))
     x64 = x.double() if divisors is None else x.double() / divisors.double()[:, None]
     norms = x64.pow(2).sum(1)
     dtype = gram_dtype(x64.device)
