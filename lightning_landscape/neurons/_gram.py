@@ -134,7 +134,7 @@ SKETCH_DIM = 64  # k: the sketched Gram costs m²·k/2, and k·‖Sv‖²/‖v�
 SKETCH_SEED = 0x5EED
 SKETCH_FAILURE = 1e-12  # probability that any pair's sketched distance exceeds z times its own (union bound)
 SKETCH_CANDIDATES = 256  # sketched-nearest pairs verified exactly (gathering their rows is the cost)
-# Exact Gram up to this many multiply-adds: width 1024 up to fan-in 2730 (≈ 0.35 of the 3.9·10⁹ of a training
+# Exact Gram up to this many multiply-adds: width 1024 up to fan-in 2670 (≈ 0.35 of the 3.9·10⁹ of a training
 # step of a 10 M-parameter MLP at batch 64; thin Gram blocks and the selection run at about half the
 # speed of training's products, so ≈ 0.7 step), width 2048 only up to fan-in 667.
 EXACT_MAX_MACS = 1_400_000_000
