@@ -11,9 +11,10 @@ before, two after: on a shared machine the load drifts during the run). Every re
 its wall time in training steps, and its peak resident set size above the RSS before it (``VmHWM`` after
 ``clear_refs``; the process runs with ``MALLOC_MMAP_THRESHOLD_=65536`` so freed tensors leave the RSS at
 once) in parameter-sized (float32) vectors. ``saddle_branches`` is measured in its worst case (a gradient
-below ``grad_tol``: its own Lanczos run). Two extra rows time the dense channel-pair search and the
-effective-width merge on one layer of width 4096 (fan-in 2048, the weights of a 784-4096-2048-… MLP) in
-the same training steps. The default-suite overhead is Σ cost / default interval over the default probes.
+below ``grad_tol``: its own Lanczos run). Two extra rows time the channel-pair search and the
+effective-width merge on one layer of width 4096 (fan-in 2048 + bias) in the same training steps, with the
+exact Gram and with the default (a Gaussian sketch at this width; recall: ``benchmarks/pair_search.py``).
+The default-suite overhead is Σ cost / default interval over the default probes.
 """
 
 from __future__ import annotations
@@ -117,12 +118,15 @@ def main() -> None:
         a = torch.randn(args.width, fan_out, generator=g) / args.width**0.5
         extra = []
         for sym in ("odd", "homogeneous"):
-            t_pairs, _ = measure(lambda: candidate_pairs(w, a, sym))
-            t_width, _ = measure(lambda: effective_width(w, a, torch.ones(args.width), 1.0, sym))
-            extra.append([f"width {args.width}, fan-in {fan_in + 1}, {sym}", f"{t_pairs / step:.1f}",
-                          f"{t_width / step:.1f}"])
+            row = [f"width {args.width}, fan-in {fan_in + 1}, {sym}"]
+            for exact in (True, None):  # the exact Gram, then the default (a sketch above EXACT_MAX_MACS)
+                t_pairs, _ = measure(lambda: candidate_pairs(w, a, sym, exact=exact))
+                t_width, _ = measure(lambda: effective_width(w, a, torch.ones(args.width), 1.0, sym, exact=exact))
+                row += [f"{t_pairs / step:.2f}", f"{t_width / step:.2f}"]
+            extra.append(row)
         print()
-        print(table(["one layer", "channel pair search (training steps)", "effective width (training steps)"], extra))
+        print(table(["one layer", "channel pair search, exact Gram (training steps)", "effective width, exact Gram",
+                     "channel pair search, default", "effective width, default"], extra))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lightning_landscape.neurons import _gram
 from lightning_landscape.neurons._gram import bound_factor, exact_distances, gram_dtype, strict_upper_mask, upper_blocks
 
 _SERIES = ("step", "eps", "out_norm", "opposition", "glu", "loss")
@@ -80,7 +81,47 @@ def pair_measure(w: torch.Tensor, a: torch.Tensor, i: int, j: int, sign: int) ->
                        float(torch.linalg.vector_norm(ai + aj)))
 
 
-def closest_pairs(w: torch.Tensor, symmetry: str, k: int) -> list[tuple[float, int, int, int]]:
+@dataclass
+class ClosestPairs:
+    """The ``k`` nearest pairs ``(ε, i, j, s)`` and ``exact_below``: every pair with ``ε ≤ exact_below`` is
+    in the result or farther than its last entry, i.e. the result's prefix with ``ε ≤ exact_below`` is the
+    exact all-pairs answer (``inf`` on the exact path; with probability ≥ 1 − SKETCH_FAILURE on the sketch)."""
+
+    pairs: list[tuple[float, int, int, int]]
+    exact_below: float
+
+
+def search_closest(w: torch.Tensor, symmetry: str, k: int, exact: bool | None = None) -> ClosestPairs:
+    """:func:`closest_pairs` with its certificate. ``exact``: force the exact Gram (True) or the sketch
+    (False); by default the sketch serves layers whose exact Gram exceeds
+    :data:`~lightning_landscape.neurons._gram.EXACT_MAX_MACS` multiply-adds.
+
+    On the sketch path the :data:`~lightning_landscape.neurons._gram.SKETCH_CANDIDATES` pairs nearest in the
+    sketch (at least ``8k``) are measured exactly and the ``k`` nearest of them returned; a pair whose ε is
+    below ``exact_below`` cannot have been missed.
+
+    >>> w = torch.randn(3000, 400, generator=torch.Generator().manual_seed(0))
+    >>> w[7] = -w[2] + 1e-3
+    >>> found = search_closest(w, "odd", 1, exact=False)
+    >>> found.pairs[0][1:], found.pairs[0][0] <= found.exact_below
+    ((2, 7, -1), True)
+    """
+    m = w.shape[0]
+    d = w[0].numel() if m else 0
+    if m < 2 or k < 1:
+        return ClosestPairs([], math.inf)
+    if not _gram.use_sketch(m, d, exact):
+        return ClosestPairs(closest_pairs(w, symmetry, k, exact=True), math.inf)
+    x = w.detach().reshape(m, -1)
+    sk = _gram.sketch_rows(x, signs=2 if symmetry == "odd" else 1)
+    cand = _gram.sketch_nearest(sk, symmetry, max(_gram.SKETCH_CANDIDATES, 8 * k))
+    dist = exact_distances(x, cand.i, cand.j, cand.s)
+    found = sorted(zip((dist / 2.0).tolist(), cand.i.tolist(), cand.j.tolist(), cand.s.tolist()))[:k]
+    return ClosestPairs(found, math.sqrt(_gram.certified_distance(sk, cand.floor)) / 2.0)
+
+
+def closest_pairs(w: torch.Tensor, symmetry: str, k: int, exact: bool | None = None
+                  ) -> list[tuple[float, int, int, int]]:
     """The ``k`` smallest ``(ε, i, j, s)`` (``i < j``, ties by ``i, j, s``) with ``ε = ‖wᵢ − s·wⱼ‖/2`` in float64.
 
     Dense linear algebra: one Gram matrix ``W Wᵀ`` (float32, upper triangle, in row blocks) gives both
@@ -88,12 +129,18 @@ def closest_pairs(w: torch.Tensor, symmetry: str, k: int) -> list[tuple[float, i
     :mod:`~lightning_landscape.neurons._gram` selects every pair that can be among the ``k`` closest, and
     only those are measured exactly. The result equals an all-pairs float64 loop (same pairs, same ε).
 
+    Wide layers (exact Gram above :data:`~lightning_landscape.neurons._gram.EXACT_MAX_MACS` multiply-adds,
+    unless ``exact=True``) take the sketch path of :func:`search_closest`: exact ε for every pair returned,
+    and the exact answer wherever one pair (or k) is markedly nearer than the rest.
+
     >>> closest_pairs(torch.tensor([[1.0, 0.0], [-1.01, 0.0], [0.0, 1.0]]), "odd", 1)
     [(0.004999995231628418, 0, 1, -1)]
     """
-    m, d = w.shape[0], w.shape[1] if w.ndim > 1 else 1
+    m, d = w.shape[0], w[0].numel() if w.shape[0] else 1
     if m < 2 or k < 1:
         return []
+    if _gram.use_sketch(m, d, exact):
+        return search_closest(w, symmetry, k, exact=False).pairs
     x = w.detach().reshape(m, -1)
     norms = torch.linalg.vector_norm(x, dim=1, dtype=torch.float64).pow(2)  # no float64 copy of the layer
     dtype = gram_dtype(x.device)
@@ -135,7 +182,8 @@ def closest_pairs(w: torch.Tensor, symmetry: str, k: int) -> list[tuple[float, i
     return [(e, i, j, s) for e, i, j, s in found[:k]]
 
 
-def candidate_pairs(w: torch.Tensor, a: torch.Tensor, symmetry: str, k: int = 3, chunk: int = 1024) -> list[PairMeasure]:
+def candidate_pairs(w: torch.Tensor, a: torch.Tensor, symmetry: str, k: int = 3, chunk: int = 1024,
+                    exact: bool | None = None) -> list[PairMeasure]:
     """The ``k`` pairs with the smallest sign-aware ``ε = ‖wᵢ − s·wⱼ‖/2`` (``s = ±1`` for ``"odd"``),
     measured (see :func:`closest_pairs`). ``chunk`` is accepted for compatibility and unused (the Gram
     blocks are sized by :data:`~lightning_landscape.neurons._gram.BLOCK_ENTRIES`).
@@ -146,7 +194,7 @@ def candidate_pairs(w: torch.Tensor, a: torch.Tensor, symmetry: str, k: int = 3,
     ((0, 1, -1), 0.005)
     """
     w, a = w.detach(), a.detach()
-    return [pair_measure(w, a, i, j, s) for _, i, j, s in closest_pairs(w, symmetry, k)]
+    return [pair_measure(w, a, i, j, s) for _, i, j, s in closest_pairs(w, symmetry, k, exact)]
 
 
 def _slope(x: list[float], y: list[float]) -> float:

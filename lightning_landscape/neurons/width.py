@@ -31,7 +31,15 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from lightning_landscape.neurons._gram import bound_factor, exact_distances, gram_dtype, strict_upper_mask, upper_blocks
+from lightning_landscape.neurons import _gram
+from lightning_landscape.neurons._gram import (
+    bound_factor,
+    exact_distances,
+    gram_dtype,
+    row_norms64,
+    strict_upper_mask,
+    upper_blocks,
+)
 from lightning_landscape.neurons.hidden import capture_hidden
 from lightning_landscape.neurons.layers import NeuronLayer
 
@@ -53,35 +61,60 @@ def _find(parent: list[int], i: int) -> int:
     return i
 
 
-def merge_pairs(ref: torch.Tensor, c: torch.Tensor, wn: torch.Tensor, threshold: float, symmetry: str
-                ) -> list[tuple[int, int]]:
+def merge_pairs(ref: torch.Tensor, c: torch.Tensor, wn: torch.Tensor, threshold: float, symmetry: str,
+                exact: bool | None = None) -> list[tuple[int, int]]:
     """Pairs ``(i, j)``, ``i < j``, whose merge error ``dᵢⱼ·max(cᵢ, cⱼ)`` is ``≤ threshold`` (float64 rows ``ref``).
 
     ``dᵢⱼ = ‖refᵢ − s·refⱼ‖`` (directions for ``"homogeneous"``), divided by ``max(‖wᵢ‖, ‖wⱼ‖)`` otherwise,
     for ``s = 1`` and, with ``"odd"``, ``s = −1``. One float32 Gram matrix per block of rows decides every
     pair its rounding bound (:mod:`~lightning_landscape.neurons._gram`) can decide; the rest are measured
-    exactly, so the result is that of an all-pairs float64 loop.
+    exactly, so the result is that of an all-pairs float64 loop. Wide layers (``exact=None``: exact Gram
+    above :data:`~lightning_landscape.neurons._gram.EXACT_MAX_MACS` multiply-adds; ``exact=False`` forces it)
+    select the pairs on a Gaussian sketch of the rows instead, with a margin that no pair within the
+    threshold exceeds except with probability :data:`~lightning_landscape.neurons._gram.SKETCH_FAILURE`.
 
     >>> ref = torch.tensor([[1.0, 0.0], [1.0, 1e-6], [0.0, 1.0]], dtype=torch.float64)
     >>> merge_pairs(ref, torch.ones(3, dtype=torch.float64), ref.norm(dim=1), 1e-3, "none")
     [(0, 1)]
     """
-    m = ref.shape[0]
+    return _merge_pairs(ref, None, c, wn, threshold, symmetry, exact)
+
+
+def _merge_pairs(x: torch.Tensor, divisors: torch.Tensor | None, c: torch.Tensor, wn: torch.Tensor, threshold: float,
+                 symmetry: str, exact: bool | None) -> list[tuple[int, int]]:
+    """:func:`merge_pairs` on the rows ``refᵢ = xᵢ/divisorsᵢ`` (float64 per row; ``None``: ``ref = x``)."""
+    m = x.shape[0]
     if m < 2:
         return []
-    x64 = ref.double()
+    homogeneous = symmetry == "homogeneous"
+    scale = torch.ones(m, dtype=torch.float64, device=x.device) if homogeneous else wn.double().clamp_min(1e-300)
+    c64 = c.double()
+    signs = (1, -1) if symmetry == "odd" else (1,)
+    if _gram.use_sketch(m, x[0].numel(), exact):
+        sk = _gram.sketch_rows(x.reshape(m, -1), divisors, signs=len(signs))
+        # A merge needs D ≤ (threshold·max(sᵢ, sⱼ)/max(cᵢ, cⱼ))² ≤ Rᵢ = (threshold·max s/cᵢ)², and the sketch shows
+        # such a pair at D̂ ≤ upper(Rᵢ, ‖refᵢ‖ + max‖ref‖, n̂ᵢ + max n̂): beyond the row's or the column's reach
+        # it cannot merge (but with probability SKETCH_FAILURE).
+        big = (threshold * float(scale.max()) / c64).pow(2)
+        reach = sk.upper(big, sk.ref_norms + float(sk.ref_norms.max()), sk.n.double() + float(sk.n.max()))
+        # more than 8m candidates (a merge tolerance near the typical distance): the exact Gram is cheaper
+        cand = _gram.sketch_within(sk, symmetry == "odd", (reach * (1 + 1e-6)).to(sk.y.dtype), max_pairs=8 * m)
+        if cand is not None:
+            i, j = cand.i, cand.j
+            dist = exact_distances(x.reshape(m, -1), i, j, cand.s, divisors=divisors)  # the brute-force formula
+            if not homogeneous:
+                dist = dist / torch.maximum(scale[i], scale[j])
+            ok = dist * torch.maximum(c64[i], c64[j]) <= threshold
+            return sorted(set(zip(i[ok].tolist(), j[ok].tolist())))
+    x64 = x.double() if divisors is None else x.double() / divisors.double()[:, None]
     norms = x64.pow(2).sum(1)
     dtype = gram_dtype(x64.device)
     kappa = bound_factor(x64.shape[1], dtype)
-    homogeneous = symmetry == "homogeneous"
-    scale = torch.ones_like(norms) if homogeneous else wn.double().clamp_min(1e-300)
-    c64 = c.double()
     # A merge needs D ≤ (threshold·max(‖wᵢ‖, ‖wⱼ‖)/max(cᵢ, cⱼ))² ≤ rᵢ = (threshold·max‖w‖/cᵢ)², and the Gram
     # value is within κ(nᵢ + nⱼ) of D: pairs above the row's and the column's bound cannot merge.
     reach = (threshold * float(scale.max()) / c64).pow(2) + kappa * (norms + float(norms.max()))
     reach = (reach * (1 + 1e-6)).to(dtype)  # rounding the bound itself to the Gram's precision
     n = norms.to(dtype)
-    signs = (1, -1) if symmetry == "odd" else (1,)
     out: list[tuple[int, int]] = []
     for start, rows, gram in upper_blocks(x64, dtype):
         below = strict_upper_mask(gram.shape[0], gram.shape[1], gram.device)
@@ -109,25 +142,27 @@ def effective_width(
     contribution_tol: float = 1e-3,
     merge_tol: float = 1e-3,
     chunk: int = 1024,
+    exact: bool | None = None,
 ) -> WidthReport:
     """Effective width from input weights ``w [m, d]``, output weights ``a [m, k]``, per-neuron activation
-    rms ``h_rms [m]`` and the layer output size ``out_scale`` (see the module docstring)."""
-    w, a, h = w.detach().double(), a.detach().double(), h_rms.detach().double().reshape(-1)
+    rms ``h_rms [m]`` and the layer output size ``out_scale`` (see the module docstring). ``exact``: the
+    pair search of :func:`merge_pairs` (default: the exact Gram for small layers, a sketch for wide ones)."""
+    w, a, h = w.detach(), a.detach(), h_rms.detach().double().reshape(-1)
+    w = w.reshape(w.shape[0], -1)
     m = w.shape[0]
     if out_scale <= 0 or not math.isfinite(out_scale):
         return WidthReport(m, 0, list(range(m)))
-    c = torch.linalg.vector_norm(a, dim=1) * h
+    # float64 norms from float64 row chunks (no float64 copy of a wide layer), bit-equal to the full copy's
+    c = row_norms64(a) * h
     alive = (c > contribution_tol * out_scale).nonzero().flatten().tolist()
     negligible = sorted(set(range(m)) - set(alive))
-    wn = torch.linalg.vector_norm(w, dim=1)
-    if symmetry == "homogeneous":
-        ref = w / wn.clamp_min(1e-300)[:, None]  # directions: ReLU units merge modulo positive scale
-    else:
-        ref = w
+    wn = row_norms64(w)
     parent = list(range(m))
     if len(alive) > 1:
-        for bi, j in merge_pairs(ref[torch.tensor(alive, dtype=torch.long)], c[alive], wn[alive],
-                                 merge_tol * out_scale, symmetry):
+        keep = torch.tensor(alive, dtype=torch.long, device=w.device)
+        # directions for ReLU-like σ (merge modulo positive scale): rows divided by their norms in float64
+        divisors = wn[keep].clamp_min(1e-300) if symmetry == "homogeneous" else None
+        for bi, j in _merge_pairs(w[keep], divisors, c[keep], wn[keep], merge_tol * out_scale, symmetry, exact):
             ri, rj = _find(parent, alive[bi]), _find(parent, alive[j])
             if ri != rj:
                 parent[ri] = rj
@@ -145,11 +180,12 @@ def effective_width(
             if symmetry == "homogeneous":
                 f = float(wn[u] / wn[rep]) if wn[rep] > 0 else 1.0
             elif symmetry == "odd":
-                f = 1.0 if float(torch.linalg.vector_norm(w[u] - w[rep])) <= float(torch.linalg.vector_norm(w[u] + w[rep])) else -1.0
+                wu, wr = w[u].double(), w[rep].double()
+                f = 1.0 if float(torch.linalg.vector_norm(wu - wr)) <= float(torch.linalg.vector_norm(wu + wr)) else -1.0
             else:
                 f = 1.0
             factors.append((u, f))
-        merged = sum(f * a[u] for u, f in factors)
+        merged = sum(f * a[u].double() for u, f in factors)
         if float(torch.linalg.vector_norm(merged)) * float(h[rep]) > contribution_tol * out_scale:
             count += 1
         else:

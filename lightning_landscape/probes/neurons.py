@@ -223,6 +223,12 @@ class WeightDynamics(Probe):
 class ChannelDetector(Probe):
     """Channels to infinity: per neuron layer, the sign-aware closest pairs tracked over a window.
 
+    The closest pairs come from one Gram matrix per layer; a wide layer (exact Gram above
+    :data:`~lightning_landscape.neurons._gram.EXACT_MAX_MACS` multiply-adds, e.g. width 2048 at fan-in 2048)
+    takes them from a fixed Gaussian sketch of the input weights and measures them exactly: every pair
+    markedly closer than the layer's typical pair is found (see
+    :func:`~lightning_landscape.neurons.channels.search_closest`).
+
     Emits a ``channel_entry`` event (key ``"<layer>:<i>-<j>"``) when a pair meets all six criteria of
     :class:`~lightning_landscape.neurons.channels.ChannelTracker` (ε shrinking, ‖aᵢ‖+‖aⱼ‖ growing with
     opposite signs, log-log slope ≈ −1, stable GLU coefficient, slow loss decrease). If ``lambda_max``
@@ -252,7 +258,8 @@ class ChannelDetector(Probe):
     name = "channels"
     group = "neurons"
     default_every_n_steps = 200
-    cost = "one float32 Gram matrix per layer (m²·d/2 multiply-adds for width m), 1 forward (discovery)"
+    cost = ("one float32 Gram matrix per layer (m²·d/2 multiply-adds for width m; above 1.4·10⁹ a 64-dim sketch, "
+            "m·d·64 + m²·32), 1 forward (discovery)")
     scalar_tags: ClassVar[dict[str, str]] = {
         "<layer>/channel_score": "fraction of the six channel criteria met by the layer's best pair (1 = in a channel)",
         "<layer>/channel_eps": "smallest sign-aware ε = ‖wᵢ − s·wⱼ‖/2 among the layer's neuron pairs",
