@@ -57,7 +57,25 @@ def _differentiate(
     return space.flatten(full)
 
 
-class HessianOperator:
+class _OnParameterSpace:
+    """``dim``, ``dtype`` and ``device`` of the flat vectors an operator on ``self.space`` acts on."""
+
+    space: ParameterSpace
+
+    @property
+    def dim(self) -> int:
+        return self.space.dim
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.space.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.space.device
+
+
+class HessianOperator(_OnParameterSpace):
     """``v -> H v`` for ``H = ∇² loss`` with respect to ``space.params``.
 
     ``reduce`` is applied to every gradient and HVP (under DDP: an all-reduce mean, so every rank sees
@@ -83,18 +101,6 @@ class HessianOperator:
         self.gradient = self.reduce(space.flatten([None if g is None else g.detach() for g in grads]))
         self.num_matvecs = 0
         self._dense: torch.Tensor | None = None
-
-    @property
-    def dim(self) -> int:
-        return self.space.dim
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.space.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.space.device
 
     def matvec(self, vector: torch.Tensor) -> torch.Tensor:
         """One Hessian-vector product (counted in ``num_matvecs``)."""
@@ -153,7 +159,7 @@ class HessianOperator:
 LossChunk = tuple[float, Callable[[], torch.Tensor]]
 
 
-class ChunkedHessianOperator:
+class ChunkedHessianOperator(_OnParameterSpace):
     """``v -> H v`` for ``loss = Σ wᵢ lossᵢ`` without keeping a gradient graph between products.
 
     The memory-light counterpart of :class:`HessianOperator`: every product re-runs each chunk's forward
@@ -206,18 +212,6 @@ class ChunkedHessianOperator:
             raise ValueError("the loss does not depend on any trainable parameter (no grad_fn)")
         return loss
 
-    @property
-    def dim(self) -> int:
-        return self.space.dim
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.space.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.space.device
-
     def matvec(self, vector: torch.Tensor) -> torch.Tensor:
         """One Hessian-vector product (counted in ``num_matvecs``), one chunk graph at a time."""
         self.num_matvecs += 1
@@ -245,7 +239,7 @@ class ChunkedHessianOperator:
         self._dense = None
 
 
-class FiniteDifferenceHessianOperator:
+class FiniteDifferenceHessianOperator(_OnParameterSpace):
     """``v -> H v`` by a central difference of gradients, for parameters autograd cannot differentiate twice.
 
     FSDP2's sharded parameters are never used in the graph itself (the forward pass runs on gathered
@@ -298,18 +292,6 @@ class FiniteDifferenceHessianOperator:
         self.num_gradients = 1
         self.error_estimate: float | None = None
         self.versions = self._versions()
-
-    @property
-    def dim(self) -> int:
-        return self.space.dim
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.space.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.space.device
 
     def _versions(self) -> tuple[int, ...]:
         return tuple(t._version for t in self.space.local_tensors())

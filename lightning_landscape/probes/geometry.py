@@ -200,16 +200,7 @@ class LossSurfaceGeometry(Probe):
         hg = op.matvec(g)
         est = estimate_geometry(op.matvec, g, self.num_samples, gen, sketch=sketch, h_gradient=hg)
         neg, zero, pos = sketch.inertia(self.zero_tol)
-        out = {
-            "exact": 0.0,
-            "mean_curvature": est.mean_curvature,
-            "mean_curvature_stderr": est.mean_curvature_stderr,
-            "scalar_curvature": est.scalar_curvature,
-            "scalar_curvature_stderr": est.scalar_curvature_stderr,
-            "num_negative": neg,
-            "num_zero": zero,
-            "num_positive": pos,
-        }
+        out = {**_estimated_curvatures(est), "num_negative": neg, "num_zero": zero, "num_positive": pos}
         # The top direction the spectrum probe logged λmax for, when it ran first; else our own Ritz vector.
         top = ctx.shared.hessian_top_vector
         if not isinstance(top, torch.Tensor) or top.numel() != space.dim or not torch.isfinite(top).all():
@@ -258,13 +249,7 @@ class LossSurfaceGeometry(Probe):
             del z, hz
         est = geometry_from_samples(torch.tensor(t, dtype=torch.float64), torch.tensor(f, dtype=torch.float64),
                                     a, b, q, n_all, len(run.alphas) + 1 + self.num_samples)
-        out = {
-            "exact": 0.0,
-            "mean_curvature": est.mean_curvature,
-            "mean_curvature_stderr": est.mean_curvature_stderr,
-            "scalar_curvature": est.scalar_curvature,
-            "scalar_curvature_stderr": est.scalar_curvature_stderr,
-        }
+        out = _estimated_curvatures(est)
         out["num_negative"], out["num_zero"], out["num_positive"] = run.sketch(n_all).inertia(self.zero_tol)
         if g2 > 0:  # u = g: |u|² = gᵀu = |g|², uᵀHu = gᵀHu = gᵀHg, |Hu|² = |Hg|²
             out["ricci_gradient"] = ricci_from_moments(g2, a, b, g2, a, q, est.trace_shape)
@@ -312,6 +297,17 @@ class _RitzPair(NamedTuple):
     g_y: float
     tail: float
     g_next: float
+
+
+def _estimated_curvatures(est: Any) -> dict[str, float]:
+    """The scalars both estimates report the same way (mean and scalar curvature with their errors)."""
+    return {
+        "exact": 0.0,
+        "mean_curvature": est.mean_curvature,
+        "mean_curvature_stderr": est.mean_curvature_stderr,
+        "scalar_curvature": est.scalar_curvature,
+        "scalar_curvature_stderr": est.scalar_curvature_stderr,
+    }
 
 
 @dataclass
