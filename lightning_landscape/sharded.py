@@ -40,7 +40,17 @@ def is_sharded_tensor(t: Any) -> bool:
 
 
 def has_sharded_parameters(module: nn.Module) -> bool:
-    """Whether any trainable parameter of ``module`` is a ``DTensor``."""
+    """Whether ``module`` is sharded by FSDP2 (any ``fully_shard`` module, or any trainable ``DTensor``).
+
+    The modules count too: after a forward pass without backward FSDP2 leaves the root's parameters
+    gathered, as plain tensors.
+    """
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        FSDPModule = ()  # type: ignore[assignment,misc]  # noqa: N806
+    if FSDPModule and any(isinstance(m, FSDPModule) for m in module.modules()):
+        return True
     return any(p.requires_grad and is_sharded_tensor(p) for p in module.parameters())
 
 
@@ -129,12 +139,16 @@ class ShardedParameterSpace(ParameterSpace):
 
     @classmethod
     def from_module(cls, module: nn.Module, include: Any = None) -> "ShardedParameterSpace":
-        space = super().from_module(module, include)
         try:
             from torch.distributed.fsdp import FSDPModule
         except ImportError:  # torch without FSDP2: nothing gathers parameters
-            return space
-        space.fsdp_modules = [m for m in module.modules() if isinstance(m, FSDPModule)]
+            fsdp_modules: list[nn.Module] = []
+        else:
+            fsdp_modules = [m for m in module.modules() if isinstance(m, FSDPModule)]
+        for m in fsdp_modules:  # a root left gathered (e.g. by a forward without backward) lists plain tensors
+            m.reshard()
+        space = super().from_module(module, include)
+        space.fsdp_modules = fsdp_modules
         return space
 
     def reshard(self) -> None:

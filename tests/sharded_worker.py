@@ -66,9 +66,11 @@ def worker(rank: int, port: int, out: str, dtype_name: str, root_owned: bool = F
         # A user's gradients are there (as after a training step) and must come back unchanged.
         loss().backward()
         grads_before = [p.grad.to_local().clone() for p in net.parameters()]
+        with torch.no_grad():
+            net(xs)  # a forward without backward (validation, say) leaves the root's parameters gathered
+        space = ShardedParameterSpace.from_module(net)  # reshards them first
         before = {n: p.detach().full_tensor().clone() for n, p in net.named_parameters()}
         rng = torch.get_rng_state()
-        space = ShardedParameterSpace.from_module(net)
 
         def reduce_mean(t: torch.Tensor) -> torch.Tensor:
             t = t.detach().clone()
