@@ -34,7 +34,7 @@ def data(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.tanh(x @ teacher)
 
 
-def worker(rank: int, port: int, out: str, dtype_name: str, root_owned: bool = False) -> None:
+def worker(rank: int, out: str, dtype_name: str, root_owned: bool = False) -> None:
     """``root_owned``: the last Linear is not wrapped itself, so the root module owns its parameters (FSDP2
     keeps the root's gathered copy after a forward pass: the case where in-place writes could go stale)."""
     import torch.distributed as dist
@@ -48,7 +48,9 @@ def worker(rank: int, port: int, out: str, dtype_name: str, root_owned: bool = F
     from lightning_landscape.sharded import ShardedParameterSpace, writes_resync
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    # A file store, not a TCP store hosted by rank 0: no free-port race with the parallel suite's other
+    # processes, and no store that vanishes when rank 0 exits first (a rank aborted once in CI, under load).
+    dist.init_process_group("gloo", init_method=f"file://{os.path.join(out, 'store')}", rank=rank, world_size=2)
     try:
         dtype = getattr(torch, dtype_name)
         mesh = init_device_mesh("cpu", (2,))
@@ -115,5 +117,6 @@ def worker(rank: int, port: int, out: str, dtype_name: str, root_owned: bool = F
                         "rng_same": bool(flags[1]), "shards": shards, "global_dim": space.global_dim,
                         "outputs": torch.cat(all_outputs)},
                        os.path.join(out, "result.pt"))
+        dist.barrier()  # leave together
     finally:
         dist.destroy_process_group()

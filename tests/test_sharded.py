@@ -7,8 +7,6 @@ union batch (``torch.autograd.functional.hessian`` on an unsharded copy), and th
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 from torch import nn
@@ -58,16 +56,10 @@ def test_zero_vector_costs_nothing() -> None:
     assert fd.num_gradients == 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module", params=[False, True], ids=["every-linear-wrapped", "root-owns-the-head"])
 def two_process(request, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("sharded")
-    torch.multiprocessing.spawn(W.worker, args=(_free_port(), str(out), "float64", request.param), nprocs=2)
+    torch.multiprocessing.spawn(W.worker, args=(str(out), "float64", request.param), nprocs=2)
     return torch.load(out / "result.pt", weights_only=False)
 
 
