@@ -324,7 +324,9 @@ def test_per_rank_measurement_memory_is_half_the_single_process(runs: Runs) -> N
     in 360-wide layers, batch 4 per rank: the vectors dominate). Each rank of the 2-process run holds its
     shards, so about half of what one process holding the whole model holds, plus the working set of a
     finite-difference product (the saved θ shard, two gradient shards and the flattening of one: ≤ 1.5 full
-    vectors). A rank holding full vectors (gathered Lanczos basis, unsharded random vectors) fails."""
+    vectors) and one vector of slack: the spectrum's Lanczos length (how many basis blocks it grows) varies
+    between runs (per rank 8.6 and 10.3 of 16.6–17.6 in two CI runs). A rank holding full vectors (gathered
+    Lanczos basis, unsharded random vectors) fails: it reads about the single process's peak."""
     import json
 
     if not Path("/proc/self/clear_refs").exists():
@@ -342,7 +344,7 @@ def test_per_rank_measurement_memory_is_half_the_single_process(runs: Runs) -> N
         assert one >= 2, (name, one)  # the probe holds vectors: the comparison is meaningful
     print("vectors (single process, per rank):", table)
     for name, (one, per_rank) in table.items():
-        assert per_rank <= 0.5 * one + 1.5, (name, table)
+        assert per_rank <= 0.5 * one + 2.5, (name, table)
         if one >= 8:  # a probe whose vectors dwarf the product's working set: the ratio itself
             assert per_rank / one < 0.65, (name, table)
 
