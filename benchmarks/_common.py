@@ -27,6 +27,15 @@ from lightning_landscape.tasks import build_mlp, make_teacher_student
 F = nn.functional
 
 
+def proc_status(key: str) -> int:
+    """A byte count from ``/proc/self/status`` (``VmRSS``, ``VmHWM``, ...): the peak-memory benchmarks' meter."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
 def set_threads(threads: int) -> None:
     """Pin intra-op threads (the CPU figures in the README use 1 thread on a shared 2-core machine)."""
     if threads > 0:

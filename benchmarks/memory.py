@@ -46,14 +46,6 @@ CASES = {
 }
 
 
-def _status(key: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{key} not in /proc/self/status")
-
-
 def _bytes(tensors: Iterable) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
@@ -89,7 +81,7 @@ def child(case: str, model: str, batch: int | None, device_name: str, threads: i
     import torch
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from _common import import_pyhessian, pyhessian_top, set_threads
+    from _common import import_pyhessian, proc_status, pyhessian_top, set_threads
 
     from lightning_landscape import (
         HessianDensity,
@@ -148,11 +140,11 @@ def child(case: str, model: str, batch: int | None, device_name: str, threads: i
         peak = torch.cuda.max_memory_allocated() - before
         method = "torch.cuda.max_memory_allocated"
     else:
-        before = _status("VmRSS")
+        before = proc_status("VmRSS")
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")  # reset the peak RSS (VmHWM) of this process
         extra = run(batch_used, probes)
-        peak = _status("VmHWM") - before
+        peak = proc_status("VmHWM") - before
         method = "VmHWM after clear_refs"
     n = sum(p.numel() for p in bench.model.parameters())
     print(json.dumps({"case": case, "peak": peak, "method": method, "params": n, "description": bench.description,

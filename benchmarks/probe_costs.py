@@ -34,7 +34,7 @@ if os.environ.get(ENV) != "65536":  # glibc reads it at start-up: re-run this sc
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from _common import make_mlp_bench, set_threads, table  # noqa: E402
+from _common import make_mlp_bench, proc_status, set_threads, table  # noqa: E402
 
 import lightning_landscape.probes as P  # noqa: E402
 from lightning_landscape import PROBES, ProbeContext  # noqa: E402
@@ -45,23 +45,15 @@ from lightning_landscape.neurons.width import effective_width  # noqa: E402
 WORST_CASE = {"saddle_branches": lambda: P.SaddleBranches(grad_tol=1e9)}
 
 
-def _status(key: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{key} not in /proc/self/status")
-
-
 def measure(fn) -> tuple[float, int]:
     """``(seconds, peak RSS above the RSS before)`` of ``fn()``."""
     gc.collect()
-    before = _status("VmRSS")
+    before = proc_status("VmRSS")
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")
     t0 = time.perf_counter()
     fn()
-    return time.perf_counter() - t0, _status("VmHWM") - before
+    return time.perf_counter() - t0, proc_status("VmHWM") - before
 
 
 def main() -> None:

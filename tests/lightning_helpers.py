@@ -34,3 +34,25 @@ def trainer(flavour=L, **kwargs: Any):
     )
     defaults.update(kwargs)
     return flavour.Trainer(**defaults)
+
+
+class UserMetricsLogger(L.loggers.logger.Logger):
+    """Keeps what the user logged (every tag not under ``landscape/``) as ``(step, tag, value)`` rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[tuple[int, str, float]] = []
+
+    @property
+    def name(self) -> str:
+        return "recorder"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.rows += [(step, k, float(v)) for k, v in metrics.items() if not k.startswith("landscape/")]

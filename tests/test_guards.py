@@ -11,7 +11,7 @@ import torch
 import torchmetrics
 from torch import nn
 
-from lightning_helpers import loaders, small_task, trainer
+from lightning_helpers import UserMetricsLogger, loaders, small_task, trainer
 from lightning_landscape import HessianSpectrum, HessianTrace, LandscapeMonitor
 from lightning_landscape.callbacks.loss_closure import muted_logging
 from lightning_landscape.guards import preserved_buffers, preserved_modes
@@ -42,32 +42,10 @@ class ForwardMetricTask(type(small_task())):
         return loss
 
 
-class _Recorder(L.loggers.logger.Logger):
-    """Keeps what the user logged (everything not under landscape/)."""
-
-    def __init__(self):
-        super().__init__()
-        self.rows: list[tuple[int, str, float]] = []
-
-    @property
-    def name(self):
-        return "recorder"
-
-    @property
-    def version(self):
-        return 0
-
-    def log_hyperparams(self, params, *args, **kwargs):
-        pass
-
-    def log_metrics(self, metrics, step=None):
-        self.rows += [(step, k, float(v)) for k, v in metrics.items() if not k.startswith("landscape/")]
-
-
 def _fit(monitor: LandscapeMonitor | None):
     L.seed_everything(3, verbose=False)
     model = ForwardMetricTask(input_dim=6, hidden=(8,), lr=0.05, momentum=0.9)
-    logger = _Recorder()
+    logger = UserMetricsLogger()
     t = trainer(max_steps=8, callbacks=[monitor] if monitor else [], logger=logger)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

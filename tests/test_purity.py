@@ -10,7 +10,7 @@ import pytest
 import torch
 import torchmetrics
 
-from lightning_helpers import loaders, small_task, trainer
+from lightning_helpers import UserMetricsLogger, loaders, small_task, trainer
 from lightning_landscape import HessianDensity, HessianSpectrum, HessianTrace, LandscapeMonitor
 
 
@@ -35,7 +35,7 @@ class MetricTask(type(small_task())):
 def _run(monitor: LandscapeMonitor | None, accumulate: int = 2, **trainer_kwargs):
     L.seed_everything(7, verbose=False)
     model = MetricTask(input_dim=6, hidden=(16, 16), batch_norm=True, dropout=0.2, lr=0.05, momentum=0.9)
-    logger = _Recorder()
+    logger = UserMetricsLogger()
     t = trainer(
         max_steps=10,
         callbacks=[monitor] if monitor else [],
@@ -46,28 +46,6 @@ def _run(monitor: LandscapeMonitor | None, accumulate: int = 2, **trainer_kwargs
     t.fit(model, loaders(n=512, batch_size=16))
     rng = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
     return model, t.optimizers[0].state_dict(), logger.rows, rng, t
-
-
-class _Recorder(L.loggers.logger.Logger):
-    """Keeps what the user logged (everything not under landscape/)."""
-
-    def __init__(self):
-        super().__init__()
-        self.rows: list[tuple[int, str, float]] = []
-
-    @property
-    def name(self):
-        return "recorder"
-
-    @property
-    def version(self):
-        return 0
-
-    def log_hyperparams(self, params, *args, **kwargs):
-        pass
-
-    def log_metrics(self, metrics, step=None):
-        self.rows += [(step, k, float(v)) for k, v in metrics.items() if not k.startswith("landscape/")]
 
 
 def _assert_identical(a, b) -> None:

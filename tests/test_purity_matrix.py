@@ -15,7 +15,7 @@ import torch
 import torchmetrics
 from torch import nn
 
-from lightning_helpers import loaders, small_task, trainer
+from lightning_helpers import UserMetricsLogger, loaders, small_task, trainer
 from lightning_landscape import LandscapeMonitor
 from lightning_landscape.probes import PROBES
 from lightning_landscape.tags import load_all_probes
@@ -47,21 +47,6 @@ class MatrixTask(type(small_task())):
         return loss
 
 
-class _Recorder(L.loggers.logger.Logger):
-    def __init__(self):
-        super().__init__()
-        self.rows = []
-
-    name = "recorder"
-    version = 0
-
-    def log_hyperparams(self, *args, **kwargs):
-        pass
-
-    def log_metrics(self, metrics, step=None):
-        self.rows += [(step, k, float(v)) for k, v in metrics.items() if not k.startswith("landscape/")]
-
-
 SETUPS = {
     "bn_dropout_accumulate": dict(accumulate_grad_batches=2),
     "gradient_clipping": dict(gradient_clip_val=0.1),
@@ -77,7 +62,7 @@ def _fit(monitor, setup: str, steps: int = 6):
     model = MatrixTask()
     if compile_module:
         model.net = torch.compile(model.net, backend="aot_eager")
-    logger = _Recorder()
+    logger = UserMetricsLogger()
     t = trainer(max_steps=steps, callbacks=[monitor] if monitor else [], logger=logger, **kwargs)
     t.fit(model, loaders(n=512, batch_size=16))
     rng = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
