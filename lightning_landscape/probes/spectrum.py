@@ -20,7 +20,7 @@ from lightning_landscape.linalg import (
 )
 from lightning_landscape.linalg.hutchpp_bounded import hutchpp_trace_bounded
 from lightning_landscape.linalg.random import gaussian
-from lightning_landscape.linalg.reduction import norm, sq_norm
+from lightning_landscape.linalg.reduction import norm, reduce_sum, sq_norm
 from lightning_landscape.optim_info import adam_preconditioner, adam_steps
 from lightning_landscape.probes.base import (
     Histogram,
@@ -278,10 +278,9 @@ class HessianSpectrum(Probe):
         p_now = adam_preconditioner(optimizer, space)
         if p_now is None or p_now.numel() != weights.numel():
             return self._drift
-        mass_t = torch.where(weights > 0, weights * p_now, torch.zeros((), dtype=p_now.dtype)).sum()
-        # Sharded parameters (between measurements: no reduction context): every process adds its shard's
-        # part, so all take the same scheduling decision.
-        mass = float(space.all_reduce_sum(mass_t) if space.sharded else mass_t)
+        # Sharded parameters: the monitor runs trackers inside the shard reduction, so every process adds
+        # its shard's part and all take the same scheduling decision.
+        mass = float(reduce_sum(torch.where(weights > 0, weights * p_now, torch.zeros((), dtype=p_now.dtype)).sum()))
         self._drift = 1.0 / mass if mass > 0 and math.isfinite(mass) else self._drift
         return self._drift
 
